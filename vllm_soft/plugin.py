@@ -1,0 +1,37 @@
+"""vLLM plugin entry point (group ``vllm.general_plugins``).
+
+vLLM calls ``register()`` in every process it starts (API server, engine core,
+workers), possibly more than once per process, so it must be idempotent. Order:
+check the vLLM version (one gate, ``compat``), then apply the patches listed in
+``PATCHES``, each at most once. vLLM gives no feedback on what a plugin did, so
+``register`` logs it and ``active_patches()`` lets tests ask.
+"""
+
+import logging
+from collections.abc import Callable
+
+from vllm_soft.compat import check_vllm_version
+
+logger = logging.getLogger("vllm_soft")
+
+# (name, apply) in the order they must be applied. Soft thinking adds its
+# model-runner patches here; the foundation release patches nothing.
+PATCHES: list[tuple[str, Callable[[], None]]] = []
+
+_applied: list[str] = []
+
+
+def register() -> None:
+    """Check the vLLM version and apply every patch in ``PATCHES`` once."""
+    version = check_vllm_version()
+    for name, apply in PATCHES:
+        if name in _applied:
+            continue
+        apply()
+        _applied.append(name)
+    logger.info("vllm-soft plugin registered on vLLM %s; patches: %s", version, _applied or "none")
+
+
+def active_patches() -> list[str]:
+    """Names of the patches applied in this process, in order."""
+    return list(_applied)
