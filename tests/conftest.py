@@ -1,0 +1,64 @@
+"""Shared fixtures: built models and vLLM engines, one of each per test session.
+
+An engine takes ~25 s to start on CPU (eager mode; torch.compile would add ~70 s), so
+tests share them. Engines run in float32 so vLLM and transformers can be compared.
+"""
+
+import os
+
+import pytest
+import torch
+
+from vllm_soft import models
+from vllm_soft.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # before any engine process is spawned
+# Tests inspect worker processes by sending them functions (LLM.collective_rpc).
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+ENGINE_KWARGS = dict(
+    dtype="float32",
+    enforce_eager=True,
+    max_model_len=1024,
+    kv_cache_memory_bytes=1 << 30,
+    seed=0,
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    return models.fetch("tiny")
+
+
+@pytest.fixture(scope="session")
+def default_model_path():
+    return models.fetch(models.DEFAULT_MODEL)
+
+
+def _start_engine(path):
+    from vllm import LLM
+
+    return LLM(model=str(path), **ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_path):
+    llm = _start_engine(tiny_model_path)
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_engine(default_model_path):
+    llm = _start_engine(default_model_path)
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
