@@ -3,7 +3,7 @@
 vLLM calls ``register()`` in every process it starts (API server, engine core,
 workers), possibly more than once per process, so it must be idempotent. Order:
 check the vLLM version (one gate, ``compat``), then apply the patches listed in
-``PATCHES``, each at most once. vLLM gives no feedback on what a plugin did, so
+``vllm_soft.patches``, each at most once. vLLM gives no feedback on what a plugin did, so
 ``register`` logs it and ``active_patches()`` lets tests ask.
 """
 
@@ -14,17 +14,19 @@ from vllm_soft.compat import check_vllm_version
 
 logger = logging.getLogger("vllm_soft")
 
-# (name, apply) in the order they must be applied. Soft thinking adds its
-# model-runner patches here; the foundation release patches nothing.
-PATCHES: list[tuple[str, Callable[[], None]]] = []
+
+def _patches() -> list[tuple[str, Callable[[], None]]]:
+    from vllm_soft.patches import all_patches
+
+    return all_patches()
 
 _applied: list[str] = []
 
 
 def register() -> None:
-    """Check the vLLM version and apply every patch in ``PATCHES`` once."""
+    """Check the vLLM version and apply every patch in ``vllm_soft.patches`` once."""
     version = check_vllm_version()
-    for name, apply in PATCHES:
+    for name, apply in _patches():
         if name in _applied:
             continue
         apply()

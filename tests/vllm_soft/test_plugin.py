@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from vllm_soft import plugin
+from vllm_soft.patches import all_patches
 from vllm_soft.compat import SUPPORTED_VLLM_SERIES, check_vllm_version
 
 
@@ -40,7 +41,7 @@ def test_register_is_idempotent():
     first = plugin.active_patches()
     plugin.register()
     assert plugin.active_patches() == first
-    assert first == [name for name, _ in plugin.PATCHES]
+    assert first == [name for name, _ in all_patches()]
 
 
 def _plugin_state_in_worker(worker):
@@ -52,4 +53,4 @@ def _plugin_state_in_worker(worker):
 @pytest.mark.slow
 def test_vllm_loads_plugin_in_its_worker_process(tiny_engine):
     states = tiny_engine.collective_rpc(_plugin_state_in_worker)
-    assert states == [{"loaded": True, "patches": [name for name, _ in plugin.PATCHES]}]
+    assert states == [{"loaded": True, "patches": [name for name, _ in all_patches()]}]

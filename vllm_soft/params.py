@@ -1,0 +1,169 @@
+"""Soft-thinking knobs: one typed, validated dataclass for engine defaults and requests.
+
+Where knobs come from, later ones overriding earlier ones:
+
+    built-in defaults ◄─ engine defaults ◄─ request knobs
+    (this file)          additional_config["soft_thinking"]   SamplingParams.extra_args["soft_thinking"]
+                         or `vllm serve --soft-thinking-*`     or flat `soft_thinking_<knob>` keys
+                                                               (OpenAI `vllm_xargs` accepts only flat values)
+
+A request is soft when its extra_args hold ``soft_thinking`` (a dict, possibly empty,
+or a truthy flag) or any ``soft_thinking_<knob>`` key. Defaults follow the Soft Thinking
+paper's recommended settings (top-k 15, top-p 0.95, min-p 0.001, temperature 0.6,
+cold-stop entropy 0.01 with patience 256).
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EXTRA_ARGS_KEY = "soft_thinking"
+FLAT_PREFIX = "soft_thinking_"
+RESOLVED_THINK_END_KEY = "think_end_id"
+
+
+@dataclass(frozen=True)
+class SoftThinkingParams:
+    """The knobs of one request's soft span (see ``soft_math`` for the step itself)."""
+
+    mode: Literal["replace", "add"] = "replace"
+    """replace: next input = concept embedding; add: E[emitted] + scale * concept (SCM)."""
+    scale: float = 1.0
+    """Weight of the concept vector in mode 'add'."""
+    top_k: int = 15
+    """At most this many tokens in the mixture."""
+    top_p: float = 0.95
+    """Keep the shortest prefix of the top-k whose cumulative probability reaches this."""
+    min_p: float = 0.001
+    """Drop tokens whose probability is below min_p times the largest one."""
+    temperature: float = 0.6
+    """Temperature of the soft distribution (the request's own temperature applies after thinking)."""
+    emit: Literal["argmax", "sample"] = "argmax"
+    """Emitted token: argmax of the weights (readable trace) or a sample from them (the RL action)."""
+    noise: Literal["none", "dirichlet", "gumbel"] = "none"
+    """Exploration noise on the weights."""
+    alpha: float = 1.0
+    """Dirichlet concentration scale: weights ~ Dirichlet(alpha * weights)."""
+    tau: float = 1.0
+    """Gumbel-Softmax temperature."""
+    think_end: str | int | None = None
+    """Token (string or id) that ends thinking; None: thinking ends only by cold stop or budget."""
+    entropy_threshold: float = 0.01
+    """Cold stop: entropy (nats) below this ..."""
+    patience: int = 256
+    """... for this many consecutive soft steps forces the think-end token."""
+    max_soft_steps: int | None = None
+    """Budget of soft steps; None: no budget beyond max_tokens."""
+    think_end_id: int | None = field(default=None, repr=False)
+    """``think_end`` resolved against the tokenizer (set by the engine front end)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, ("replace", "add"))
+        _check_choice("emit", self.emit, ("argmax", "sample"))
+        _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel"))
+        _check_int("top_k", self.top_k, low=1)
+        _check_int("patience", self.patience, low=1)
+        if self.max_soft_steps is not None:
+            _check_int("max_soft_steps", self.max_soft_steps, low=1)
+        _check_float("top_p", self.top_p, "in (0, 1]", lambda v: 0.0 < v <= 1.0)
+        _check_float("min_p", self.min_p, "in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        _check_float("temperature", self.temperature, "> 0", lambda v: v > 0.0)
+        _check_float("alpha", self.alpha, "> 0", lambda v: v > 0.0)
+        _check_float("tau", self.tau, "> 0", lambda v: v > 0.0)
+        _check_float("scale", self.scale, "finite", lambda v: True)
+        _check_float("entropy_threshold", self.entropy_threshold, ">= 0", lambda v: v >= 0.0)
+        if isinstance(self.think_end, bool) or not isinstance(self.think_end, (str, int, type(None))):
+            raise SoftThinkingParamError(
+                "think_end", f"soft_thinking.think_end must be a token string, a token id or null (got {self.think_end!r})"
+            )
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "SoftThinkingParams":
+        """A copy with ``overrides`` applied; unknown knobs are an error naming the valid ones."""
+        unknown = sorted(set(overrides) - KNOBS - {"think_end_id"})
+        if unknown:
+            raise SoftThinkingParamError(
+                unknown[0], f"unknown soft_thinking knob(s) {unknown}; valid knobs: {', '.join(sorted(KNOBS))}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+KNOBS = {f.name for f in dataclasses.fields(SoftThinkingParams)} - {"think_end_id"}
+
+
+class SoftThinkingParamError(ValueError):
+    """A bad soft-thinking knob; ``parameter`` names it. A ValueError, which the OpenAI
+    server answers with HTTP 400."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SoftThinkingParamError(name, f"soft_thinking.{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SoftThinkingParamError(name, f"soft_thinking.{name} must be an integer >= {low} (got {value!r})")
+
+
+def _check_float(name: str, value: Any, allowed: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise SoftThinkingParamError(name, f"soft_thinking.{name} must be {allowed} (got {value!r})")
+
+
+def request_overrides(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The soft-thinking knobs a request asked for, or None for a plain request.
+
+    Accepts the nested form ``{"soft_thinking": {...}}`` (offline) and the flat form
+    ``{"soft_thinking": 1, "soft_thinking_top_k": 5}`` (OpenAI ``vllm_xargs``).
+    """
+    if not extra_args:
+        return None
+    nested = extra_args.get(EXTRA_ARGS_KEY)
+    flat = {k[len(FLAT_PREFIX) :]: v for k, v in extra_args.items() if k.startswith(FLAT_PREFIX)}
+    if isinstance(nested, dict):
+        return {**nested, **flat}
+    if nested is None:
+        return flat or None
+    if nested in (True, 1, "1", "true"):
+        return flat
+    if nested in (False, 0, "0", "false"):
+        return None
+    raise SoftThinkingParamError(
+        EXTRA_ARGS_KEY, f"extra_args['soft_thinking'] must be a dict of knobs or a flag 0/1 (got {nested!r})"
+    )
+
+
+def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingParams | None:
+    """Engine-wide defaults from ``additional_config['soft_thinking']``; None when soft thinking is off."""
+    if not additional_config or additional_config.get(EXTRA_ARGS_KEY) is None:
+        return None
+    config = additional_config[EXTRA_ARGS_KEY]
+    if not isinstance(config, dict):
+        raise SoftThinkingParamError(
+            EXTRA_ARGS_KEY, f"additional_config['soft_thinking'] must be a dict of default knobs (got {config!r})"
+        )
+    return SoftThinkingParams().with_overrides(config)
+
+
+def resolve_think_end(params: SoftThinkingParams, vocab_size: int, token_to_id) -> SoftThinkingParams:
+    """Resolve ``think_end`` to a token id with ``token_to_id(str) -> int | None``; error if
+    it is not a single token of the vocabulary."""
+    value = params.think_end
+    if value is None:
+        return dataclasses.replace(params, think_end_id=None)
+    token_id = value if isinstance(value, int) else token_to_id(value)
+    if token_id is None or not 0 <= token_id < vocab_size:
+        raise SoftThinkingParamError(
+            "think_end",
+            f"soft_thinking.think_end {value!r} is not a single token of the vocabulary (size {vocab_size}); "
+            "give a token string that the tokenizer has as one token, a token id, or null",
+        )
+    return dataclasses.replace(params, think_end_id=token_id)

@@ -1,0 +1,21 @@
+"""Every change vllm-soft makes to vLLM, in the order ``plugin.register`` applies them.
+
+Each patch module has ``apply()`` and a note: why, what it wraps, when it can go.
+Patches wrap methods (never copy files) and do nothing for engines started without
+``additional_config["soft_thinking"]`` and for plain requests.
+"""
+
+from collections.abc import Callable
+
+
+def all_patches() -> list[tuple[str, Callable[[], None]]]:
+    """(name, apply) pairs in application order."""
+    from vllm_soft.patches import frontend, model_runner, scheduler
+
+    return [
+        ("frontend.validate_requests", frontend.apply_request_validation),
+        ("frontend.completion_trace", frontend.apply_completion_trace),
+        ("scheduler.soft_block_hashes", scheduler.apply_block_hash_keys),
+        ("scheduler.collect_traces", scheduler.apply_trace_collection),
+        ("model_runner.soft_step", model_runner.apply),
+    ]

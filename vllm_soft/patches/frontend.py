@@ -1,0 +1,123 @@
+"""Front-end patches (the process that owns ``LLM`` or the API server).
+
+Request validation. Why: bad knobs must fail at the door (ValueError offline, HTTP 400
+over the API) and the worker needs the think-end token as an id. What: wraps
+``SamplingParams._verify_extra_args`` (knob types and ranges, at construction) and
+``InputProcessor.process_inputs`` (engine defaults merged in, think-end resolved with
+the tokenizer, top-k checked against the vocabulary; the request's own copy of its
+params then carries the complete knob set). When it can go: if vLLM adds a validation
+hook for ``extra_args``.
+
+Completion trace. Why: ``soft_trace(completion)`` needs the trace on each completion
+(per choice when n > 1), but it arrives per engine request in ``kv_transfer_params``.
+What: wraps ``RequestState.make_request_output`` to take it out of
+``kv_transfer_params`` and ``RequestState._new_completion_output`` to attach it.
+"""
+
+import functools
+
+from vllm_soft.trace import COMPLETION_ATTRIBUTE
+from vllm_soft.params import (
+    EXTRA_ARGS_KEY,
+    FLAT_PREFIX,
+    SoftThinkingParamError,
+    SoftThinkingParams,
+    engine_defaults,
+    request_overrides,
+    resolve_think_end,
+)
+
+
+
+def _token_to_id(tokenizer):
+    def lookup(token: str) -> int | None:
+        vocab = tokenizer.get_vocab()
+        if token in vocab:
+            return vocab[token]
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    return lookup
+
+
+def resolve_request_knobs(extra_args: dict, additional_config: dict | None, vocab_size: int, tokenizer) -> None:
+    """Replace a soft request's knobs in ``extra_args`` by the complete, resolved set."""
+    overrides = request_overrides(extra_args)
+    if overrides is None:
+        return
+    defaults = engine_defaults(additional_config)
+    if defaults is None:
+        raise SoftThinkingParamError(
+            EXTRA_ARGS_KEY,
+            "this request asks for soft thinking, but the engine was started without it: "
+            "use `vllm serve MODEL --soft-thinking` or LLM(..., additional_config={'soft_thinking': {}})",
+        )
+    params = defaults.with_overrides(overrides)
+    if params.top_k > vocab_size:
+        raise SoftThinkingParamError("top_k", f"soft_thinking.top_k must be <= the vocabulary size {vocab_size} (got {params.top_k})")
+    params = resolve_think_end(params, vocab_size, _token_to_id(tokenizer))
+    for key in [k for k in extra_args if k.startswith(FLAT_PREFIX)]:
+        del extra_args[key]
+    extra_args[EXTRA_ARGS_KEY] = params.to_dict()
+
+
+def apply_request_validation() -> None:
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    verify_extra_args, process_inputs = SamplingParams._verify_extra_args, InputProcessor.process_inputs
+
+    @functools.wraps(verify_extra_args)
+    def _verify_extra_args(self):
+        verify_extra_args(self)
+        overrides = request_overrides(self.extra_args)
+        if overrides:
+            SoftThinkingParams().with_overrides(overrides)  # raises on a bad knob
+
+    @functools.wraps(process_inputs)
+    def process_inputs_(self, *args, **kwargs):
+        request = process_inputs(self, *args, **kwargs)
+        params = request.sampling_params
+        if params is not None and params.extra_args:
+            resolve_request_knobs(
+                params.extra_args,
+                self.vllm_config.additional_config,
+                self.vllm_config.model_config.get_vocab_size(),
+                self.tokenizer,
+            )
+        return request
+
+    SamplingParams._verify_extra_args = _verify_extra_args
+    InputProcessor.process_inputs = process_inputs_
+
+
+def apply_completion_trace() -> None:
+    from vllm.v1.engine.output_processor import RequestState
+
+    make_request_output, new_completion_output = RequestState.make_request_output, RequestState._new_completion_output
+    kv_position = 4  # make_request_output(new_token_ids, pooling_output, finish_reason, stop_reason, kv_transfer_params, ...)
+
+    @functools.wraps(make_request_output)
+    def make_request_output_(self, *args, **kwargs):
+        args = list(args)
+        in_args = len(args) > kv_position
+        kv_transfer_params = args[kv_position] if in_args else kwargs.get("kv_transfer_params")
+        if kv_transfer_params and EXTRA_ARGS_KEY in kv_transfer_params:
+            kv_transfer_params = dict(kv_transfer_params)
+            self.vllm_soft_trace = kv_transfer_params.pop(EXTRA_ARGS_KEY)
+            if in_args:
+                args[kv_position] = kv_transfer_params or None
+            else:
+                kwargs["kv_transfer_params"] = kv_transfer_params or None
+        return make_request_output(self, *args, **kwargs)
+
+    @functools.wraps(new_completion_output)
+    def _new_completion_output(self, *args, **kwargs):
+        output = new_completion_output(self, *args, **kwargs)
+        trace = getattr(self, "vllm_soft_trace", None)
+        if trace is not None:
+            setattr(output, COMPLETION_ATTRIBUTE, trace)
+        return output
+
+    RequestState.make_request_output = make_request_output_
+    RequestState._new_completion_output = _new_completion_output

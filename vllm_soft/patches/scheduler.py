@@ -1,0 +1,71 @@
+"""Engine-core patches: keep soft KV out of the shared prefix cache; carry traces to clients.
+
+Block hashes. Why: a soft position's KV depends on the mixture fed in, not on its token
+id, so the prefix cache must never hand it to another request by token-id hash. What:
+wraps ``kv_cache_utils.generate_block_hash_extra_keys`` so that, for soft requests, every
+block reaching past the prompt gets the request id as an extra key. Prompt blocks keep
+their normal hashes (the G samples of a group share them); the request itself may
+re-hit its own soft blocks after a preemption, which is valid. When it can go: if vLLM
+grows a per-request "do not cache outputs" switch.
+
+Traces. Why: vLLM has no per-request side channel from worker to client in the V1
+runner. What: the worker attaches new trace entries to ``ModelRunnerOutput`` (an extra
+attribute survives the pickle hop); ``Scheduler.update_from_output`` collects them and
+``Scheduler._free_request`` hands the whole trace out in the finished request's
+``kv_transfer_params["soft_thinking"]`` (the front end moves it onto the completion).
+When it can go: once vLLM's engine-core output has a generic per-request extras field.
+"""
+
+import functools
+
+from vllm_soft.params import EXTRA_ARGS_KEY, request_overrides
+
+SOFT_BLOCK_KEY = "vllm_soft"
+
+
+def _is_soft(request) -> bool:
+    params = request.sampling_params
+    return params is not None and request_overrides(params.extra_args) is not None
+
+
+def apply_block_hash_keys() -> None:
+    from vllm.v1.core import kv_cache_utils
+
+    generate_extra_keys = kv_cache_utils.generate_block_hash_extra_keys
+
+    @functools.wraps(generate_extra_keys)
+    def generate_block_hash_extra_keys(request, start_token_idx, end_token_idx, start_mm_idx):
+        extra_keys, next_mm_idx = generate_extra_keys(request, start_token_idx, end_token_idx, start_mm_idx)
+        if end_token_idx > request.num_prompt_tokens and _is_soft(request):
+            extra_keys = (*(extra_keys or ()), (SOFT_BLOCK_KEY, request.request_id))
+        return extra_keys, next_mm_idx
+
+    kv_cache_utils.generate_block_hash_extra_keys = generate_block_hash_extra_keys
+
+
+def apply_trace_collection() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    update_from_output, free_request = Scheduler.update_from_output, Scheduler._free_request
+
+    @functools.wraps(update_from_output)
+    def update_from_output_(self, scheduler_output, model_runner_output):
+        new_entries = getattr(model_runner_output, "vllm_soft_trace", None)
+        if new_entries:
+            traces = self.__dict__.setdefault("vllm_soft_traces", {})
+            for req_id, entries in new_entries.items():
+                traces.setdefault(req_id, []).extend(entries)
+        return update_from_output(self, scheduler_output, model_runner_output)
+
+    @functools.wraps(free_request)
+    def _free_request(self, request, *args, **kwargs):
+        kv_transfer_params, ec_transfer_params = free_request(self, request, *args, **kwargs)
+        trace = self.__dict__.get("vllm_soft_traces", {}).pop(request.request_id, None)
+        if trace is None and _is_soft(request):
+            trace = []  # finished before its first soft step (e.g. aborted in prefill)
+        if trace is not None:
+            kv_transfer_params = {**(kv_transfer_params or {}), EXTRA_ARGS_KEY: trace}
+        return kv_transfer_params, ec_transfer_params
+
+    Scheduler.update_from_output = update_from_output_
+    Scheduler._free_request = _free_request
