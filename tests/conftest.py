@@ -1,7 +1,9 @@
 """Shared fixtures: built models and vLLM engines, one of each per test session.
 
 An engine takes ~25 s to start on CPU (eager mode; torch.compile would add ~70 s), so
-tests share them. Engines run in float32 so vLLM and transformers can be compared.
+tests share them. Engines run in float32 so vLLM and transformers can be compared, and
+have soft thinking enabled with built-in defaults: plain requests on them must behave
+exactly as on stock vLLM, which the tests check too.
 """
 
 import os
@@ -22,6 +24,7 @@ ENGINE_KWARGS = dict(
     max_model_len=1024,
     kv_cache_memory_bytes=1 << 30,
     seed=0,
+    additional_config={"soft_thinking": {}},
 )
 
 
@@ -48,6 +51,14 @@ def _start_engine(path):
     from vllm import LLM
 
     return LLM(model=str(path), **ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def default_hf_model(default_model_path):
+    """The default model in transformers, float32, for reference computations."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")

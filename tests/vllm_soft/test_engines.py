@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from vllm import SamplingParams, TokensPrompt
 
 pytestmark = pytest.mark.slow
@@ -56,10 +56,10 @@ def test_vllm_loads_tiny_model(tiny_engine, tiny_model_path):
     assert _vllm_greedy(tiny_engine, prompts, 8) == first
 
 
-def test_vllm_greedy_equals_transformers_greedy_on_default_model(default_engine, default_model_path):
+def test_vllm_greedy_equals_transformers_greedy_on_default_model(default_engine, default_model_path, default_hf_model):
     """5 prompts x 16 tokens, float32 on both sides."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_path)
-    model = AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
+    model = default_hf_model
     prompts = _prompt_token_ids(tokenizer)
     assert len(prompts) == 5
     expected = [transformers_greedy(model, p, 16) for p in prompts]

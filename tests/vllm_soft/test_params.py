@@ -1,0 +1,77 @@
+"""Soft-thinking knobs: parsing of both request forms, and errors that name the knob."""
+
+import pytest
+
+from vllm_soft.params import (
+    SoftThinkingParamError,
+    SoftThinkingParams,
+    engine_defaults,
+    request_overrides,
+    resolve_think_end,
+)
+
+BAD_KNOBS = [
+    ("top_k", 0, ">= 1"),
+    ("top_k", 2.5, ">= 1"),
+    ("top_p", 0.0, "(0, 1]"),
+    ("top_p", 1.5, "(0, 1]"),
+    ("min_p", -0.1, "[0, 1)"),
+    ("min_p", 1.0, "[0, 1)"),
+    ("temperature", 0.0, "> 0"),
+    ("mode", "mix", "replace, add"),
+    ("emit", "greedy", "argmax, sample"),
+    ("noise", "gaussian", "none, dirichlet, gumbel"),
+    ("alpha", -1.0, "> 0"),
+    ("tau", 0, "> 0"),
+    ("entropy_threshold", -0.5, ">= 0"),
+    ("patience", 0, ">= 1"),
+    ("max_soft_steps", 0, ">= 1"),
+    ("scale", float("nan"), "finite"),
+    ("think_end", 3.5, "token string"),
+]
+
+
+@pytest.mark.parametrize("knob, value, allowed", BAD_KNOBS)
+def test_bad_knob_names_itself_and_the_allowed_range(knob, value, allowed):
+    with pytest.raises(SoftThinkingParamError) as excinfo:
+        SoftThinkingParams().with_overrides({knob: value})
+    assert isinstance(excinfo.value, ValueError)
+    assert excinfo.value.parameter == knob
+    assert f"soft_thinking.{knob}" in str(excinfo.value) and allowed in str(excinfo.value)
+
+
+def test_unknown_knob_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown soft_thinking knob.*'topk'.*valid knobs: alpha, emit"):
+        SoftThinkingParams().with_overrides({"topk": 3})
+
+
+def test_request_forms():
+    assert request_overrides(None) is None
+    assert request_overrides({"other": 1}) is None
+    assert request_overrides({"soft_thinking": {}}) == {}
+    assert request_overrides({"soft_thinking": {"top_k": 3}, "soft_thinking_mode": "add"}) == {"top_k": 3, "mode": "add"}
+    assert request_overrides({"soft_thinking": 1, "soft_thinking_top_k": 4}) == {"top_k": 4}
+    assert request_overrides({"soft_thinking_top_p": 0.5}) == {"top_p": 0.5}
+    assert request_overrides({"soft_thinking": 0, "soft_thinking_top_k": 4}) is None
+    with pytest.raises(ValueError, match="extra_args\\['soft_thinking'\\]"):
+        request_overrides({"soft_thinking": [1]})
+
+
+def test_engine_defaults():
+    assert engine_defaults(None) is None
+    assert engine_defaults({"other": 1}) is None
+    assert engine_defaults({"soft_thinking": {}}) == SoftThinkingParams()
+    assert engine_defaults({"soft_thinking": {"top_k": 4}}).top_k == 4
+    with pytest.raises(ValueError, match="top_k"):
+        engine_defaults({"soft_thinking": {"top_k": -4}})
+
+
+def test_think_end_resolution():
+    vocab = {"</think>": 7}
+    resolve = lambda params: resolve_think_end(params, 10, vocab.get)  # noqa: E731
+    assert resolve(SoftThinkingParams(think_end="</think>")).think_end_id == 7
+    assert resolve(SoftThinkingParams(think_end=3)).think_end_id == 3
+    assert resolve(SoftThinkingParams()).think_end_id is None
+    for bad in ("<missing>", 10, -1):
+        with pytest.raises(SoftThinkingParamError, match="think_end .* not a single token"):
+            resolve(SoftThinkingParams(think_end=bad))

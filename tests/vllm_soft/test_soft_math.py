@@ -1,0 +1,145 @@
+"""The batched soft-step kernels against the one-row reference, and the noise and cold-stop rules."""
+
+import pytest
+import torch
+
+from vllm_soft import soft_math
+from vllm_soft.params import SoftThinkingParams
+from vllm_soft.reference import predicted_end_step, reference_filter
+
+KNOB_SETS = [
+    SoftThinkingParams(),
+    SoftThinkingParams(top_k=1),
+    SoftThinkingParams(top_k=50, top_p=1.0, min_p=0.0, temperature=1.0),
+    SoftThinkingParams(top_k=8, top_p=0.5, min_p=0.0, temperature=2.0),
+    SoftThinkingParams(top_k=30, top_p=1.0, min_p=0.2, temperature=0.3),
+]
+
+
+def _batched(logits, knobs):
+    return soft_math.filter_distribution(
+        logits,
+        torch.tensor([k.temperature for k in knobs]),
+        torch.tensor([k.top_k for k in knobs]),
+        torch.tensor([k.top_p for k in knobs]),
+        torch.tensor([k.min_p for k in knobs]),
+    )
+
+
+def test_batched_filter_matches_reference_row_by_row():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(KNOB_SETS) * 4, 1000, generator=generator) * 3
+    knobs = KNOB_SETS * 4
+    dist = _batched(logits, knobs)
+    for row, k in enumerate(knobs):
+        expected = reference_filter(logits[row], k)
+        kept = dist.kept_BK[row]
+        assert dist.token_ids_BK[row][kept].tolist() == expected.token_ids
+        torch.testing.assert_close(dist.weights_BK[row][kept], torch.tensor(expected.weights, dtype=torch.float32))
+        assert dist.weights_BK[row][~kept].abs().sum() == 0
+        assert dist.entropy_B[row].item() == pytest.approx(expected.entropy, rel=1e-4)
+
+
+def test_each_filter_knob_shrinks_the_support():
+    logits = torch.randn(1, 500, generator=torch.Generator().manual_seed(1))
+    wide = SoftThinkingParams(top_k=40, top_p=1.0, min_p=0.0, temperature=1.0)
+    sizes = {
+        name: int(_batched(logits, [knob]).kept_BK.sum())
+        for name, knob in {
+            "wide": wide,
+            "top_k": SoftThinkingParams(top_k=10, top_p=1.0, min_p=0.0, temperature=1.0),
+            "top_p": SoftThinkingParams(top_k=40, top_p=0.02, min_p=0.0, temperature=1.0),
+            "min_p": SoftThinkingParams(top_k=40, top_p=1.0, min_p=0.8, temperature=1.0),
+            "temperature": SoftThinkingParams(top_k=40, top_p=0.5, min_p=0.0, temperature=0.1),
+        }.items()
+    }
+    assert sizes["wide"] == 40
+    assert all(sizes[name] < 40 for name in ("top_k", "top_p", "min_p", "temperature")), sizes
+
+
+def test_masked_tokens_never_enter_the_support():
+    logits = torch.full((1, 100), float("-inf"))
+    logits[0, [3, 7]] = torch.tensor([1.0, 0.5])
+    dist = _batched(logits, [SoftThinkingParams(top_k=10, top_p=1.0, min_p=0.0)])
+    assert sorted(dist.token_ids_BK[0][dist.kept_BK[0]].tolist()) == [3, 7]
+    assert torch.isfinite(dist.entropy_B).all()
+
+
+@pytest.mark.parametrize("noise", ["dirichlet", "gumbel"])
+def test_noise_stays_on_support_sums_to_one_and_changes_weights(noise):
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    draws = [soft_math.apply_noise(weights, noise, alpha=1.0, tau=1.0, generator=generator) for _ in range(2000)]
+    for noisy in draws:
+        assert noisy[4:].abs().sum() == 0
+        assert noisy.sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert (noisy >= 0).all()
+    assert all(not torch.allclose(noisy, weights) for noisy in draws)
+    stacked = torch.stack(draws)
+    if noise == "dirichlet":  # E[Dirichlet(alpha * w)] = w
+        assert torch.allclose(stacked.mean(0), weights, atol=0.03)
+    else:  # the argmax of a Gumbel-perturbed distribution is a sample from it
+        frequencies = torch.bincount(stacked.argmax(-1), minlength=6) / len(draws)
+        assert torch.allclose(frequencies, weights, atol=0.03)
+    again = torch.Generator().manual_seed(0)
+    assert torch.equal(soft_math.apply_noise(weights, noise, 1.0, 1.0, again), draws[0])
+
+
+def test_dirichlet_concentration_controls_spread():
+    weights = torch.tensor([0.6, 0.3, 0.1])
+    generator = torch.Generator().manual_seed(0)
+    spread = {
+        alpha: torch.stack([soft_math.dirichlet_noise(weights, alpha, generator) for _ in range(400)]).std(0).mean()
+        for alpha in (0.5, 100.0)
+    }
+    assert spread[100.0] < spread[0.5] / 4
+
+
+def test_tiny_dirichlet_concentration_does_not_underflow():
+    weights = torch.tensor([0.999, 0.001])
+    noisy = soft_math.dirichlet_noise(weights, 1e-3, torch.Generator().manual_seed(0))
+    assert noisy.sum().item() == pytest.approx(1.0)
+
+
+def test_sample_emission_follows_the_weights():
+    weights = torch.tensor([0.7, 0.2, 0.1])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([soft_math.emit_index(weights, "sample", generator) for _ in range(3000)]), minlength=3)
+    assert torch.allclose(counts / 3000, weights, atol=0.03)
+    assert soft_math.emit_index(weights, "argmax", None) == 0
+
+
+def test_concept_embedding_and_mixing_modes():
+    table = torch.randn(10, 4)
+    ids = torch.tensor([[2, 5, 0]])
+    weights = torch.tensor([[0.75, 0.25, 0.0]])
+    concept = soft_math.concept_embeddings(ids, weights, lambda t: table[t])
+    torch.testing.assert_close(concept[0], 0.75 * table[2] + 0.25 * table[5])
+    assert torch.equal(soft_math.mix_input("replace", table[2], concept[0], 0.5), concept[0])
+    torch.testing.assert_close(soft_math.mix_input("add", table[2], concept[0], 0.5), table[2] + 0.5 * concept[0])
+
+
+def _transition(**overrides):
+    args = dict(
+        emitted=5, entropy=1.0, low_entropy_streak=0, soft_steps_done=0, think_end_id=9,
+        entropy_threshold=0.1, patience=3, max_soft_steps=None,
+    )
+    return soft_math.thinking_transition(**{**args, **overrides})
+
+
+def test_thinking_transition_rules():
+    assert _transition() == (5, 0, None)
+    assert _transition(entropy=0.01, low_entropy_streak=1) == (5, 2, None)
+    assert _transition(entropy=0.01, low_entropy_streak=2) == (9, 3, "cold_stop")
+    assert _transition(entropy=0.01, low_entropy_streak=2, think_end_id=None) == (5, 3, "cold_stop")
+    assert _transition(emitted=9) == (9, 0, "think_end")
+    assert _transition(soft_steps_done=3, max_soft_steps=4) == (9, 0, "budget")
+    assert _transition(soft_steps_done=2, max_soft_steps=4) == (5, 0, None)
+
+
+def test_reference_predicts_the_same_end_step():
+    knobs = SoftThinkingParams(entropy_threshold=0.1, patience=3, think_end_id=9)
+    entropies = [1.0, 0.05, 0.05, 1.0, 0.05, 0.05, 0.05, 0.05]
+    assert predicted_end_step(entropies, [5] * 8, knobs) == (6, "cold_stop")
+    assert predicted_end_step(entropies, [5, 5, 9, 5, 5, 5, 5, 5], knobs) == (2, "think_end")
+    assert predicted_end_step([1.0] * 8, [5] * 8, knobs) is None

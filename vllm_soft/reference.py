@@ -1,0 +1,84 @@
+"""A readable reference of the soft step in plain PyTorch + transformers: the test oracle.
+
+It re-implements the filtering one row at a time, the obvious way, independently of the
+batched kernels in ``soft_math``, and replays a completion teacher-forced: the inputs are
+rebuilt from the recorded trace (mixtures at soft positions, token embeddings elsewhere)
+and one forward pass gives the distribution at every soft step.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm_soft.params import SoftThinkingParams
+
+
+@dataclass
+class ReferenceStep:
+    """The noiseless soft step the reference computes at one position."""
+
+    token_ids: list[int]
+    weights: list[float]
+    entropy: float
+
+
+def reference_filter(logits_V: torch.Tensor, knobs: SoftThinkingParams) -> ReferenceStep:
+    """Steps 1-5 of the soft step for one row, written for clarity."""
+    probs = torch.softmax(logits_V.double() / knobs.temperature, dim=-1)
+    entropy = float(-(probs[probs > 0] * probs[probs > 0].log()).sum())
+    order = torch.argsort(probs, descending=True)[: knobs.top_k].tolist()
+    kept, mass = [], 0.0
+    for token in order:
+        if knobs.top_p < 1.0 and mass >= knobs.top_p:
+            break
+        kept.append(token)
+        mass += float(probs[token])
+    p_max = float(probs[kept[0]])
+    kept = [t for t in kept if float(probs[t]) >= knobs.min_p * p_max and float(probs[t]) > 0]
+    total = sum(float(probs[t]) for t in kept)
+    return ReferenceStep(kept, [float(probs[t]) / total for t in kept], entropy)
+
+
+def rebuild_inputs_embeds(
+    embedding: torch.Tensor, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams
+) -> torch.Tensor:
+    """Inputs of the whole sequence but its last token, float32, with every soft step that
+    thinking continued after fed back as its mixture (replace) or added to E[y] (add)."""
+    ids = torch.tensor(prompt_ids + completion_ids[:-1])
+    inputs = embedding[ids].float().clone()
+    for entry in trace:
+        position = len(prompt_ids) + entry["position"]
+        if entry["end_reason"] is not None or position >= len(inputs):
+            continue
+        concept = (torch.tensor(entry["weights"]).unsqueeze(-1) * embedding[entry["token_ids"]].float()).sum(0)
+        inputs[position] = concept if knobs.mode == "replace" else inputs[position] + knobs.scale * concept
+    return inputs
+
+
+@torch.no_grad()
+def teacher_forced_logits(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs) -> torch.Tensor:
+    """Logits predicting each completion token, [len(completion), V], from one forward pass."""
+    embedding = model.get_input_embeddings().weight
+    inputs = rebuild_inputs_embeds(embedding, prompt_ids, completion_ids, trace, knobs)
+    logits = model(inputs_embeds=inputs.unsqueeze(0).to(embedding.dtype)).logits[0].float()
+    return logits[len(prompt_ids) - 1 :]
+
+
+def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs) -> list[ReferenceStep]:
+    """The reference soft step at every traced position, teacher-forced."""
+    logits = teacher_forced_logits(model, prompt_ids, completion_ids, trace, knobs)
+    return [reference_filter(logits[entry["position"]], knobs) for entry in trace]
+
+
+def predicted_end_step(entropies: list[float], emitted: list[int], knobs: SoftThinkingParams) -> tuple[int, str] | None:
+    """(index of the soft step at which thinking ends, reason), or None if it does not."""
+    streak = 0
+    for step, (entropy, token) in enumerate(zip(entropies, emitted)):
+        streak = streak + 1 if entropy < knobs.entropy_threshold else 0
+        if knobs.think_end_id is not None and token == knobs.think_end_id:
+            return step, "think_end"
+        if streak >= knobs.patience:
+            return step, "cold_stop"
+        if knobs.max_soft_steps is not None and step + 1 >= knobs.max_soft_steps:
+            return step, "budget"
+    return None
