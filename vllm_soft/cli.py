@@ -1,4 +1,4 @@
-"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it."""
+"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it, ``serve`` it."""
 
 import argparse
 import sys
@@ -8,11 +8,18 @@ from vllm_soft.generate import add_generate_args, run_generate
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # everything after it belongs to `vllm serve`
+        from vllm_soft.serve import serve
+
+        serve(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(prog="vllm-soft", description="Soft thinking for vLLM.")
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="build (once) and print a named model's local folder")
     fetch.add_argument("name", nargs="?", default=models.DEFAULT_MODEL, help=f"one of: {', '.join(sorted(models.MODELS))}")
     add_generate_args(commands.add_parser("generate", help="answer prompts with vLLM and print the answers"))
+    commands.add_parser("serve", help="vLLM's OpenAI server: vllm-soft serve MODEL [--soft-thinking] [vllm serve flags]")
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return models.main(["fetch", args.name])

@@ -13,7 +13,10 @@ paper's recommended settings (top-k 15, top-p 0.95, min-p 0.001, temperature 0.6
 cold-stop entropy 0.01 with patience 256).
 """
 
+import ast
 import dataclasses
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,6 +95,18 @@ class SoftThinkingParams:
 
 
 KNOBS = {f.name for f in dataclasses.fields(SoftThinkingParams)} - {"think_end_id"}
+
+
+@functools.cache
+def knob_docs() -> dict[str, str]:
+    """Each knob's one-line docstring (the string under its field), for CLI help."""
+    tree = ast.parse(inspect.getsource(SoftThinkingParams))
+    body = tree.body[0].body
+    docs = {}
+    for field_node, doc_node in zip(body, body[1:]):
+        if isinstance(field_node, ast.AnnAssign) and isinstance(doc_node, ast.Expr):
+            docs[field_node.target.id] = str(doc_node.value.value).strip()
+    return docs
 
 
 class SoftThinkingParamError(ValueError):

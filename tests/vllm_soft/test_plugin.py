@@ -54,3 +54,36 @@ def _plugin_state_in_worker(worker):
 def test_vllm_loads_plugin_in_its_worker_process(tiny_engine):
     states = tiny_engine.collective_rpc(_plugin_state_in_worker)
     assert states == [{"loaded": True, "patches": [name for name, _ in all_patches()]}]
+
+
+PATCHED_ATTRIBUTES = [
+    ("vllm.engine.arg_utils", "EngineArgs", "add_cli_args"),
+    ("vllm.engine.arg_utils", "EngineArgs", "from_cli_args"),
+    ("vllm.sampling_params", "SamplingParams", "_verify_extra_args"),
+    ("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs"),
+    ("vllm.v1.engine.output_processor", "RequestState", "make_request_output"),
+    ("vllm.v1.engine.output_processor", "RequestState", "_new_completion_output"),
+    ("vllm.v1.core.kv_cache_utils", None, "generate_block_hash_extra_keys"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler", "_free_request"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "__init__"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_update_states"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_preprocess"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_sample"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "sample_tokens"),
+    ("vllm.v1.sample.sampler", "Sampler", "sample"),
+]
+
+
+@pytest.mark.parametrize("module, owner, attribute", PATCHED_ATTRIBUTES)
+def test_every_patched_attribute_exists_and_is_wrapped(module, owner, attribute):
+    """Guards upgrades: each patch target is still in vLLM, and our wrapper is installed."""
+    import importlib
+
+    plugin.register()
+    target = importlib.import_module(module)
+    if owner is not None:
+        target = getattr(target, owner)
+    value = getattr(target, attribute)
+    wrapped = getattr(value, "__func__", value)
+    assert hasattr(wrapped, "__wrapped__"), f"{module}.{owner}.{attribute} is not patched"

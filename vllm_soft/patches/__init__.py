@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 def all_patches() -> list[tuple[str, Callable[[], None]]]:
     """(name, apply) pairs in application order."""
-    from vllm_soft.patches import frontend, model_runner, scheduler
+    from vllm_soft.patches import cli, frontend, model_runner, scheduler
 
     return [
+        ("cli.soft_thinking_flags", cli.apply),
         ("frontend.validate_requests", frontend.apply_request_validation),
         ("frontend.completion_trace", frontend.apply_completion_trace),
         ("scheduler.soft_block_hashes", scheduler.apply_block_hash_keys),

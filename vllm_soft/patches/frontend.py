@@ -29,6 +29,19 @@ from vllm_soft.params import (
 
 
 
+def _request_error(error: SoftThinkingParamError) -> Exception:
+    """The same error as vLLM's validation error too: AsyncLLM passes client errors through
+    (HTTP 400) but reports any other exception from request admission as a 500."""
+    from vllm.exceptions import VLLMValidationError
+
+    class SoftThinkingRequestError(VLLMValidationError, SoftThinkingParamError):
+        def __init__(self, message: str, parameter: str):
+            Exception.__init__(self, message)
+            self.parameter, self.value = parameter, None
+
+    return SoftThinkingRequestError(str(error), error.parameter)
+
+
 def _token_to_id(tokenizer):
     def lookup(token: str) -> int | None:
         vocab = tokenizer.get_vocab()
@@ -70,21 +83,27 @@ def apply_request_validation() -> None:
     @functools.wraps(verify_extra_args)
     def _verify_extra_args(self):
         verify_extra_args(self)
-        overrides = request_overrides(self.extra_args)
-        if overrides:
-            SoftThinkingParams().with_overrides(overrides)  # raises on a bad knob
+        try:
+            overrides = request_overrides(self.extra_args)
+            if overrides:
+                SoftThinkingParams().with_overrides(overrides)
+        except SoftThinkingParamError as error:
+            raise _request_error(error) from None
 
     @functools.wraps(process_inputs)
     def process_inputs_(self, *args, **kwargs):
         request = process_inputs(self, *args, **kwargs)
         params = request.sampling_params
         if params is not None and params.extra_args:
-            resolve_request_knobs(
-                params.extra_args,
-                self.vllm_config.additional_config,
-                self.vllm_config.model_config.get_vocab_size(),
-                self.tokenizer,
-            )
+            try:
+                resolve_request_knobs(
+                    params.extra_args,
+                    self.vllm_config.additional_config,
+                    self.vllm_config.model_config.get_vocab_size(),
+                    self.tokenizer,
+                )
+            except SoftThinkingParamError as error:
+                raise _request_error(error) from None
         return request
 
     SamplingParams._verify_extra_args = _verify_extra_args

@@ -1,0 +1,110 @@
+"""The OpenAI server, for real: `vllm-soft serve tiny --soft-thinking`, called with the openai client.
+
+Starts its own server process (the other tests share offline engines; a server is a
+separate process by nature). Requests go to loopback only.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path):
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "vllm_soft.cli", "serve", str(tiny_model_path), "--soft-thinking",
+        "--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "--seed", "0",
+        "--kv-cache-memory-bytes", str(1 << 29), "--host", "127.0.0.1", "--port", str(port),
+    ]
+    process = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    deadline = time.monotonic() + 300
+    while True:
+        assert process.poll() is None, "the server exited during start-up"
+        assert time.monotonic() < deadline, "the server did not come up in 300 s"
+        try:
+            model = client.models.list().data[0].id
+            break
+        except openai.APIConnectionError:
+            time.sleep(2)
+    yield client, model, port
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def _complete(client, model, prompt, soft_knobs=None):
+    extra = {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}} if soft_knobs is not None else None
+    response = client.completions.create(
+        model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=extra
+    )
+    return response.choices[0].text
+
+
+def test_completions_soft_top_k_1_equals_plain_greedy(server):
+    client, model, _ = server
+    for prompt in ["Hello there", "The answer is", "1 + 1 ="]:
+        assert _complete(client, model, prompt, {"top_k": 1}) == _complete(client, model, prompt)
+
+
+def test_chat_soft_and_plain(server):
+    client, model, _ = server
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0.0)
+    soft = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0.0,
+        extra_body={"vllm_xargs": {"soft_thinking": 1, "soft_thinking_top_k": 1}},
+    )
+    assert soft.choices[0].message.content == plain.choices[0].message.content
+    assert soft.usage.completion_tokens == MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    "xargs, knob",
+    [({"soft_thinking_top_p": 3}, "top_p"), ({"soft_thinking_mode": "mix"}, "mode"),
+     ({"soft_thinking_think_end": "<no-such-token>"}, "think_end"), ({"soft_thinking_topk": 2}, "topk")],
+)
+def test_bad_knob_is_http_400_naming_it_and_the_server_keeps_serving(server, xargs, knob):
+    client, model, _ = server
+    with pytest.raises(openai.BadRequestError, match=knob):
+        client.completions.create(model=model, prompt="Hi", max_tokens=4, extra_body={"vllm_xargs": xargs})
+    assert _complete(client, model, "Hi") != ""
+
+
+def test_200_concurrent_requests_half_soft_match_one_at_a_time(server):
+    client, model, port = server
+    prompts = [f"Item {i}: the value is" for i in range(200)]
+    knobs = [{"top_k": 4, "mode": "add" if i % 4 == 1 else "replace"} if i % 2 else None for i in range(200)]
+    one_at_a_time = [_complete(client, model, p, k) for p, k in zip(prompts, knobs)]
+
+    async def all_at_once():
+        async_client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        async def one(prompt, soft_knobs):
+            extra = None
+            if soft_knobs is not None:
+                extra = {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}}
+            response = await async_client.completions.create(
+                model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=extra
+            )
+            return response.choices[0].text
+        return await asyncio.gather(*(one(p, k) for p, k in zip(prompts, knobs)))
+
+    concurrent = asyncio.run(all_at_once())
+    assert len(concurrent) == 200
+    assert concurrent == one_at_a_time

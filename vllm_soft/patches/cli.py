@@ -1,0 +1,93 @@
+"""``vllm serve MODEL --soft-thinking [--soft-thinking-<knob> VALUE ...]``.
+
+Why: server-level soft thinking should be one flag, with its defaults listed in
+``vllm serve --help``. What: wraps ``EngineArgs.add_cli_args`` (adds the flag group;
+vLLM loads plugins just before it builds the parser, for exactly this) and
+``EngineArgs.from_cli_args`` (turns the flags into ``additional_config["soft_thinking"]``,
+the one place engines read them, and enables prompt embeddings unless the engine is
+eager, so compiled graphs accept mixtures). When it can go: if vLLM lets general
+plugins declare CLI arguments.
+"""
+
+import argparse
+import functools
+import logging
+
+from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, SoftThinkingParams, knob_docs
+
+logger = logging.getLogger("vllm_soft")
+
+_INT_KNOBS = {"top_k", "patience", "max_soft_steps"}
+_CHOICES = {"mode": ["replace", "add"], "emit": ["argmax", "sample"], "noise": ["none", "dirichlet", "gumbel"]}
+
+
+def _think_end(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def _flag_type(knob: str):
+    if knob in _CHOICES:
+        return str
+    if knob in _INT_KNOBS:
+        return int
+    if knob == "think_end":
+        return _think_end
+    return float
+
+
+def add_soft_thinking_args(parser: argparse.ArgumentParser) -> None:
+    """The ``--soft-thinking`` flag group; knob flags default to None (built-in default)."""
+    group = parser.add_argument_group(
+        "Soft thinking (vllm-soft)",
+        "Requests that ask for soft thinking (extra_args / vllm_xargs 'soft_thinking') feed back "
+        "probability-weighted token mixtures during their thinking span. These flags set the server defaults.",
+    )
+    group.add_argument("--soft-thinking", action="store_true", help="enable soft thinking on this engine")
+    docs = knob_docs()
+    defaults = SoftThinkingParams()
+    for knob in sorted(KNOBS):
+        group.add_argument(
+            f"--soft-thinking-{knob.replace('_', '-')}",
+            type=_flag_type(knob),
+            choices=_CHOICES.get(knob),
+            default=None,
+            help=f"{docs[knob]} (default: {getattr(defaults, knob)})",
+        )
+
+
+def soft_thinking_config(args: argparse.Namespace) -> dict | None:
+    """Engine defaults from parsed flags, or None when soft thinking was not asked for."""
+    knobs = {k: getattr(args, f"soft_thinking_{k}") for k in KNOBS if getattr(args, f"soft_thinking_{k}", None) is not None}
+    if not getattr(args, "soft_thinking", False) and not knobs:
+        return None
+    SoftThinkingParams().with_overrides(knobs)  # fail at start-up, naming the flag's knob
+    return knobs
+
+
+def apply() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    add_cli_args = EngineArgs.add_cli_args
+    from_cli_args = EngineArgs.from_cli_args.__func__
+
+    @functools.wraps(add_cli_args)
+    def add_cli_args_(parser, *args, **kwargs):
+        parser = add_cli_args(parser, *args, **kwargs)
+        add_soft_thinking_args(parser)
+        return parser
+
+    @functools.wraps(from_cli_args)
+    def from_cli_args_(cls, args):
+        engine_args = from_cli_args(cls, args)
+        knobs = soft_thinking_config(args)
+        if knobs is not None:
+            config = dict(engine_args.additional_config or {})
+            config[EXTRA_ARGS_KEY] = {**config.get(EXTRA_ARGS_KEY, {}), **knobs}
+            engine_args.additional_config = config
+            if not engine_args.enforce_eager and not engine_args.enable_prompt_embeds:
+                logger.info("vllm-soft: enabling prompt embeddings so compiled graphs take soft inputs")
+                engine_args.enable_prompt_embeds = True
+        return engine_args
+
+    EngineArgs.add_cli_args = staticmethod(add_cli_args_)
+    EngineArgs.from_cli_args = classmethod(from_cli_args_)
