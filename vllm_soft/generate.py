@@ -1,6 +1,7 @@
 """Generate chat answers with vLLM on a named or local model: the quickest end-to-end check.
 
     vllm-soft generate                        # default model, built-in prompts
+    vllm-soft generate --soft-thinking        # the same prompts, every answer decoded soft
     vllm-soft generate --model tiny --prompt "What is 2 + 3?" --max-tokens 32
 """
 
@@ -8,6 +9,7 @@ import argparse
 import time
 
 from vllm_soft.models import DEFAULT_MODEL, resolve_model
+from vllm_soft.trace import soft_summary
 
 DEMO_PROMPTS = [
     "What is 7 + 5?",
@@ -30,6 +32,9 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="model dtype in vLLM (auto, bfloat16, float32)")
     parser.add_argument("--max-model-len", type=int, default=2048, help="context length of the engine")
     parser.add_argument(
+        "--soft-thinking", action="store_true", help="decode every answer with soft thinking (built-in knobs)"
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="let vLLM torch.compile the model (on CPU: ~1.5 min more start-up)"
     )
 
@@ -51,16 +56,23 @@ def run_generate(args: argparse.Namespace) -> None:
         enforce_eager=not args.compile,
         gpu_memory_utilization=0.3,
         seed=0,
+        **({"additional_config": {"soft_thinking": {}}} if args.soft_thinking else {}),
     )
     startup_s = time.perf_counter() - start
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    extra_args = {"soft_thinking": {}} if args.soft_thinking else None
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, extra_args=extra_args)
     start = time.perf_counter()
     outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
     generate_s = time.perf_counter() - start
     new_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     for prompt, output in zip(prompts, outputs):
-        print(f"\n>>> {prompt}\n{output.outputs[0].text.strip()}")
+        completion = output.outputs[0]
+        soft = ""
+        if args.soft_thinking:
+            summary = soft_summary(completion)
+            soft = f"  [soft steps: {summary['num_soft_steps']}, thinking ended by: {summary['end_reason']}]"
+        print(f"\n>>> {prompt}{soft}\n{completion.text.strip()}")
     print(
-        f"\n[vllm-soft] {args.model}: engine start {startup_s:.1f} s; {len(prompts)} prompts, "
+        f"\n[vllm-soft] {args.model}{' (soft thinking)' if args.soft_thinking else ''}: engine start {startup_s:.1f} s; {len(prompts)} prompts, "
         f"{new_tokens} new tokens in {generate_s:.1f} s ({new_tokens / generate_s:.1f} tokens/s)"
     )
