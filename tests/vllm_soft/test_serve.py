@@ -49,10 +49,16 @@ def server(tiny_model_path):
     process.wait(timeout=60)
 
 
+def _extra_body(soft_knobs):
+    """OpenAI `extra_body` of a soft request (flat `vllm_xargs`), or None for a plain one."""
+    if soft_knobs is None:
+        return None
+    return {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}}
+
+
 def _complete(client, model, prompt, soft_knobs=None):
-    extra = {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}} if soft_knobs is not None else None
     response = client.completions.create(
-        model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=extra
+        model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=_extra_body(soft_knobs)
     )
     return response.choices[0].text
 
@@ -96,11 +102,8 @@ def test_200_concurrent_requests_half_soft_match_one_at_a_time(server):
     async def all_at_once():
         async_client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         async def one(prompt, soft_knobs):
-            extra = None
-            if soft_knobs is not None:
-                extra = {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}}
             response = await async_client.completions.create(
-                model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=extra
+                model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, extra_body=_extra_body(soft_knobs)
             )
             return response.choices[0].text
         return await asyncio.gather(*(one(p, k) for p, k in zip(prompts, knobs)))
