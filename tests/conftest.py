@@ -47,10 +47,10 @@ def default_model_path():
     return models.fetch(models.DEFAULT_MODEL)
 
 
-def _start_engine(path):
+def _start_engine(path, **overrides):
     from vllm import LLM
 
-    return LLM(model=str(path), **ENGINE_KWARGS)
+    return LLM(model=str(path), **{**ENGINE_KWARGS, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +59,13 @@ def default_hf_model(default_model_path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_path)
 
 
 @pytest.fixture(scope="session")
@@ -71,5 +78,41 @@ def tiny_engine(tiny_model_path):
 @pytest.fixture(scope="session")
 def default_engine(default_model_path):
     llm = _start_engine(default_model_path)
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def inprocess_tiny_engine(tiny_model_path):
+    """The tiny model with the engine core in this process, so tests can look inside the
+    scheduler and the worker directly."""
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        llm = _start_engine(tiny_model_path)
+    finally:
+        if previous is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+
+
+# float32 SmolLM2-135M: 30 layers x 2 (K, V) x 3 heads x 64 dims x 4 bytes per token.
+DEFAULT_MODEL_KV_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4
+
+
+@pytest.fixture(scope="session")
+def preempting_engine(default_model_path):
+    """The default model with a KV cache of 16 blocks of 32 tokens: 24 requests cannot all
+    fit, so the scheduler preempts (and later recomputes) running requests."""
+    llm = _start_engine(
+        default_model_path,
+        block_size=32,
+        max_model_len=256,
+        kv_cache_memory_bytes=16 * 32 * DEFAULT_MODEL_KV_BYTES_PER_TOKEN,
+        disable_log_stats=False,
+    )
     yield llm
     llm.llm_engine.engine_core.shutdown()

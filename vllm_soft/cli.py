@@ -16,13 +16,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="vllm-soft", description="Soft thinking for vLLM.")
     commands = parser.add_subparsers(dest="command", required=True)
-    fetch = commands.add_parser("fetch", help="build (once) and print a named model's local folder")
-    fetch.add_argument("name", nargs="?", default=models.DEFAULT_MODEL, help=f"one of: {', '.join(sorted(models.MODELS))}")
+    models.add_fetch_command(commands)
     add_generate_args(commands.add_parser("generate", help="answer prompts with vLLM and print the answers"))
     commands.add_parser("serve", help="vLLM's OpenAI server: vllm-soft serve MODEL [--soft-thinking] [vllm serve flags]")
     args = parser.parse_args(argv)
     if args.command == "fetch":
-        return models.main(["fetch", args.name])
+        return models.run_fetch(args.name)
     run_generate(args)
     return 0
 

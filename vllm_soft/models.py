@@ -179,24 +179,34 @@ def resolve_model(name_or_path: str) -> str:
     return str(fetch(name_or_path)) if name_or_path in MODELS else name_or_path
 
 
+def add_fetch_command(commands) -> None:
+    """The ``fetch [NAME]`` subcommand, shared by ``python -m vllm_soft.models`` and ``vllm-soft``."""
+    fetch_parser = commands.add_parser("fetch", help="build (once) and print a model's local folder")
+    fetch_parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of: {', '.join(sorted(MODELS))}")
+
+
+def run_fetch(name: str) -> int:
+    """Print the folder of a named model (building it once); exit status 2 on a bad name."""
+    try:
+        path = fetch(name)
+    except (ValueError, ModelBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vllm_soft.models", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    fetch_parser = commands.add_parser("fetch", help="build (once) and print a model's local folder")
-    fetch_parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of: {', '.join(sorted(MODELS))}")
+    add_fetch_command(commands)
     commands.add_parser("list", help="list the named models")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in sorted(MODELS):
             print(name + (" (default)" if name == DEFAULT_MODEL else ""))
         return 0
-    try:
-        path = fetch(args.name)
-    except (ValueError, ModelBuildError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_fetch(args.name)
 
 
 if __name__ == "__main__":

@@ -33,27 +33,31 @@ class FilteredDistribution:
     """Entropy in nats of the full tempered distribution (float32)."""
 
 
-def entropy_of_logits(logits_BV: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits); tokens with -inf logits contribute 0."""
-    log_probs = torch.log_softmax(logits_BV.float(), dim=-1)
-    probs = log_probs.exp()
-    return -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(-1)
-
-
 def filter_distribution(
     logits_BV: torch.Tensor,
     temperature_B: torch.Tensor,
     top_k_B: torch.Tensor,
     top_p_B: torch.Tensor,
     min_p_B: torch.Tensor,
+    workspace: torch.Tensor | None = None,
 ) -> FilteredDistribution:
     """softmax(z / T), keep the top-k, then the shortest prefix reaching top-p, then drop
-    p < min_p * p_max; renormalise over what is kept."""
-    scaled = logits_BV.float() / temperature_B.float().unsqueeze(-1)
-    entropy_B = entropy_of_logits(scaled)
-    probs_BV = torch.softmax(scaled, dim=-1)
+    p < min_p * p_max; renormalise over what is kept.
+
+    ``workspace``: optional contiguous float32 buffer of shape (>= B, V), overwritten;
+    passing the same one every step spares a vocabulary-sized allocation per step (most
+    of this function's cost at large batch on CPU).
+    """
+    if workspace is None:
+        probs_BV = torch.empty(logits_BV.shape, dtype=torch.float32, device=logits_BV.device)
+    else:
+        probs_BV = workspace[: logits_BV.shape[0]]
+    torch.div(logits_BV, temperature_B.float().unsqueeze(-1), out=probs_BV)
+    torch.softmax(probs_BV, dim=-1, out=probs_BV)
     max_k = int(top_k_B.max())
     top_probs_BK, token_ids_BK = probs_BV.topk(max_k, dim=-1, sorted=True)
+    # entr(p) = -p log p, 0 at p = 0; computed in place, the probabilities are no longer needed.
+    entropy_B = torch.special.entr(probs_BV, out=probs_BV).sum(-1)
     rank_K = torch.arange(max_k, device=logits_BV.device)
     kept = rank_K.unsqueeze(0) < top_k_B.unsqueeze(-1)
     # Top-p on the original probabilities: keep entry i while the mass before it is

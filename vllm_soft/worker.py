@@ -63,6 +63,7 @@ class SoftThinkingRunner:
         self.requests: dict[str, SoftRequestState] = {}
         self._proposals: list[SoftProposal] = []
         self._rows: list[tuple[int, str]] = []
+        self._workspace: torch.Tensor | None = None
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -158,6 +159,7 @@ class SoftThinkingRunner:
             torch.tensor([k.top_k for k in knobs], device=device),
             torch.tensor([k.top_p for k in knobs], device=device),
             torch.tensor([k.min_p for k in knobs], device=device),
+            self._workspace_for(logits_BV, len(self._rows)),
         )
         token_ids = dist.token_ids_BK.cpu()
         weights = dist.weights_BK.cpu()
@@ -182,6 +184,16 @@ class SoftThinkingRunner:
             self._proposals.append(SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, end_reason, streak))
             replacements.append((row, emitted))
         return replacements
+
+    def _workspace_for(self, logits_BV: torch.Tensor, rows: int) -> torch.Tensor:
+        """A float32 (rows, V) scratch buffer for the soft step, kept across steps."""
+        vocab = logits_BV.shape[1]
+        workspace = self._workspace
+        if workspace is None or workspace.shape[0] < rows or workspace.shape[1] != vocab or workspace.device != logits_BV.device:
+            grown = 2 * workspace.shape[0] if workspace is not None else 8  # geometric: few reallocations
+            workspace = torch.empty(max(rows, grown), vocab, dtype=torch.float32, device=logits_BV.device)
+            self._workspace = workspace
+        return workspace
 
     def commit(self, runner, sampled_token_ids: list[list[int]]) -> dict[str, list[dict]]:
         """Advance the rows whose sample vLLM kept; return new trace entries by request id."""

@@ -63,6 +63,8 @@ PATCHED_ATTRIBUTES = [
     ("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs"),
     ("vllm.v1.engine.output_processor", "RequestState", "make_request_output"),
     ("vllm.v1.engine.output_processor", "RequestState", "_new_completion_output"),
+    ("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", "request_output_to_completion_response"),
+    ("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat", "chat_completion_full_generator"),
     ("vllm.v1.core.kv_cache_utils", None, "generate_block_hash_extra_keys"),
     ("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output"),
     ("vllm.v1.core.sched.scheduler", "Scheduler", "_free_request"),

@@ -14,6 +14,8 @@ import time
 import openai
 import pytest
 
+from vllm_soft import soft_summary, soft_trace
+
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 8
@@ -79,6 +81,40 @@ def test_chat_soft_and_plain(server):
     )
     assert soft.choices[0].message.content == plain.choices[0].message.content
     assert soft.usage.completion_tokens == MAX_TOKENS
+
+
+def _assert_trace_matches_tokens(choice, token_ids, num_steps):
+    summary = {k: v for k, v in choice.soft_thinking.items() if k != "steps"}
+    assert summary == soft_summary(choice) == {"num_soft_steps": num_steps, "end_reason": None, "cold_stop": False}
+    trace = soft_trace(choice)
+    assert [step["position"] for step in trace] == list(range(num_steps))
+    for step in trace:
+        assert step["emitted"] == token_ids[step["position"]]
+        assert abs(sum(step["weights"]) - 1.0) < 1e-5
+        assert step["token_ids"][0] == step["emitted"]  # argmax emission, no noise
+
+
+def test_completions_carry_the_trace_on_every_choice(server):
+    client, model, _ = server
+    response = client.completions.create(
+        model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0, n=2,
+        extra_body={"return_token_ids": True, **_extra_body({"top_k": 5})},
+    )
+    assert len(response.choices) == 2
+    for choice in response.choices:
+        _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS)
+    plain = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0)
+    assert getattr(plain.choices[0], "soft_thinking", None) is None
+
+
+def test_chat_carries_the_trace(server):
+    client, model, _ = server
+    response = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2 + 3?"}], max_tokens=MAX_TOKENS,
+        temperature=0.0, extra_body={"return_token_ids": True, **_extra_body({"top_k": 5, "mode": "add"})},
+    )
+    (choice,) = response.choices
+    _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS)
 
 
 @pytest.mark.parametrize(

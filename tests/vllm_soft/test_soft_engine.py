@@ -6,71 +6,14 @@ trace and must find, at every soft step, the same support and weights.
 """
 
 import pytest
-from transformers import AutoTokenizer
 from vllm import SamplingParams, TokensPrompt
 
+from soft_checks import assert_replays, chat_prompts, check_mixed_batch, generate, soft_params
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.reference import predicted_end_step, replay_trace
+from vllm_soft.reference import predicted_end_step
 from vllm_soft.trace import soft_summary, soft_trace
 
 pytestmark = pytest.mark.slow
-
-WEIGHT_TOLERANCE = 1e-4
-NEAR_TIE = 1e-4
-
-QUESTIONS = [
-    "What is {a} + {b}?",
-    "What is {a} times {b}?",
-    "Tom has {a} apples and buys {b} more. How many apples does he have?",
-    "Is {a}{b} an even number? Explain.",
-]
-
-
-def chat_prompts(tokenizer, count: int) -> list[list[int]]:
-    """Distinct chat prompts, tokenised with the model's chat template."""
-    prompts = []
-    for i in range(count):
-        question = QUESTIONS[i % len(QUESTIONS)].format(a=i % 9 + 1, b=(7 * i) % 9 + 1)
-        prompts.append(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
-    return prompts
-
-
-def generate(llm, prompts, params_list):
-    if isinstance(params_list, SamplingParams):
-        params_list = [params_list] * len(prompts)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params_list, use_tqdm=False)
-    return [o.outputs[0] for o in outputs]
-
-
-def soft_params(max_tokens: int, **knobs) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, extra_args={"soft_thinking": knobs})
-
-
-def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
-    """Teacher-forced check of one soft completion against the reference."""
-    trace = soft_trace(completion)
-    assert trace, "a soft request must have a trace"
-    assert [e["position"] for e in trace] == list(range(len(trace)))
-    expected = replay_trace(model, prompt_ids, list(completion.token_ids), trace, knobs)
-    for entry, reference in zip(trace, expected):
-        assert set(entry["token_ids"]) == set(reference.token_ids), entry["position"]
-        engine_weights = dict(zip(entry["token_ids"], entry["weights"]))
-        for token, weight in zip(reference.token_ids, reference.weights):
-            assert abs(engine_weights[token] - weight) <= WEIGHT_TOLERANCE, (entry["position"], token)
-        if knobs.noise == "none" and entry["end_reason"] is None:
-            assert entry["emitted"] == entry["token_ids"][max(range(len(entry["weights"])), key=entry["weights"].__getitem__)]
-        assert completion.token_ids[entry["position"]] == entry["emitted"]
-    return trace, expected
-
-
-@pytest.fixture(scope="module")
-def default_tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
-
 
 @pytest.mark.parametrize("engine_name", ["tiny_engine", "default_engine"])
 def test_top_k_1_is_greedy(engine_name, request, default_tokenizer):
@@ -97,36 +40,11 @@ def test_teacher_forced_replay_matches_reference(mode, default_engine, default_h
         assert max(len(e["token_ids"]) for e in trace) > 1, "the check needs real mixtures"
 
 
-def test_mixed_batch_soft_and_plain(default_engine, default_hf_model, default_tokenizer):
-    """24 requests in one generate(): soft ones with their own knobs replay exactly; plain
-    ones equal their output from the same engine alone, unless a near-tie came first."""
-    prompts = chat_prompts(default_tokenizer, 24)
-    knob_sets = [
-        None,
-        {"mode": "replace"},
-        {"mode": "add", "scale": 0.3},
-        None,
-        {"mode": "replace", "top_k": 3, "temperature": 1.0},
-        {"mode": "add", "top_p": 0.8, "min_p": 0.05},
-    ]
-    plain_params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)
-    params = [plain_params if k is None else soft_params(24, **k) for k in (knob_sets * 4)]
-    completions = generate(default_engine, prompts, params)
-    for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets * 4):
-        if knobs is None:
-            alone = generate(default_engine, [prompt_ids], plain_params)[0]
-            assert_equal_unless_near_tie(completion, alone)
-        else:
-            assert_replays(default_hf_model, prompt_ids, completion, SoftThinkingParams().with_overrides(knobs))
-
-
-def assert_equal_unless_near_tie(batched, alone):
-    for step, (a, b) in enumerate(zip(batched.token_ids, alone.token_ids)):
-        if a != b:
-            top2 = sorted((lp.logprob for lp in alone.logprobs[step].values()), reverse=True)[:2]
-            assert top2[0] - top2[1] < NEAR_TIE, f"diverged at step {step} without a near-tie"
-            return
-    assert len(batched.token_ids) == len(alone.token_ids)
+def test_mixed_batch_soft_and_plain_with_prefix_caching(default_engine, default_hf_model, default_tokenizer):
+    """24 mixed requests in one generate(), twice: the second run's prompts hit the prefix
+    cache (prefix caching is on) and everything still checks out."""
+    check_mixed_batch(default_engine, default_hf_model, default_tokenizer)
+    check_mixed_batch(default_engine, default_hf_model, default_tokenizer)
 
 
 def test_n_4_gives_four_traced_soft_samples(default_engine, default_tokenizer):

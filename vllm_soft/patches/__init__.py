@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 def all_patches() -> list[tuple[str, Callable[[], None]]]:
     """(name, apply) pairs in application order."""
-    from vllm_soft.patches import cli, frontend, model_runner, scheduler
+    from vllm_soft.patches import cli, frontend, model_runner, openai_api, scheduler
 
     return [
         ("cli.soft_thinking_flags", cli.apply),
         ("frontend.validate_requests", frontend.apply_request_validation),
         ("frontend.completion_trace", frontend.apply_completion_trace),
+        ("openai_api.choice_trace", openai_api.apply),
         ("scheduler.soft_block_hashes", scheduler.apply_block_hash_keys),
         ("scheduler.collect_traces", scheduler.apply_trace_collection),
         ("model_runner.soft_step", model_runner.apply),

@@ -16,7 +16,6 @@ What: wraps ``RequestState.make_request_output`` to take it out of
 
 import functools
 
-from vllm_soft.trace import COMPLETION_ATTRIBUTE
 from vllm_soft.params import (
     EXTRA_ARGS_KEY,
     FLAT_PREFIX,
@@ -26,7 +25,7 @@ from vllm_soft.params import (
     request_overrides,
     resolve_think_end,
 )
-
+from vllm_soft.trace import COMPLETION_ATTRIBUTE
 
 
 def _request_error(error: SoftThinkingParamError) -> Exception:
@@ -44,9 +43,9 @@ def _request_error(error: SoftThinkingParamError) -> Exception:
 
 def _token_to_id(tokenizer):
     def lookup(token: str) -> int | None:
-        vocab = tokenizer.get_vocab()
-        if token in vocab:
-            return vocab[token]
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and (token_id != tokenizer.unk_token_id or token == tokenizer.unk_token):
+            return token_id
         ids = tokenizer.encode(token, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
 

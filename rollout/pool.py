@@ -1,0 +1,122 @@
+"""A pool of R rollout workers (Ray actors) that turns prompt groups into sample groups.
+
+    generate(groups) ─► chunks of ``groups_per_call`` groups, queued
+         │   every live worker keeps two chunks in flight (the actor runs both at
+         │   once, so its engine batch never drains between chunks)
+         ◄── a chunk comes back: its groups are done (each exactly once)
+         ◄── a worker died: its unfinished chunks go back to the queue, and a
+             replacement starts (it loads the current weights before any work)
+    returns the groups complete, in the order they were given
+
+Weights: ``update_weights(named_tensors, version)`` puts them in the object store once
+and every worker loads them in place; the pool keeps the latest for replacements.
+"""
+
+import collections
+import logging
+import time
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from tqdm import tqdm
+
+from rollout.sample import Sample
+from rollout.settings import EngineConfig, PoolConfig, SamplingConfig
+from rollout.worker import GroupRequest, RolloutWorker, engine_environment
+
+logger = logging.getLogger(__name__)
+
+CALLS_IN_FLIGHT = 2
+WORKER_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class RolloutPool:
+    """R ``RolloutWorker`` actors behind one ``generate``."""
+
+    def __init__(self, engine: EngineConfig, rewards: dict[str, float], pool: PoolConfig):
+        if not ray.is_initialized():
+            ray.init()
+        self.engine, self.rewards, self.config = engine, rewards, pool
+        self._weights: tuple[ray.ObjectRef, int] | None = None
+        self.workers = [self._start_worker(i) for i in range(pool.num_workers)]
+        ray.get([w.ready.remote() for w in self.workers])
+        self.restarts = 0
+
+    def _start_worker(self, index: int):
+        config = self.config
+        actor = ray.remote(RolloutWorker).options(
+            num_cpus=config.num_cpus_per_worker,
+            num_gpus=config.num_gpus_per_worker,
+            resources=dict(config.resources_per_worker),
+            max_concurrency=CALLS_IN_FLIGHT + 2,  # generate calls plus weight loads / checks
+            runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker)},
+        )
+        worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index)
+        if self._weights is not None:
+            worker.load_weights.remote(*self._weights)  # runs before any generate call it gets
+        return worker
+
+    @property
+    def weight_version(self) -> int:
+        return self._weights[1] if self._weights is not None else 0
+
+    def generate(self, groups: list[GroupRequest], sampling: SamplingConfig, progress: bool = True) -> list[list[Sample]]:
+        """G samples for every group, in the order of ``groups``."""
+        size = self.config.groups_per_call
+        queue = collections.deque(groups[i : i + size] for i in range(0, len(groups), size))
+        in_flight: dict[ray.ObjectRef, tuple[int, list[GroupRequest]]] = {}
+        done: dict[int, list[Sample]] = {}
+        bar = tqdm(total=len(groups), unit="group", desc="rollout", disable=not progress)
+        start = time.perf_counter()
+        while queue or in_flight:
+            self._fill(queue, in_flight, sampling)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            index, chunk = in_flight.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except WORKER_LOST as error:
+                self._replace_worker(index, error)
+                queue.appendleft(chunk)
+                for ref in [r for r, (i, _) in in_flight.items() if i == index]:
+                    queue.appendleft(in_flight.pop(ref)[1])
+                continue
+            for group, samples in zip(chunk, results):
+                done[group.group_id] = samples
+            bar.update(len(chunk))
+            samples_done = sum(len(s) for s in done.values())
+            bar.set_postfix(samples_per_s=f"{samples_done / (time.perf_counter() - start):.2f}")
+        bar.close()
+        return [done[g.group_id] for g in groups]
+
+    def _fill(self, queue, in_flight, sampling: SamplingConfig) -> None:
+        """Give every worker up to CALLS_IN_FLIGHT chunks."""
+        busy = collections.Counter(index for index, _ in in_flight.values())
+        for index, worker in enumerate(self.workers):
+            while queue and busy[index] < CALLS_IN_FLIGHT:
+                chunk = queue.popleft()
+                in_flight[worker.generate.remote(chunk, sampling)] = (index, chunk)
+                busy[index] += 1
+
+    def _replace_worker(self, index: int, error: Exception) -> None:
+        logger.warning("rollout worker %d died (%s); its unfinished groups go to the queue", index, type(error).__name__)
+        if self.config.restart_dead_workers:
+            self.workers[index] = self._start_worker(index)
+            self.restarts += 1
+        else:
+            raise RuntimeError(f"rollout worker {index} died and restart_dead_workers is off") from error
+
+    def update_weights(self, named_tensors, version: int) -> float:
+        """Load weights into every worker (a list of (name, tensor) or its ObjectRef); returns seconds."""
+        start = time.perf_counter()
+        ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
+        self._weights = (ref, version)
+        ray.get([w.load_weights.remote(ref, version) for w in self.workers])
+        return time.perf_counter() - start
+
+    def weights_checksums(self) -> list[tuple[int, float, float]]:
+        return ray.get([w.weights_checksum.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []

@@ -1,0 +1,107 @@
+"""What a rollout run is made of: engine, sampling, prompts, rewards, pool. Loaded from
+YAML with ``rollout.config.load_config(RolloutConfig, path, overrides)``."""
+
+from dataclasses import dataclass, field
+
+from rollout.prompts import PromptFormat, PromptSourceConfig
+
+
+@dataclass
+class EngineConfig:
+    """One vLLM engine inside each rollout worker (soft thinking always enabled)."""
+
+    model: str = "smollm2-135m"
+    """A named model (``python -m vllm_soft.models list``) or a Hugging Face folder."""
+    dtype: str = "bfloat16"
+    max_model_len: int = 1024
+    enforce_eager: bool = True
+    kv_cache_gib: float | None = 1.0
+    """KV cache size per engine (the natural unit on CPU); None: use gpu_memory_utilization."""
+    gpu_memory_utilization: float = 0.3
+    max_num_seqs: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ValueError(f"kv_cache_gib must be > 0 or null (got {self.kv_cache_gib})")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1 (got {self.max_num_seqs})")
+
+
+@dataclass
+class SamplingConfig:
+    """How each prompt is sampled: G samples, plain or soft."""
+
+    group_size: int = 8
+    """G: samples per prompt."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    """Base seed; prompt group g is sampled with seed + g, so runs are reproducible."""
+    soft_thinking: dict | None = None
+    """Soft-thinking knobs (``vllm_soft.params.SoftThinkingParams``), ``{}`` for the
+    built-in defaults; null for plain token sampling."""
+
+    def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1 (got {self.group_size})")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (got {self.max_tokens})")
+        if self.soft_thinking is not None:
+            from vllm_soft.params import SoftThinkingParams
+
+            SoftThinkingParams().with_overrides(self.soft_thinking)  # names a bad knob
+
+
+@dataclass
+class PoolConfig:
+    """How many workers, what each one holds, and how work is spread."""
+
+    num_workers: int = 1
+    """R: rollout workers, one vLLM engine each."""
+    num_cpus_per_worker: int = 1
+    num_gpus_per_worker: float = 0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker needs, e.g. ``{"rollout_node": 1}`` to place it."""
+    groups_per_call: int = 4
+    """Prompt groups per request to a worker; each worker has two requests in flight."""
+    restart_dead_workers: bool = True
+    """Start a replacement for a worker that died (it loads the current weights first)."""
+    reward_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        for name in ("num_workers", "num_cpus_per_worker", "groups_per_call"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.num_gpus_per_worker < 0:
+            raise ValueError(f"num_gpus_per_worker must be >= 0 (got {self.num_gpus_per_worker})")
+
+
+@dataclass
+class RolloutConfig:
+    """A rollout run: ``python -m rollout --config FILE key=value ...``."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
+    format: PromptFormat = field(default_factory=PromptFormat)
+    rewards: dict[str, float] = field(default_factory=lambda: {"correct": 1.0})
+    """Reward terms and weights (``rollout.rewards.CHECKS`` names)."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    num_prompts: int | None = None
+    """Use the first N prompts of the source; null: all."""
+    output_dir: str = "runs/rollout"
+
+    def __post_init__(self):
+        from rollout.rewards import RewardSpec
+
+        RewardSpec(self.rewards)  # names a bad term
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1 or null (got {self.num_prompts})")

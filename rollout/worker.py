@@ -1,0 +1,170 @@
+"""One rollout worker: a vLLM engine (soft thinking on) that turns prompt groups into
+scored ``Sample``s. The pool runs it as a Ray actor; it also works as a plain object.
+
+Continuous batching across calls: ``generate`` may be called from several threads at
+once (the actor allows two concurrent calls). Each call adds its requests to the shared
+engine, then whichever call holds the lock steps the engine for everyone, so requests of
+the next call join the running batch instead of waiting for this one to drain.
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from rollout.rewards import RewardSpec, Scorer
+from rollout.sample import Sample
+from rollout.settings import EngineConfig, SamplingConfig
+from vllm_soft import soft_trace
+
+
+@dataclass
+class GroupRequest:
+    """One prompt to be sampled G times."""
+
+    group_id: int
+    prompt: str
+    answer: str | None = None
+    entry: dict | None = None
+
+
+def engine_environment(worker_index: int, cpus_per_worker: int) -> dict[str, str]:
+    """Environment for a worker's engine: in-process engine core (a killed worker takes
+    its engine with it) and, on CPU, OpenMP threads bound to this worker's own cores."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    cores = sorted(os.sched_getaffinity(0))
+    first = (worker_index * cpus_per_worker) % len(cores)
+    mine = [cores[(first + i) % len(cores)] for i in range(min(cpus_per_worker, len(cores)))]
+    env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in mine)
+    return env
+
+
+def sampling_params(config: SamplingConfig, group_id: int):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    extra = None if config.soft_thinking is None else {"soft_thinking": dict(config.soft_thinking)}
+    return SamplingParams(
+        n=config.group_size,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_tokens,
+        seed=config.seed + group_id,
+        logprobs=0,
+        extra_args=extra,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def rollout_logprobs(completion) -> list[float]:
+    """Per response token: the soft step's log-weight where it was soft (0 where cold stop
+    or the budget forced the token), else vLLM's processed log-probability."""
+    logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+    for entry in soft_trace(completion):
+        logprobs[entry["position"]] = entry["logprob"] if entry["logprob"] is not None else 0.0
+    return logprobs
+
+
+SOFT_STEP_KEYS = ("position", "token_ids", "weights", "logprob", "end_reason", "entropy")
+
+
+class RolloutWorker:
+    """A vLLM engine plus a reward scorer; ``generate(groups) -> samples per group``."""
+
+    def __init__(self, engine: EngineConfig, rewards: dict[str, float], reward_timeout_s: float = 5.0,
+                 worker_index: int = 0):
+        from vllm import LLM
+
+        from vllm_soft.models import resolve_model
+
+        self.reward_spec = RewardSpec(rewards)
+        self.reward_timeout_s = reward_timeout_s
+        self.worker_index = worker_index
+        self.weight_version = 0
+        memory = {"gpu_memory_utilization": engine.gpu_memory_utilization}
+        if engine.kv_cache_gib is not None:
+            memory = {"kv_cache_memory_bytes": int(engine.kv_cache_gib * (1 << 30))}
+        self.llm = LLM(
+            model=str(resolve_model(engine.model)),
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            enforce_eager=engine.enforce_eager,
+            max_num_seqs=engine.max_num_seqs,
+            seed=engine.seed,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="rollout.weights.WeightSync",
+            additional_config={"soft_thinking": {}},
+            **memory,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._lock = threading.Lock()
+        self._finished: dict[str, object] = {}
+        self._scorer = Scorer()
+
+    def ready(self) -> int:
+        """Returns the worker index once the engine is up (the pool waits on it)."""
+        return self.worker_index
+
+    def generate(self, groups: list[GroupRequest], sampling: SamplingConfig) -> list[list[Sample]]:
+        """G scored samples for each group, in the order of ``groups``."""
+        start = time.perf_counter()
+        request_ids = [f"group-{g.group_id}-{time.monotonic_ns()}" for g in groups]
+        with self._lock:
+            for request_id, group in zip(request_ids, groups):
+                self.llm.llm_engine.add_request(request_id, group.prompt, sampling_params(sampling, group.group_id))
+        outputs = self._wait_for(set(request_ids))
+        generate_s = time.perf_counter() - start
+        return self._to_samples(groups, [outputs[r] for r in request_ids], generate_s, sampling.group_size)
+
+    def _wait_for(self, request_ids: set[str]) -> dict[str, object]:
+        engine = self.llm.llm_engine
+        while True:
+            with self._lock:
+                if request_ids <= self._finished.keys():
+                    return {r: self._finished.pop(r) for r in request_ids}
+                for output in engine.step():
+                    if output.finished:
+                        self._finished[output.request_id] = output
+
+    def _to_samples(self, groups, outputs, generate_s: float, group_size: int) -> list[list[Sample]]:
+        start = time.perf_counter()
+        samples = []
+        for group, output in zip(groups, outputs):
+            for index, completion in enumerate(output.outputs):
+                samples.append(Sample(
+                    group_id=group.group_id,
+                    sample_index=index,
+                    prompt=group.prompt,
+                    prompt_token_ids=list(output.prompt_token_ids),
+                    response_token_ids=list(completion.token_ids),
+                    response_text=completion.text,
+                    rollout_logprobs=rollout_logprobs(completion),
+                    finish_reason=completion.finish_reason,
+                    soft_steps=[{k: e[k] for k in SOFT_STEP_KEYS} for e in soft_trace(completion)],
+                    weight_version=self.weight_version,
+                    answer=group.answer,
+                    metadata={"entry": group.entry} if group.entry is not None else {},
+                ))
+        items = [(s.response_text, s.answer, s.metadata.get("entry")) for s in samples]
+        results = self._scorer.score_batch(items, self.reward_spec, self.reward_timeout_s)
+        reward_s = time.perf_counter() - start
+        for sample, result in zip(samples, results):
+            sample.reward, sample.reward_parts = result.total, result.parts
+            sample.timings = {"generate_s": generate_s, "reward_s": reward_s}
+            sample.metadata["reward_errors"] = result.errors + result.timeouts
+        return [samples[i * group_size : (i + 1) * group_size] for i in range(len(groups))]
+
+    def load_weights(self, named_tensors: list, version: int) -> int:
+        """Load new weights in place, drop prefix-cache entries made with the old ones."""
+        with self._lock:
+            self.llm.collective_rpc("load_named_weights", args=(named_tensors,))
+            self.llm.reset_prefix_cache()
+            self.weight_version = version
+        return version
+
+    def weights_checksum(self) -> tuple[int, float, float]:
+        with self._lock:
+            return self.llm.collective_rpc("weights_checksum")[0]
+
+    def shutdown(self) -> None:
+        self._scorer.close()

@@ -1,0 +1,28 @@
+"""A real local Ray cluster and one rollout pool on the tiny model, shared by the tests."""
+
+import pytest
+
+from rollout.settings import EngineConfig, PoolConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_config():
+    return EngineConfig(model="tiny", dtype="float32", max_model_len=512, kv_cache_gib=0.25, max_num_seqs=64)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(ray_cluster, tiny_model_path, tiny_engine_config):
+    from rollout.pool import RolloutPool
+
+    pool = RolloutPool(tiny_engine_config, {"correct": 1.0, "format": 0.1}, PoolConfig(num_workers=2, groups_per_call=2))
+    yield pool
+    pool.shutdown()

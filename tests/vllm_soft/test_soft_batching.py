@@ -1,0 +1,98 @@
+"""Soft requests under vLLM's memory machinery: preemption, prefix caching, aborts."""
+
+import pytest
+from vllm import SamplingParams, TokensPrompt
+
+from soft_checks import check_mixed_batch, generate, soft_params
+from vllm_soft.trace import soft_trace
+
+pytestmark = pytest.mark.slow
+
+
+def _preemptions(llm) -> int:
+    return sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+
+
+def test_mixed_batch_survives_preemption_with_recompute(preempting_engine, default_hf_model, default_tokenizer):
+    """Soft positions of preempted requests are rebuilt from their mixtures on recompute."""
+    before = _preemptions(preempting_engine)
+    check_mixed_batch(preempting_engine, default_hf_model, default_tokenizer, max_tokens=40)
+    assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
+
+
+LONG_CONTEXT = " ".join(f"Fact {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}." for i in range(40))
+
+
+def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_tokenizer):
+    """Prompt blocks are shared; blocks holding soft positions are not, even for a prompt
+    with exactly the same token ids (the soft tokens as placeholders)."""
+    block = default_engine.llm_engine.vllm_config.cache_config.block_size
+    prompt = default_tokenizer.apply_chat_template(
+        [{"role": "user", "content": LONG_CONTEXT + " Which facts mention 7?"}],
+        add_generation_prompt=True, tokenize=True, return_dict=False,
+    )
+    assert len(prompt) > 2 * block, "the prompt must fill whole blocks"
+    shared_prompt_tokens = len(prompt) // block * block
+    soft = soft_params(2 * block, top_k=8)
+    (first,) = generate(default_engine, [prompt], soft)
+    placeholders = prompt + list(first.token_ids)  # the soft tokens as ordinary tokens
+    follow_up = [
+        (placeholders, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)),
+        (placeholders, soft_params(16, top_k=3)),
+        (prompt, soft_params(2 * block, top_k=4, mode="add")),
+    ]
+
+    for prompt_ids, params in follow_up:
+        default_engine.reset_prefix_cache()
+        cold_tokens, cold_hits, cold_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
+        default_engine.reset_prefix_cache()
+        generate(default_engine, [prompt], soft)  # the cache now holds soft blocks for these token ids
+        warm_tokens, warm_hits, warm_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
+        assert warm_tokens == cold_tokens
+        assert [(e["position"], e["token_ids"], e["emitted"]) for e in warm_trace] == [
+            (e["position"], e["token_ids"], e["emitted"]) for e in cold_trace
+        ]
+        for warm_entry, cold_entry in zip(warm_trace, cold_trace):
+            assert warm_entry["weights"] == pytest.approx(cold_entry["weights"], abs=1e-5)
+        assert cold_hits == 0
+        assert warm_hits == shared_prompt_tokens, "exactly the whole prompt blocks are shared"
+
+
+def _generate_counting_cache_hits(llm, prompt_ids, params):
+    (output,) = llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)
+    completion = output.outputs[0]
+    return list(completion.token_ids), output.num_cached_tokens, soft_trace(completion)
+
+
+def _soft_state(llm) -> dict:
+    """What the plugin still holds, in the scheduler and the worker (in-process engine)."""
+    core = llm.llm_engine.engine_core.engine_core
+    runner = core.model_executor.driver_worker.worker.model_runner
+    return {
+        "worker_requests": list(runner.vllm_soft.requests),
+        "scheduler_traces": list(core.scheduler.__dict__.get("vllm_soft_traces", {})),
+    }
+
+
+def test_aborted_soft_requests_leave_nothing_behind(inprocess_tiny_engine):
+    """1,000 soft requests aborted mid-decode, in waves: the plugin frees them all."""
+    llm = inprocess_tiny_engine
+    engine = llm.llm_engine
+    wave_size = min(250, engine.vllm_config.scheduler_config.max_num_seqs)
+    params = soft_params(400, top_k=4)
+    for wave in range(-(-1000 // wave_size)):
+        request_ids = [f"abort-{wave}-{i}" for i in range(wave_size)]
+        for i, request_id in enumerate(request_ids):
+            engine.add_request(request_id, TokensPrompt(prompt_token_ids=[1 + i % 97, 2 + wave, 3]), params)
+        decoding = set()
+        while len(decoding) < len(request_ids):
+            decoding.update(o.request_id for o in engine.step() if o.outputs and o.outputs[0].token_ids)
+        held = _soft_state(llm)
+        assert len(held["worker_requests"]) == len(held["scheduler_traces"]) == wave_size
+        engine.abort_request(request_ids)
+    # vLLM tells the worker which requests finished at its next step: run one more request.
+    assert len(generate(llm, [[5, 6, 7]], soft_params(4))[0].token_ids) == 4
+    held = _soft_state(llm)
+    assert held["scheduler_traces"] == []
+    assert not [r for r in held["worker_requests"] if "abort" in r], "aborted requests still held"
+    assert len(held["worker_requests"]) <= 1  # at most the request just finished, freed next step

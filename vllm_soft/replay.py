@@ -1,0 +1,93 @@
+"""Replaying a rollout in one parallel forward pass: the learner's side of the soft step.
+
+Imports only torch. A rollout is a prompt, the response tokens, and the trace of its soft
+steps (``soft_steps``: one dict per soft step with ``position`` (index into the
+response), ``token_ids`` (kept support), ``weights`` (as fed back), ``logprob`` (None for
+a token forced by cold stop or the budget) and ``end_reason``). From it:
+
+    rebuild_inputs_embeds ─► inputs of prompt + response[:-1], the input after every soft
+                             step that thinking continued from being its mixture
+                             (replace) or E[y] + scale * mixture (add); differentiable in
+                             the embedding table
+    response_logprobs ─────► log-probability of each response token under the policy that
+                             produced it: at a soft step, log w_y with w the soft
+                             distribution renormalised over the recorded support; after
+                             thinking (or for plain requests), log softmax(z / T)[y];
+                             a forced token has log-probability 0 (no choice was made)
+
+With the rollout's weights, these equal the engine's rollout log-probabilities up to
+numerical noise (noise-free soft steps; with Dirichlet/Gumbel noise the engine records
+the noisy weight of the emitted token, which no forward pass can reproduce).
+"""
+
+import torch
+
+
+def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recorded supports, weights and which slots are real, padded to the largest support."""
+    slots = max(len(step["token_ids"]) for step in steps)
+    token_ids = torch.zeros(len(steps), slots, dtype=torch.long)
+    weights = torch.zeros(len(steps), slots, dtype=torch.float32)
+    valid = torch.zeros(len(steps), slots, dtype=torch.bool)
+    for row, step in enumerate(steps):
+        size = len(step["token_ids"])
+        token_ids[row, :size] = torch.tensor(step["token_ids"])
+        weights[row, :size] = torch.tensor(step["weights"])
+        valid[row, :size] = True
+    return token_ids.to(device), weights.to(device), valid.to(device)
+
+
+def rebuild_inputs_embeds(
+    embedding_VH: torch.Tensor,
+    prompt_ids: list[int],
+    response_ids: list[int],
+    soft_steps: list[dict],
+    mode: str = "replace",
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Input embeddings (T, H) of ``prompt + response[:-1]`` as the engine fed them."""
+    device = embedding_VH.device
+    input_ids = torch.tensor(prompt_ids + response_ids[:-1], dtype=torch.long, device=device)
+    inputs_TH = embedding_VH[input_ids]
+    fed_back = [s for s in soft_steps if s["end_reason"] is None and s["position"] < len(response_ids) - 1]
+    if not fed_back:
+        return inputs_TH
+    token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
+    concept_SH = (weights_SK.unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
+    rows = torch.tensor([len(prompt_ids) + s["position"] for s in fed_back], device=device)
+    if mode == "replace":
+        mixed_SH = concept_SH
+    elif mode == "add":
+        mixed_SH = inputs_TH[rows].float() + scale * concept_SH
+    else:
+        raise ValueError(f"mode must be replace or add (got {mode!r})")
+    return inputs_TH.index_put((rows,), mixed_SH.to(inputs_TH.dtype))
+
+
+def response_logprobs(
+    logits_RV: torch.Tensor,
+    response_ids: list[int],
+    soft_steps: list[dict],
+    soft_temperature: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Log-probability (R,) of each response token; ``logits_RV[i]`` predicts token i.
+
+    ``temperature``: the request's sampling temperature for discrete tokens (<= 0 means
+    greedy, scored at temperature 1); ``soft_temperature``: the soft knob.
+    """
+    device = logits_RV.device
+    targets = torch.tensor(response_ids, dtype=torch.long, device=device)
+    scale = temperature if temperature > 0 else 1.0
+    logprobs_R = torch.log_softmax(logits_RV.float() / scale, dim=-1).gather(1, targets[:, None])[:, 0]
+    if not soft_steps:
+        return logprobs_R
+    token_ids_SK, _, valid_SK = _support_tensors(soft_steps, device)
+    rows = torch.tensor([s["position"] for s in soft_steps], device=device)
+    support_logits_SK = logits_RV[rows].float().gather(1, token_ids_SK) / soft_temperature
+    support_logits_SK = support_logits_SK.masked_fill(~valid_SK, float("-inf"))
+    emitted_SK = (token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
+    soft_logprob_S = torch.where(emitted_SK, torch.log_softmax(support_logits_SK, dim=-1), 0.0).sum(1)
+    forced_S = torch.tensor([s["logprob"] is None for s in soft_steps], device=device)
+    soft_logprob_S = torch.where(forced_S, torch.zeros_like(soft_logprob_S), soft_logprob_S)
+    return logprobs_R.index_put((rows,), soft_logprob_S)
