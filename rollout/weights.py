@@ -2,9 +2,9 @@
 
 Engines are started with ``worker_extension_cls="rollout.weights.WeightSync"``, so
 ``llm.collective_rpc("load_named_weights", args=(named_tensors,))`` runs on every worker.
-Names are Hugging Face parameter names; vLLM's own ``load_weights`` maps them onto its
-fused layers (qkv, gate_up), so a learner can send its ``state_dict`` as is, whole or in
-buckets.
+Names are Hugging Face parameter names; vLLM's own loader maps them onto its fused layers
+(qkv, gate_up), so a learner can send its ``state_dict`` as is (a learner sending buckets
+joins them first: one reload per push).
 
 ``weights_checksum`` is the same function on both sides (``parameter_checksum``): per
 parameter value sums in float64, over unique tensors. Fused layers keep the multiset of
@@ -35,10 +35,11 @@ class WeightSync:
     """Mixed into vLLM's worker class (``self`` is the worker)."""
 
     def load_named_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
-        """Load (Hugging Face name, tensor) pairs into the model in place; returns how many."""
-        model = self.model_runner.model
-        device = next(model.parameters()).device
-        model.load_weights(weights=((name, tensor.to(device)) for name, tensor in named_tensors))
+        """Load (Hugging Face name, tensor) pairs into the model in place; returns how many.
+
+        Goes through vLLM's in-place reload, which re-runs the post-loading processing
+        (e.g. the CPU backend's prepacked GEMM weights)."""
+        self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
         return len(named_tensors)
 
     def weights_checksum(self) -> tuple[int, float, float]:

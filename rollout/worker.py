@@ -143,7 +143,7 @@ class RolloutWorker:
                     soft_steps=[{k: e[k] for k in SOFT_STEP_KEYS} for e in soft_trace(completion)],
                     weight_version=self.weight_version,
                     answer=group.answer,
-                    metadata={"entry": group.entry} if group.entry is not None else {},
+                    metadata={"worker_index": self.worker_index, **({"entry": group.entry} if group.entry else {})},
                 ))
         items = [(s.response_text, s.answer, s.metadata.get("entry")) for s in samples]
         results = self._scorer.score_batch(items, self.reward_spec, self.reward_timeout_s)

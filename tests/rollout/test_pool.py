@@ -87,16 +87,18 @@ def test_weight_push_same_keeps_outputs_perturbed_equals_fresh_engine(tiny_pool,
 
 
 def test_killed_worker_loses_and_duplicates_no_group(tiny_pool, ray_cluster):
-    sampling = SamplingConfig(group_size=2, max_tokens=48)
-    requests = groups(16, offset=200)
+    sampling = SamplingConfig(group_size=4, max_tokens=256)
+    requests = groups(32, offset=200)
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("groups", tiny_pool.generate(requests, sampling, progress=False)))
     runner.start()
-    time.sleep(3)  # chunks are in flight on both workers
+    time.sleep(2)  # chunks are in flight on both workers
     ray_cluster.kill(tiny_pool.workers[0])
     runner.join(timeout=600)
     assert not runner.is_alive()
     returned = result["groups"]
     assert [group[0].group_id for group in returned] == [r.group_id for r in requests]
-    assert all(len(group) == 2 for group in returned)
+    assert all(len(group) == 4 for group in returned)
     assert tiny_pool.restarts == 1
+    # The replacement loaded the pool's current weights before it took any work.
+    assert all(s.weight_version == tiny_pool.weight_version for group in returned for s in group)

@@ -23,7 +23,7 @@ def default_rollout_worker(default_model_path):
 
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_rebuilt_inputs_reproduce_rollout_logprobs(mode, default_rollout_worker, default_hf_model, default_tokenizer):
-    knobs = {"mode": mode, "scale": 0.5, "emit": "sample", "max_soft_steps": 20, "temperature": 0.8}
+    knobs = {"mode": mode, "scale": 0.5, "emit": "sample", "max_soft_steps": 8, "temperature": 0.8}
     sampling = SamplingConfig(group_size=4, temperature=1.0, max_tokens=32, seed=3, soft_thinking=knobs)
     prompts = [
         default_tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
@@ -32,9 +32,10 @@ def test_rebuilt_inputs_reproduce_rollout_logprobs(mode, default_rollout_worker,
     groups = [GroupRequest(group_id=i, prompt=p, answer="7") for i, p in enumerate(prompts)]
     samples = [s for group in default_rollout_worker.generate(groups, sampling) for s in group]
     assert len(samples) == 8
+    assert any(len(s.response_token_ids) > 8 for s in samples), "the check needs discrete tokens after thinking"
     embedding = default_hf_model.get_input_embeddings().weight
     for sample in samples:
-        assert len(sample.soft_steps) == 20 and sample.soft_steps[-1]["end_reason"] == "budget"
+        assert 0 < len(sample.soft_steps) <= 8  # the budget, or an early end of the answer
         inputs = rebuild_inputs_embeds(
             embedding, sample.prompt_token_ids, sample.response_token_ids, sample.soft_steps, mode, 0.5
         )

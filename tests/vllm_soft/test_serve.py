@@ -97,7 +97,7 @@ def _assert_trace_matches_tokens(choice, token_ids, num_steps):
 def test_completions_carry_the_trace_on_every_choice(server):
     client, model, _ = server
     response = client.completions.create(
-        model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0, n=2,
+        model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=1.0, seed=0, n=2,
         extra_body={"return_token_ids": True, **_extra_body({"top_k": 5})},
     )
     assert len(response.choices) == 2
