@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     pool = RolloutPool(config.engine, config.rewards, config.pool)
     try:
         start = time.perf_counter()
-        samples = [s for group in pool.generate(groups) for s in group]
+        samples = [s for group in pool.generate(groups, config.sampling) for s in group]
         summary = summarize(samples, time.perf_counter() - start)
     finally:
         pool.shutdown()
