@@ -106,7 +106,8 @@ class RolloutPool:
             raise RuntimeError(f"rollout worker {index} died and restart_dead_workers is off") from error
 
     def update_weights(self, named_tensors, version: int) -> float:
-        """Load weights into every worker (a list of (name, tensor) or its ObjectRef); returns seconds."""
+        """Load weights into every worker; returns seconds. ``named_tensors``: a list of
+        (name, tensor), its ObjectRef, or a list of ObjectRefs of such lists (buckets)."""
         start = time.perf_counter()
         ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
         self._weights = (ref, version)

@@ -155,7 +155,13 @@ class RolloutWorker:
         return [samples[i * group_size : (i + 1) * group_size] for i in range(len(groups))]
 
     def load_weights(self, named_tensors: list, version: int) -> int:
-        """Load new weights in place, drop prefix-cache entries made with the old ones."""
+        """Load new weights in place, drop prefix-cache entries made with the old ones.
+
+        ``named_tensors``: (name, tensor) pairs, or Ray object refs of lists of them (buckets)."""
+        if named_tensors and not isinstance(named_tensors[0], tuple):
+            import ray
+
+            named_tensors = [pair for bucket in ray.get(list(named_tensors)) for pair in bucket]
         with self._lock:
             self.llm.collective_rpc("load_named_weights", args=(named_tensors,))
             self.llm.reset_prefix_cache()

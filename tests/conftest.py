@@ -116,3 +116,15 @@ def preempting_engine(default_model_path):
     )
     yield llm
     llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_rollout_worker(default_model_path):
+    """A rollout worker (no Ray) on the default model in float32, for replay checks."""
+    from rollout.settings import EngineConfig
+    from rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
+    yield worker
+    worker.shutdown()
+    worker.llm.llm_engine.engine_core.shutdown()

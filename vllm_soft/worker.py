@@ -17,6 +17,7 @@ State is keyed by request id (batch rows move between steps) and lives until vLL
 reports the request finished, so a preempted request keeps its mixtures.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ class SoftRequestState:
     soft_steps: int = 0
     low_entropy_streak: int = 0
     end_reason: str | None = None
-    mixtures: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    mixtures: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     """Absolute position -> (token ids, weights) whose mixture is that position's input."""
     unsent_trace: list[dict] = field(default_factory=list)
     """Trace entries not yet handed to the scheduler."""
@@ -47,8 +48,8 @@ class SoftProposal:
 
     req_id: str
     row: int
-    token_ids: torch.Tensor
-    weights: torch.Tensor
+    token_ids: list[int]
+    weights: list[float]
     entropy: float
     emitted: int
     end_reason: str | None
@@ -114,15 +115,11 @@ class SoftThinkingRunner:
             # prompt embeds enabled, keeps both call forms valid).
             inputs_embeds = runner.model.embed_input_ids(input_ids)
             input_ids = None
-        embed = runner.model.embed_input_ids
         slots = max(len(ids) for ids, _ in mixtures)
         device = inputs_embeds.device
-        token_ids = torch.zeros(len(mixtures), slots, dtype=torch.long)
-        weights = torch.zeros(len(mixtures), slots, dtype=torch.float32)
-        for i, (ids, ws) in enumerate(mixtures):
-            token_ids[i, : len(ids)] = ids
-            weights[i, : len(ws)] = ws
-        concepts = soft_math.concept_embeddings(token_ids.to(device), weights.to(device), embed)
+        token_ids = torch.tensor([ids + [0] * (slots - len(ids)) for ids, _ in mixtures], device=device)
+        weights = torch.tensor([ws + [0.0] * (slots - len(ws)) for _, ws in mixtures], device=device)
+        concepts = soft_math.concept_embeddings(token_ids, weights, runner.model.embed_input_ids)
         for (flat_row, params), concept in zip(rows, concepts):
             mixed = soft_math.mix_input(params.mode, inputs_embeds[flat_row], concept, params.scale)
             inputs_embeds[flat_row] = mixed.to(inputs_embeds.dtype)
@@ -161,25 +158,35 @@ class SoftThinkingRunner:
             torch.tensor([k.min_p for k in knobs], device=device),
             self._workspace_for(logits_BV, len(self._rows)),
         )
-        token_ids = dist.token_ids_BK.cpu()
-        weights = dist.weights_BK.cpu()
-        kept = dist.kept_BK.cpu()
-        entropy = dist.entropy_B.cpu().tolist()
+        # One transfer for the whole batch; the per-row work below is plain Python unless
+        # a row asks for noise or sampled emission. The kept support is always a prefix of
+        # the candidates (every filter cuts the descending list), so it is a count.
+        token_ids = dist.token_ids_BK.tolist()
+        weights = dist.weights_BK.tolist()
+        kept_counts = dist.kept_BK.sum(-1).tolist()
+        entropy = dist.entropy_B.tolist()
         replacements = []
         for i, (row, req_id) in enumerate(self._rows):
             state = self.requests[req_id]
-            ids_K, weights_K = token_ids[i][kept[i]], weights[i][kept[i]]
-            weights_K = soft_math.apply_noise(weights_K, state.params.noise, state.params.alpha, state.params.tau, state.generator)
-            slot = soft_math.emit_index(weights_K, state.params.emit, state.generator)
+            knobs = state.params
+            kept = kept_counts[i]
+            ids_K, weights_K = token_ids[i][:kept], weights[i][:kept]
+            if knobs.noise != "none":
+                noisy = soft_math.apply_noise(torch.tensor(weights_K), knobs.noise, knobs.alpha, knobs.tau, state.generator)
+                weights_K = noisy.tolist()
+            if knobs.emit == "argmax":
+                slot = max(range(kept), key=weights_K.__getitem__)
+            else:
+                slot = soft_math.emit_index(torch.tensor(weights_K), knobs.emit, state.generator)
             emitted, streak, end_reason = soft_math.thinking_transition(
-                emitted=int(ids_K[slot]),
+                emitted=ids_K[slot],
                 entropy=entropy[i],
                 low_entropy_streak=state.low_entropy_streak,
                 soft_steps_done=state.soft_steps,
-                think_end_id=state.params.think_end_id,
-                entropy_threshold=state.params.entropy_threshold,
-                patience=state.params.patience,
-                max_soft_steps=state.params.max_soft_steps,
+                think_end_id=knobs.think_end_id,
+                entropy_threshold=knobs.entropy_threshold,
+                patience=knobs.patience,
+                max_soft_steps=knobs.max_soft_steps,
             )
             self._proposals.append(SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, end_reason, streak))
             replacements.append((row, emitted))
@@ -210,15 +217,14 @@ class SoftThinkingRunner:
                 state.mixtures[position] = (proposal.token_ids, proposal.weights)
             # A token forced by cold stop or the budget may lie outside the support:
             # it was no action of the policy, so it has no log-probability.
-            emitted_slot = (proposal.token_ids == proposal.emitted).nonzero()
-            weight = float(proposal.weights[emitted_slot[0, 0]]) if len(emitted_slot) else 0.0
+            weight = dict(zip(proposal.token_ids, proposal.weights)).get(proposal.emitted, 0.0)
             entry = {
                 "position": position - state.num_prompt_tokens,
-                "token_ids": proposal.token_ids.tolist(),
-                "weights": proposal.weights.tolist(),
+                "token_ids": proposal.token_ids,
+                "weights": proposal.weights,
                 "entropy": proposal.entropy,
                 "emitted": proposal.emitted,
-                "logprob": float(torch.tensor(weight).log()) if weight > 0 else None,
+                "logprob": math.log(weight) if weight > 0 else None,
                 "end_reason": proposal.end_reason,
             }
             new_entries.setdefault(proposal.req_id, []).append(entry)

@@ -4,21 +4,13 @@ back its rollout log-probabilities (default model, float32)."""
 import pytest
 import torch
 
-from rollout.settings import EngineConfig, SamplingConfig
-from rollout.worker import GroupRequest, RolloutWorker
+from rollout.settings import SamplingConfig
+from rollout.worker import GroupRequest
 from vllm_soft.replay import rebuild_inputs_embeds, response_logprobs
 
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-3
-
-
-@pytest.fixture(scope="module")
-def default_rollout_worker(default_model_path):
-    worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
-    yield worker
-    worker.shutdown()
-    worker.llm.llm_engine.engine_core.shutdown()
 
 
 @pytest.mark.parametrize("mode", ["replace", "add"])

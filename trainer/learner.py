@@ -1,0 +1,215 @@
+"""One learner rank: an FSDP2 shard of the policy, its optimiser, the GRPO step.
+
+N ``Learner`` actors form one torch.distributed group (gloo on CPU, NCCL on GPU). Each
+decoder layer and the whole policy are ``fully_shard``-ed; every rank gets a slice of the
+batch and runs the same number of micro-batches (collectives must line up).
+
+Loss scaling: FSDP averages gradients over ranks, so each rank divides its token sum by
+``num_tokens / world_size`` (``num_tokens`` over all ranks): the update is then the
+gradient of the token mean over the whole batch.
+"""
+
+import dataclasses
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+
+from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gap
+from trainer.policy import ReplayBatch, ReplayPolicy
+from trainer.settings import LearnerConfig
+
+POLICY_PREFIX = "model."
+
+
+def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool) -> ReplayPolicy:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    policy = ReplayPolicy(model)
+    policy.requires_grad_(trainable)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(policy)
+    return policy
+
+
+def hf_state_dict(policy_state: dict) -> dict:
+    """Policy state dict -> Hugging Face names (drop the wrapper's ``model.`` prefix)."""
+    return {name.removeprefix(POLICY_PREFIX): tensor for name, tensor in policy_state.items()}
+
+
+class Learner:
+    """Rank ``rank`` of ``world_size``; the driver calls the same methods on every rank."""
+
+    def __init__(self, config: LearnerConfig, loss: GRPOLossConfig, model_path: str, rank: int, world_size: int,
+                 master_addr: str, master_port: int, seed: int):
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        torch.manual_seed(seed + rank)
+        self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size
+        dtype = getattr(torch, config.dtype)
+        self.policy = _load_policy(model_path, dtype, trainable=True)
+        self.reference = _load_policy(model_path, dtype, trainable=False) if loss.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay,
+        )
+
+    def ready(self) -> int:
+        return self.rank
+
+    # -- the GRPO step ---------------------------------------------------------------
+
+    def train_step(self, batch: ReplayBatch, advantages: list[float], rollout_logprobs: list[list[float]],
+                   num_micro_batches: int, num_tokens: int) -> dict:
+        """One optimiser step on this rank's share; returns this rank's metric sums."""
+        start = time.perf_counter()
+        size = self.config.micro_batch_size
+        totals: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for index in range(num_micro_batches):
+            rows = list(range(index * size, min((index + 1) * size, len(advantages))))
+            weight = 1.0
+            if not rows:  # an idle rank still joins the collectives, with a zero-weight sequence
+                rows, weight = [0], 0.0
+            self.policy.set_requires_gradient_sync(index == num_micro_batches - 1)
+            micro = _select(batch, rows)
+            logprobs, mask = self.policy(micro)
+            mask = mask & (weight > 0)
+            rollout = _pad([rollout_logprobs[r] for r in rows], logprobs.shape[1]).to(logprobs.device)
+            reference = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    reference, _ = self.reference(micro)
+            loss, metrics = grpo_loss(
+                logprobs, logprobs.detach(), torch.tensor([advantages[r] for r in rows], device=logprobs.device),
+                mask, self.loss_config, ref_logprobs_BT=reference, rollout_logprobs_BT=rollout,
+                num_tokens=num_tokens / self.world_size,
+            )
+            loss.backward()
+            tokens = float(mask.sum())
+            _add(totals, "tokens", tokens)
+            _add(totals, "loss", float(loss.detach()))
+            _add(totals, "logprob_gap_sum", float(logprob_gap(logprobs, rollout, mask)) * tokens)
+            for name in ("clip_fraction", "ratio_mean", "kl", "tis_weight_mean"):
+                _add(totals, f"{name}_sum", float(metrics[name]) * tokens)
+            totals["ratio_max"] = max(totals.get("ratio_max", 0.0), float(metrics["ratio_max"]) if tokens else 0.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        totals["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        totals["learner_s"] = time.perf_counter() - start
+        return totals
+
+    @torch.no_grad()
+    def score(self, batch: ReplayBatch, num_micro_batches: int) -> list[list[float]]:
+        """Response log-probs under the current weights (no update), per sequence."""
+        size, count, result = self.config.micro_batch_size, len(batch.prompt_ids), []
+        for index in range(num_micro_batches):
+            rows = list(range(index * size, min((index + 1) * size, count))) or [0]
+            logprobs, mask = self.policy(_select(batch, rows))
+            if index * size < count:
+                result += [row[m].tolist() for row, m in zip(logprobs, mask)]
+        return result
+
+    # -- weights out -------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict | None:
+        """All ranks call; rank 0 returns the full Hugging Face state dict (CPU), others None."""
+        state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return hf_state_dict(state) if self.rank == 0 else None
+
+    def weights_checksum(self) -> tuple[int, float, float] | None:
+        """All ranks call; rank 0 returns ``rollout.weights.parameter_checksum`` of the full
+        weights as the engine holds them (a tied output layer counted once)."""
+        from rollout.weights import parameter_checksum
+
+        state = self.full_state_dict()
+        if state is None:
+            return None
+        if self.policy.model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        return parameter_checksum(state.values())
+
+    def push_buckets(self, bucket_bytes: int) -> list | None:
+        """All ranks call; rank 0 puts the weights in the object store in buckets, layer order."""
+        import ray
+
+        state = self.full_state_dict()
+        if state is None:
+            return None
+        buckets, current, size = [], [], 0
+        for name, tensor in state.items():
+            current.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_bytes:
+                buckets.append(ray.put(current))
+                current, size = [], 0
+        if current:
+            buckets.append(ray.put(current))
+        return buckets
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, folder: str, tokenizer_source: str) -> None:
+        """All ranks: sharded model + optimiser state (DCP); rank 0 also a Hugging Face folder."""
+        model_state, optim_state = get_state_dict(self.policy, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=os.path.join(folder, "dcp"))
+        torch.save(torch.get_rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+        full = self.full_state_dict()
+        if self.rank == 0:
+            _save_hf_folder(full, tokenizer_source, os.path.join(folder, "model"))
+        dist.barrier()
+
+    def load(self, folder: str) -> None:
+        model_state, optim_state = get_state_dict(self.policy, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=os.path.join(folder, "dcp"))
+        set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        torch.set_rng_state(torch.load(os.path.join(folder, f"rng_rank{self.rank}.pt")))
+
+    def shutdown(self) -> None:
+        dist.destroy_process_group()
+
+
+def _save_hf_folder(state: dict, source: str, target: str) -> None:
+    """A servable Hugging Face model folder: config and tokenizer from ``source``, new weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(state, assign=True, strict=False)
+    model.tie_weights()
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+
+
+def _select(batch: ReplayBatch, rows: list[int]) -> ReplayBatch:
+    return dataclasses.replace(
+        batch,
+        prompt_ids=[batch.prompt_ids[r] for r in rows],
+        response_ids=[batch.response_ids[r] for r in rows],
+        soft_steps=[batch.soft_steps[r] for r in rows],
+    )
+
+
+def _pad(rows: list[list[float]], length: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), length)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def _add(totals: dict, key: str, value: float) -> None:
+    totals[key] = totals.get(key, 0.0) + value

@@ -1,0 +1,63 @@
+"""The learner's policy: a Hugging Face causal LM that replays rollouts, soft steps included.
+
+``ReplayPolicy.forward(batch)`` rebuilds each sequence's input embeddings from its trace
+(``vllm_soft.replay``), runs one padded forward pass over the batch and returns the
+log-probability of every response token, as the engine defined it. Building the inputs
+inside ``forward`` matters under FSDP: the embedding table is only whole (unsharded)
+while the wrapping module's forward runs.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vllm_soft.replay import rebuild_inputs_embeds, response_logprobs
+
+
+@dataclass
+class ReplayBatch:
+    """Sequences to score: prompt and response ids, soft steps, how they were sampled."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    soft_steps: list[list[dict]]
+    mode: str = "replace"
+    scale: float = 1.0
+    soft_temperature: float = 0.6
+    temperature: float = 1.0
+
+
+class ReplayPolicy(nn.Module):
+    """Wraps ``model`` (kept as ``self.model``, so checkpoint names gain a ``model.`` prefix)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
+        embedding = self.model.get_input_embeddings().weight
+        inputs = [
+            rebuild_inputs_embeds(embedding, p, r, s, batch.mode, batch.scale)
+            for p, r, s in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps)
+        ]
+        lengths = [x.shape[0] for x in inputs]
+        longest = max(lengths)
+        hidden = inputs[0].shape[1]
+        padded = inputs[0].new_zeros(len(inputs), longest, hidden)
+        attention = torch.zeros(len(inputs), longest, dtype=torch.long, device=padded.device)
+        for row, x in enumerate(inputs):
+            padded[row, : x.shape[0]] = x
+            attention[row, : x.shape[0]] = 1
+        logits = self.model(inputs_embeds=padded, attention_mask=attention).logits
+        responses = max(len(r) for r in batch.response_ids)
+        logprobs = logits.new_zeros(len(inputs), responses, dtype=torch.float32)
+        mask = torch.zeros(len(inputs), responses, dtype=torch.bool, device=logits.device)
+        for row, (p, r, s) in enumerate(zip(batch.prompt_ids, batch.response_ids, batch.soft_steps)):
+            start = len(p) - 1
+            logprobs[row, : len(r)] = response_logprobs(
+                logits[row, start : start + len(r)], r, s, batch.soft_temperature, batch.temperature
+            )
+            mask[row, : len(r)] = True
+        return logprobs, mask

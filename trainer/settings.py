@@ -1,0 +1,114 @@
+"""A training run's configuration: ``load_config(TrainConfig, "configs/X.yaml", overrides)``."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rollout.prompts import PromptFormat, PromptSourceConfig
+from rollout.settings import EngineConfig, PoolConfig
+from trainer.grpo import GRPOLossConfig
+
+Mode = Literal["discrete", "replace", "add"]
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA adapters (peft); only adapter weights train, merged for the push."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LearnerConfig:
+    """N FSDP ranks (Ray actors) and their optimiser."""
+
+    num_ranks: int = 2
+    num_cpus_per_rank: int = 1
+    num_gpus_per_rank: float = 0
+    resources_per_rank: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources, e.g. ``{"learner_node": 1}`` to place ranks on a node."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on each rank."""
+    lora: LoraConfig | None = None
+
+    def __post_init__(self):
+        if self.num_ranks < 1 or self.micro_batch_size < 1:
+            raise ValueError("num_ranks and micro_batch_size must be >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (got {self.max_grad_norm})")
+
+
+@dataclass
+class AlgorithmConfig:
+    """GRPO: what is sampled and how it is scored into a loss."""
+
+    mode: Mode = "replace"
+    """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing."""
+    soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "noise": "none", "max_soft_steps": 64})
+    """Soft knobs for replace/add (``mode`` and ``scale`` come from here too: mode is set by ``mode``)."""
+    prompts_per_step: int = 8
+    group_size: int = 8
+    temperature: float = 1.0
+    max_tokens: int = 128
+    scale_rewards: bool = True
+    """Divide advantages by the group std (False: Dr. GRPO)."""
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+
+    def __post_init__(self):
+        if self.prompts_per_step < 1 or self.group_size < 2:
+            raise ValueError("prompts_per_step must be >= 1 and group_size >= 2 (GRPO compares within a group)")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 for RL sampling (got {self.temperature})")
+
+
+@dataclass
+class EvalConfig:
+    """Greedy accuracy on held-out prompts, before training and every ``every`` steps."""
+
+    num_prompts: int = 0
+    """0 turns evaluation off."""
+    every: int = 10
+    max_tokens: int = 128
+    seed: int = 12345
+    """Seed of the held-out prompts (a different seed from training gives different problems)."""
+
+
+@dataclass
+class TrainConfig:
+    """``python trainer/run.py --config configs/X.yaml key=value ...``"""
+
+    model: str = "smollm2-135m"
+    """Named model or Hugging Face folder; the learner and the engines start from it
+    (``engine.model`` is ignored)."""
+    steps: int = 10
+    seed: int = 0
+    output_dir: str = "runs/train"
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
+    format: PromptFormat = field(default_factory=PromptFormat)
+    rewards: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    verify_push: bool = False
+    """After each push, compare a checksum of every engine's weights with the learner's
+    (logged as ``push_checksum_match``); exact only when engine and learner dtypes agree."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (got {self.steps})")
+        if self.keep_checkpoints < 2:
+            raise ValueError(f"keep_checkpoints must be >= 2, so a complete one always survives (got {self.keep_checkpoints})")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
