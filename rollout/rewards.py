@@ -173,7 +173,18 @@ def _reasoning_gym(response: str, answer: str | None, entry: dict | None) -> flo
     return reasoning_gym_score(response, entry)
 
 
-CHECKS: dict[str, Check] = {"correct": _correct, "format": _format, "reasoning_gym": _reasoning_gym}
+BREVITY_SCALE_CHARS = 1000
+
+
+def _brevity(response: str, answer: str | None, entry: dict | None) -> float:
+    """A mild length penalty, 1 - characters / 1000 (at least 0): a tie-breaker between
+    equally correct answers, and a signal even a random model gets (smoke runs)."""
+    return max(0.0, 1.0 - len(response) / BREVITY_SCALE_CHARS)
+
+
+CHECKS: dict[str, Check] = {
+    "correct": _correct, "format": _format, "reasoning_gym": _reasoning_gym, "brevity": _brevity,
+}
 """Checks by name; reward specs refer to these names."""
 
 

@@ -7,9 +7,12 @@ Names are Hugging Face parameter names; vLLM's own loader maps them onto its fus
 joins them first: one reload per push).
 
 ``weights_checksum`` is the same function on both sides (``parameter_checksum``): per
-parameter value sums in float64, over unique tensors. Fused layers keep the multiset of
+parameter value sums in float64, each tensor once. Fused layers keep the multiset of
 values, tied embeddings count once, so engine and learner agree exactly when their
-weights do.
+weights do. vLLM's CPU backend packs linear weights into oneDNN handles and empties the
+parameter; ``engine_weights`` reads such a layer back by running it on the identity
+(exact: every output is one product by 1), so the checksum covers the weights the
+engine computes with.
 """
 
 from collections.abc import Iterable
@@ -18,17 +21,29 @@ import torch
 
 
 def parameter_checksum(parameters: Iterable[torch.Tensor]) -> tuple[int, float, float]:
-    """(number of values, sum, sum of squares) over unique tensors, in float64."""
-    seen, count, total, squares = set(), 0, 0.0, 0.0
+    """(number of values, sum, sum of squares) in float64; callers pass each tensor once."""
+    count, total, squares = 0, 0.0, 0.0
     for tensor in parameters:
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
         values = tensor.detach().double()
         count += values.numel()
         total += float(values.sum())
         squares += float((values * values).sum())
     return count, total, squares
+
+
+def engine_weights(model: torch.nn.Module) -> Iterable[torch.Tensor]:
+    """Every weight of a vLLM model as it is used, packed CPU linear layers included."""
+    seen = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if name == "weight" and parameter.numel() == 0 and hasattr(module, "cpu_linear"):
+                identity = torch.eye(module.input_size_per_partition, dtype=parameter.dtype)
+                yield module.cpu_linear(identity, parameter, None)  # W transposed
+            else:
+                yield parameter
 
 
 class WeightSync:
@@ -42,5 +57,6 @@ class WeightSync:
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
         return len(named_tensors)
 
+    @torch.no_grad()
     def weights_checksum(self) -> tuple[int, float, float]:
-        return parameter_checksum(self.model_runner.model.parameters())
+        return parameter_checksum(engine_weights(self.model_runner.model))

@@ -34,6 +34,7 @@ def test_smoke_run_trains_pushes_and_checkpoints(smoke_run):
     assert [m["step"] for m in metrics] == [1, 2]
     first = metrics[0]
     assert first["logprob_gap"] <= 1e-3, "at step 1 the learner holds the rollout weights"
+    assert first["grad_norm"] > 0 and first["reward_std"] > 0, "the smoke run must change the weights"
     assert all(m["push_checksum_match"] for m in metrics), "engines hold exactly the learner's weights"
     for key in ("reward_mean", "loss", "clip_fraction", "soft_step_fraction", "rollout_s", "learn_s", "push_s"):
         assert key in first
