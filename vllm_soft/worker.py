@@ -54,6 +54,8 @@ class SoftProposal:
     emitted: int
     end_reason: str | None
     low_entropy_streak: int
+    generator_state: torch.Tensor | None
+    """The request's generator before this step drew from it (restored if vLLM discards the step)."""
 
 
 class SoftThinkingRunner:
@@ -171,6 +173,7 @@ class SoftThinkingRunner:
             knobs = state.params
             kept = kept_counts[i]
             ids_K, weights_K = token_ids[i][:kept], weights[i][:kept]
+            generator_state = state.generator.get_state() if state.generator is not None else None
             if knobs.noise != "none":
                 noisy = soft_math.apply_noise(torch.tensor(weights_K), knobs.noise, knobs.alpha, knobs.tau, state.generator)
                 weights_K = noisy.tolist()
@@ -188,7 +191,9 @@ class SoftThinkingRunner:
                 patience=knobs.patience,
                 max_soft_steps=knobs.max_soft_steps,
             )
-            self._proposals.append(SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, end_reason, streak))
+            self._proposals.append(
+                SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, end_reason, streak, generator_state)
+            )
             replacements.append((row, emitted))
         return replacements
 
@@ -206,9 +211,11 @@ class SoftThinkingRunner:
         """Advance the rows whose sample vLLM kept; return new trace entries by request id."""
         new_entries: dict[str, list[dict]] = {}
         for proposal in self._proposals:
-            if not sampled_token_ids[proposal.row]:
-                continue  # a partial prefill chunk: vLLM discarded this sample
             state = self.requests[proposal.req_id]
+            if not sampled_token_ids[proposal.row]:  # a partial prefill chunk: vLLM discarded this sample
+                if proposal.generator_state is not None:
+                    state.generator.set_state(proposal.generator_state)
+                continue
             position = runner.requests[proposal.req_id].num_tokens - 1
             state.soft_steps += 1
             state.low_entropy_streak = proposal.low_entropy_streak

@@ -73,6 +73,7 @@ PATCHED_ATTRIBUTES = [
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_preprocess"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_sample"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "sample_tokens"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_bookkeeping_sync"),
     ("vllm.v1.sample.sampler", "Sampler", "sample"),
 ]
 

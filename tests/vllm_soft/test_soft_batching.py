@@ -49,11 +49,7 @@ def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_toke
         generate(default_engine, [prompt], soft)  # the cache now holds soft blocks for these token ids
         warm_tokens, warm_hits, warm_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
         assert warm_tokens == cold_tokens
-        assert [(e["position"], e["token_ids"], e["emitted"]) for e in warm_trace] == [
-            (e["position"], e["token_ids"], e["emitted"]) for e in cold_trace
-        ]
-        for warm_entry, cold_entry in zip(warm_trace, cold_trace):
-            assert warm_entry["weights"] == pytest.approx(cold_entry["weights"], abs=1e-5)
+        assert_same_trace(warm_trace, cold_trace, tolerance=1e-5)
         assert cold_hits == 0
         assert warm_hits == shared_prompt_tokens, "exactly the whole prompt blocks are shared"
 
@@ -96,3 +92,36 @@ def test_aborted_soft_requests_leave_nothing_behind(inprocess_tiny_engine):
     assert held["scheduler_traces"] == []
     assert not [r for r in held["worker_requests"] if "abort" in r], "aborted requests still held"
     assert len(held["worker_requests"]) <= 1  # at most the request just finished, freed next step
+
+
+def test_seeded_requests_keep_their_random_streams_through_chunked_prefill(default_engine, default_tokenizer):
+    """12 long prompts (> the 4096-token step budget together) force partial prefill chunks,
+    whose samples vLLM discards and whose generators must rewind: seeded plain and soft
+    requests give in the batch exactly what they give alone."""
+    prompts = [
+        default_tokenizer.apply_chat_template(
+            [{"role": "user", "content": LONG_CONTEXT + f" Which facts mention {i}?"}],
+            add_generation_prompt=True, tokenize=True, return_dict=False,
+        )
+        for i in range(12)
+    ]
+    assert sum(map(len, prompts)) > default_engine.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    params = [
+        SamplingParams(temperature=1.0, max_tokens=8, seed=i, extra_args=(
+            {"soft_thinking": {"emit": "sample", "noise": "dirichlet"}} if i % 2 else None))
+        for i in range(12)
+    ]
+    batched = generate(default_engine, prompts, params)
+    for prompt, param, completion in zip(prompts, params, batched):
+        (alone,) = generate(default_engine, [prompt], param)
+        assert list(completion.token_ids) == list(alone.token_ids)
+        assert_same_trace(soft_trace(completion), soft_trace(alone))
+
+
+def assert_same_trace(trace, other, tolerance=1e-4):
+    """Same steps, supports and emissions; weights equal up to batch-composition numerics."""
+    assert [(e["position"], e["token_ids"], e["emitted"]) for e in trace] == [
+        (e["position"], e["token_ids"], e["emitted"]) for e in other
+    ]
+    for entry, other_entry in zip(trace, other):
+        assert entry["weights"] == pytest.approx(other_entry["weights"], abs=tolerance)

@@ -6,6 +6,12 @@ subclasses, so one patch covers both) ``__init__``, ``_update_states``, ``_prepr
 ``_sample`` and ``sample_tokens``, and ``Sampler.sample``; the logic lives in
 ``vllm_soft.worker``. When it can go: once vLLM offers per-request input-embedding and
 logits hooks in the decode loop.
+
+Also ``_bookkeeping_sync``, for a vLLM bug on CPU: when a seeded request's sample is
+discarded (a partial prefill chunk), vLLM rewinds its generator with ``set_offset``,
+which CPU generators do not have, and the engine dies. Rollouts are seeded and chunked,
+so soft-thinking engines snapshot those generators before sampling and restore them
+instead. When it can go: once vLLM rewinds CPU generators itself.
 """
 
 import functools
@@ -33,6 +39,17 @@ def _check_supported(runner) -> None:
         )
 
 
+def _snapshot_discarded_cpu_generators(runner) -> dict:
+    """Row -> state of each CPU generator whose sample this step will discard."""
+    rows = runner.discard_request_mask.np[: runner.input_batch.num_reqs].nonzero()[0]
+    generators = runner.input_batch.generators
+    return {
+        int(row): generators[int(row)].get_state()
+        for row in rows
+        if int(row) in generators and generators[int(row)].device.type == "cpu"
+    }
+
+
 def apply() -> None:
     from vllm.v1.outputs import ModelRunnerOutput
     from vllm.v1.sample.sampler import Sampler
@@ -40,6 +57,7 @@ def apply() -> None:
 
     init, update_states = GPUModelRunner.__init__, GPUModelRunner._update_states
     preprocess, sample, sample_tokens = GPUModelRunner._preprocess, GPUModelRunner._sample, GPUModelRunner.sample_tokens
+    bookkeeping_sync = GPUModelRunner._bookkeeping_sync
     sampler_sample = Sampler.sample
 
     @functools.wraps(init)
@@ -66,6 +84,8 @@ def apply() -> None:
 
     @functools.wraps(sample)
     def _sample(self, logits, *args, **kwargs):
+        if self.vllm_soft is not None:
+            self.vllm_soft_saved_generators = _snapshot_discarded_cpu_generators(self)
         if self.vllm_soft is None or not self.vllm_soft.begin_sampling(self):
             return sample(self, logits, *args, **kwargs)
         self.sampler.vllm_soft = self.vllm_soft
@@ -83,6 +103,19 @@ def apply() -> None:
                 output.vllm_soft_trace = entries
         return output
 
+    @functools.wraps(bookkeeping_sync)
+    def _bookkeeping_sync(self, *args, **kwargs):
+        saved = getattr(self, "vllm_soft_saved_generators", None) or {}
+        generators = self.input_batch.generators
+        hidden = {row: generators.pop(row) for row in saved}  # vLLM would call set_offset on them
+        try:
+            return bookkeeping_sync(self, *args, **kwargs)
+        finally:
+            for row, generator in hidden.items():
+                generator.set_state(saved[row])
+                generators[row] = generator
+            self.vllm_soft_saved_generators = None
+
     @functools.wraps(sampler_sample)
     def Sampler_sample(self, logits, *args, **kwargs):
         soft = getattr(self, "vllm_soft", None)
@@ -97,4 +130,5 @@ def apply() -> None:
     GPUModelRunner._preprocess = _preprocess
     GPUModelRunner._sample = _sample
     GPUModelRunner.sample_tokens = sample_tokens_
+    GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
     Sampler.sample = Sampler_sample
