@@ -1,8 +1,9 @@
 """A pool of R rollout workers (Ray actors) that turns prompt groups into sample groups.
 
     generate(groups) ─► chunks of ``groups_per_call`` groups, queued
-         │   every live worker keeps two chunks in flight (the actor runs both at
-         │   once, so its engine batch never drains between chunks)
+         │   every live worker keeps chunks in flight until they hold the engine's
+         │   max_num_seqs sequences, and at least two (the actor runs them at once, so
+         │   its engine batch stays full and never drains between chunks)
          ◄── a chunk comes back: its groups are done (each exactly once)
          ◄── a worker died: its unfinished chunks go back to the queue, and a
              replacement starts (it loads the current weights before any work)
@@ -26,7 +27,8 @@ from rollout.worker import GroupRequest, RolloutWorker, engine_environment
 
 logger = logging.getLogger(__name__)
 
-CALLS_IN_FLIGHT = 2
+MIN_CALLS_IN_FLIGHT = 2
+MAX_CALLS_IN_FLIGHT = 64
 WORKER_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
@@ -48,7 +50,7 @@ class RolloutPool:
             num_cpus=config.num_cpus_per_worker,
             num_gpus=config.num_gpus_per_worker,
             resources=dict(config.resources_per_worker),
-            max_concurrency=CALLS_IN_FLIGHT + 2,  # generate calls plus weight loads / checks
+            max_concurrency=MAX_CALLS_IN_FLIGHT + 2,  # generate calls plus weight loads / checks
             runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker)},
         )
         worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index)
@@ -89,13 +91,19 @@ class RolloutPool:
         return [done[g.group_id] for g in groups]
 
     def _fill(self, queue, in_flight, sampling: SamplingConfig) -> None:
-        """Give every worker up to CALLS_IN_FLIGHT chunks."""
-        busy = collections.Counter(index for index, _ in in_flight.values())
+        """Give every worker chunks until it has the engine's batch worth of sequences."""
+        calls = collections.Counter(index for index, _ in in_flight.values())
+        sequences = collections.Counter()
+        for index, chunk in in_flight.values():
+            sequences[index] += len(chunk) * sampling.group_size
         for index, worker in enumerate(self.workers):
-            while queue and busy[index] < CALLS_IN_FLIGHT:
+            while queue and calls[index] < MAX_CALLS_IN_FLIGHT and (
+                calls[index] < MIN_CALLS_IN_FLIGHT or sequences[index] < self.engine.max_num_seqs
+            ):
                 chunk = queue.popleft()
                 in_flight[worker.generate.remote(chunk, sampling)] = (index, chunk)
-                busy[index] += 1
+                calls[index] += 1
+                sequences[index] += len(chunk) * sampling.group_size
 
     def _replace_worker(self, index: int, error: Exception) -> None:
         logger.warning("rollout worker %d died (%s); its unfinished groups go to the queue", index, type(error).__name__)

@@ -71,7 +71,8 @@ class PoolConfig:
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each worker needs, e.g. ``{"rollout_node": 1}`` to place it."""
     groups_per_call: int = 4
-    """Prompt groups per request to a worker; each worker has two requests in flight."""
+    """Prompt groups per request to a worker; a worker gets requests until they fill its
+    engine's max_num_seqs (and has at least two in flight)."""
     restart_dead_workers: bool = True
     """Start a replacement for a worker that died (it loads the current weights first)."""
     reward_timeout_s: float = 5.0

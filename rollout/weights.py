@@ -1,7 +1,9 @@
 """Weights in and out of a vLLM engine, as methods vLLM mixes into its workers.
 
 Engines are started with ``worker_extension_cls="rollout.weights.WeightSync"``, so
-``llm.collective_rpc("load_named_weights", args=(named_tensors,))`` runs on every worker.
+``llm.collective_rpc("load_named_weights", args=(encode_named_tensors(pairs),))`` runs on
+every worker. vLLM's RPC serialiser (msgpack) does not rebuild tensors it has no type for,
+so tensors travel as (dtype, shape, raw bytes).
 Names are Hugging Face parameter names; vLLM's own loader maps them onto its fused layers
 (qkv, gate_up), so a learner can send its ``state_dict`` as is (a learner sending buckets
 joins them first: one reload per push).
@@ -31,6 +33,22 @@ def parameter_checksum(parameters: Iterable[torch.Tensor]) -> tuple[int, float, 
     return count, total, squares
 
 
+def encode_named_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, list[int], bytes]]:
+    """(name, dtype, shape, bytes) per tensor: plain data any RPC layer carries."""
+    return [
+        (name, str(t.dtype).removeprefix("torch."), list(t.shape), t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for name, t in named_tensors
+    ]
+
+
+def decode_named_tensors(encoded) -> list[tuple[str, torch.Tensor]]:
+    """Inverse of ``encode_named_tensors``."""
+    return [
+        (name, torch.frombuffer(bytearray(data), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape))
+        for name, dtype, shape, data in encoded
+    ]
+
+
 def engine_weights(model: torch.nn.Module) -> Iterable[torch.Tensor]:
     """Every weight of a vLLM model as it is used, packed CPU linear layers included."""
     seen = set()
@@ -49,11 +67,11 @@ def engine_weights(model: torch.nn.Module) -> Iterable[torch.Tensor]:
 class WeightSync:
     """Mixed into vLLM's worker class (``self`` is the worker)."""
 
-    def load_named_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
-        """Load (Hugging Face name, tensor) pairs into the model in place; returns how many.
-
-        Goes through vLLM's in-place reload, which re-runs the post-loading processing
-        (e.g. the CPU backend's prepacked GEMM weights)."""
+    def load_named_weights(self, encoded: list) -> int:
+        """Load ``encode_named_tensors`` output (Hugging Face names) into the model in place;
+        returns how many tensors. Goes through vLLM's in-place reload, which re-runs the
+        post-loading processing (e.g. the CPU backend's prepacked GEMM weights)."""
+        named_tensors = decode_named_tensors(encoded)
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
         return len(named_tensors)
 

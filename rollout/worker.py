@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rollout.rewards import RewardSpec, Scorer
 from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
+from rollout.weights import encode_named_tensors
 from vllm_soft import soft_trace
 
 
@@ -29,9 +30,11 @@ class GroupRequest:
 
 
 def engine_environment(worker_index: int, cpus_per_worker: int) -> dict[str, str]:
-    """Environment for a worker's engine: in-process engine core (a killed worker takes
-    its engine with it) and, on CPU, OpenMP threads bound to this worker's own cores."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    """Environment for a worker's engine: on CPU, OpenMP threads bound to this worker's own
+    cores. The engine core stays a separate process (vLLM's default): it overlaps output
+    processing with the next step (in-process measured 0.77x of a bare engine, 0.92x
+    this way)."""
+    env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     cores = sorted(os.sched_getaffinity(0))
     first = (worker_index * cpus_per_worker) % len(cores)
     mine = [cores[(first + i) % len(cores)] for i in range(min(cpus_per_worker, len(cores)))]
@@ -163,7 +166,7 @@ class RolloutWorker:
 
             named_tensors = [pair for bucket in ray.get(list(named_tensors)) for pair in bucket]
         with self._lock:
-            self.llm.collective_rpc("load_named_weights", args=(named_tensors,))
+            self.llm.collective_rpc("load_named_weights", args=(encode_named_tensors(named_tensors),))
             self.llm.reset_prefix_cache()
             self.weight_version = version
         return version
