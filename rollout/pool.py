@@ -16,6 +16,7 @@ and every worker loads them in place; the pool keeps the latest for replacements
 import collections
 import logging
 import time
+import uuid
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -27,6 +28,7 @@ from rollout.worker import GroupRequest, RolloutWorker, engine_environment
 
 logger = logging.getLogger(__name__)
 
+ACTOR_NAME_PREFIX = "vllm-soft-rollout-"
 MIN_CALLS_IN_FLIGHT = 2
 MAX_CALLS_IN_FLIGHT = 64
 WORKER_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -52,6 +54,7 @@ class RolloutPool:
             resources=dict(config.resources_per_worker),
             max_concurrency=MAX_CALLS_IN_FLIGHT + 2,  # generate calls plus weight loads / checks
             runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker)},
+            name=f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}-{index}",  # findable: ray list actors
         )
         worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index)
         if self._weights is not None:

@@ -111,6 +111,8 @@ def answer_correct(response: str, answer: str) -> float:
     predicted = extract_answer(response)
     if predicted is None:
         return 0.0
+    if "####" in answer:  # GSM8K's published format: reasoning, then "#### 42"
+        answer = answer.rsplit("####", 1)[1]
     predicted, reference = _normalise(predicted), _normalise(answer)
     if not predicted or not reference:
         return 0.0

@@ -99,6 +99,7 @@ def test_extract_answer(response, expected):
         ("<answer>x = 3/4</answer>", "0.75"),
         ("<answer>0.3333333</answer>", "1/3"),
         (r"<answer>\{1, 2\}</answer>", r"\{2, 1\}"),
+        ("<answer>72</answer>", "Natalia sold 48/2 = 24 clips in May.\n#### 72"),  # GSM8K's format
     ],
 )
 def test_equivalent_answers_are_correct(response, answer):

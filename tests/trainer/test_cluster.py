@@ -1,0 +1,70 @@
+"""The smoke run on real Ray clusters: `ray job submit` to a `ray start --head`, and two
+nodes (simulated on this machine) with learners and rollouts placed by custom resources."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray(*args, cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_runs_the_smoke_job_to_succeeded(tmp_path, tiny_model_path):
+    # The job's `python` is the head's: put this virtualenv first on the head's PATH. Run
+    # from an empty folder (a `ray` folder in the working directory would shadow the package).
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    started = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dashboard}", "--num-cpus=4", "--disable-usage-stats", cwd=tmp_path, env=env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        run_dir = tmp_path / "run"
+        submitted = _ray(
+            "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--submission-id=smoke", "--",
+            "python", str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
+            f"output_dir={run_dir}", cwd=tmp_path, env=env,
+        )
+        status = _ray("job", "status", f"--address=http://127.0.0.1:{dashboard}", "smoke", cwd=tmp_path, env=env)
+        assert "SUCCEEDED" in status.stdout + status.stderr, submitted.stdout[-4000:] + submitted.stderr[-2000:]
+        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+    finally:
+        _ray("stop", "--force", cwd=tmp_path, env=env, timeout=120)
+
+
+def test_two_node_cluster_places_learners_and_rollouts_by_resources(tmp_path, tiny_model_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"learner_node": 2}})
+    cluster.add_node(num_cpus=2, resources={"rollout_node": 1})
+    try:
+        run_dir = tmp_path / "run"
+        env = {**os.environ, "RAY_ADDRESS": cluster.address}
+        finished = subprocess.run(
+            [sys.executable, str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
+             f"output_dir={run_dir}", "learner.resources_per_rank={learner_node: 1}",
+             "pool.resources_per_worker={rollout_node: 1}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert finished.returncode == 0, finished.stderr[-4000:]
+        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+    finally:
+        cluster.shutdown()
