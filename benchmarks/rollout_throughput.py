@@ -6,7 +6,8 @@ bare  - one vLLM engine (``LLM.generate``, n = G) in this process, no Ray, no re
 R=1   - the rollout pool with one worker (Ray actor, continuous submission, rewards)
 R=2   - the pool with two workers, half the cores each (on 2 cores this cannot be faster:
         it shows the cost of splitting)
-Prints samples/s, tokens/s and the ratio to bare; writes JSON to --out.
+Bare and R=1 run in alternating rounds (median reported); prints samples/s, tokens/s and
+the ratio to bare; writes JSON to --out.
 """
 
 import argparse
@@ -16,47 +17,54 @@ import time
 from pathlib import Path
 
 
-def bare_engine(engine_config, sampling_config, prompts) -> dict:
+def start_bare_engine(engine_config):
     from vllm import LLM
 
-    from rollout.worker import sampling_params
     from vllm_soft.models import resolve_model
     from vllm_soft.runtime import configure_cpu_threads
 
     configure_cpu_threads()
-    llm = LLM(
+    return LLM(
         model=str(resolve_model(engine_config.model)), dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,
         enforce_eager=engine_config.enforce_eager, max_num_seqs=engine_config.max_num_seqs, seed=engine_config.seed,
         kv_cache_memory_bytes=int(engine_config.kv_cache_gib * (1 << 30)), additional_config={"soft_thinking": {}},
     )
+
+
+def run_bare(llm, sampling_config, prompts) -> dict:
+    from rollout.worker import sampling_params
+
     params = [sampling_params(sampling_config, i) for i in range(len(prompts))]
-    llm.generate(prompts[:2], params[:2], use_tqdm=False)  # warm-up
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
-    llm.llm_engine.engine_core.shutdown()
     samples = [c for o in outputs for c in o.outputs]
     return {"samples": len(samples), "tokens": sum(len(c.token_ids) for c in samples), "seconds": seconds}
 
 
-def pool_run(engine_config, sampling_config, prompts, workers: int) -> dict:
+def start_pool(engine_config, workers: int):
     from rollout.pool import RolloutPool
     from rollout.settings import PoolConfig
-    from rollout.worker import GroupRequest
 
     cores = len(os.sched_getaffinity(0))
     pool_config = PoolConfig(num_workers=workers, num_cpus_per_worker=max(1, cores // workers), groups_per_call=4)
-    pool = RolloutPool(engine_config, {"correct": 1.0}, pool_config)
-    try:
-        pool.generate([GroupRequest(i, p, answer="0") for i, p in enumerate(prompts[:2])], sampling_config, progress=False)
-        groups = [GroupRequest(i, p, answer="0") for i, p in enumerate(prompts)]
-        start = time.perf_counter()
-        result = pool.generate(groups, sampling_config, progress=False)
-        seconds = time.perf_counter() - start
-    finally:
-        pool.shutdown()
+    return RolloutPool(engine_config, {"correct": 1.0}, pool_config)
+
+
+def run_pool(pool, sampling_config, prompts) -> dict:
+    from rollout.worker import GroupRequest
+
+    groups = [GroupRequest(i, p, answer="0") for i, p in enumerate(prompts)]
+    start = time.perf_counter()
+    result = pool.generate(groups, sampling_config, progress=False)
+    seconds = time.perf_counter() - start
     samples = [s for g in result for s in g]
     return {"samples": len(samples), "tokens": sum(len(s.response_token_ids) for s in samples), "seconds": seconds}
+
+
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["samples"] / r["seconds"])
+    return {**ordered[len(ordered) // 2], "rounds_samples_per_s": [round(r["samples"] / r["seconds"], 2) for r in runs]}
 
 
 def main() -> None:
@@ -66,6 +74,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--soft", action="store_true", help="soft thinking (emit sample, Dirichlet noise)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
@@ -84,11 +93,23 @@ def main() -> None:
                                       tokenize=False, add_generation_prompt=True)
         for i in range(args.prompts)
     ]
-    results = {"bare": bare_engine(engine, sampling, prompts)}
     ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
-    results["R=1"] = pool_run(engine, sampling, prompts, workers=1)
-    results["R=2"] = pool_run(engine, sampling, prompts, workers=2)
+    # Bare engine and R = 1 pool alive together, measured in alternating rounds (idle
+    # engines sleep), so machine drift hits both alike; R = 2 afterwards.
+    llm, pool = start_bare_engine(engine), start_pool(engine, workers=1)
+    run_bare(llm, sampling, prompts[:2]), run_pool(pool, sampling, prompts[:2])  # warm-up
+    bare_runs, pool_runs = [], []
+    for _ in range(args.rounds):
+        bare_runs.append(run_bare(llm, sampling, prompts))
+        pool_runs.append(run_pool(pool, sampling, prompts))
+    llm.llm_engine.engine_core.shutdown()
+    pool.shutdown()
+    pool = start_pool(engine, workers=2)
+    run_pool(pool, sampling, prompts[:2])
+    two_runs = [run_pool(pool, sampling, prompts) for _ in range(args.rounds)]
+    pool.shutdown()
     ray.shutdown()
+    results = {"bare": median_run(bare_runs), "R=1": median_run(pool_runs), "R=2": median_run(two_runs)}
 
     bare_rate = results["bare"]["samples"] / results["bare"]["seconds"]
     print(f"\n{args.prompts} prompts x G={args.group_size}, {args.max_tokens} tokens, {'soft' if args.soft else 'plain'}")

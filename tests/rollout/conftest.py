@@ -1,4 +1,4 @@
-"""A real local Ray cluster and one rollout pool on the tiny model, shared by the tests."""
+"""A real local Ray cluster and one rollout pool on the tiny model, shared by a module's tests."""
 
 import pytest
 
@@ -10,7 +10,7 @@ def tiny_engine_config():
     return EngineConfig(model="tiny", dtype="float32", max_model_len=512, kv_cache_gib=0.25, max_num_seqs=64)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     import ray
 
