@@ -118,15 +118,28 @@ class RolloutPool:
 
     def update_weights(self, named_tensors, version: int) -> float:
         """Load weights into every worker; returns seconds. ``named_tensors``: a list of
-        (name, tensor), its ObjectRef, or a list of ObjectRefs of such lists (buckets)."""
+        (name, tensor), its ObjectRef, or a list of ObjectRefs of such lists (buckets).
+        A worker that dies meanwhile is replaced; the replacement loads these weights."""
         start = time.perf_counter()
         ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
         self._weights = (ref, version)
-        ray.get([w.load_weights.remote(ref, version) for w in self.workers])
+        self._on_every_worker(lambda worker: worker.load_weights.remote(ref, version))
         return time.perf_counter() - start
 
     def weights_checksums(self) -> list[tuple[int, float, float]]:
-        return ray.get([w.weights_checksum.remote() for w in self.workers])
+        return self._on_every_worker(lambda worker: worker.weights_checksum.remote())
+
+    def _on_every_worker(self, call) -> list:
+        """``call(worker)`` on every worker; a worker that died is replaced and asked again."""
+        pending = [call(worker) for worker in self.workers]
+        results = []
+        for index, ref in enumerate(pending):
+            try:
+                results.append(ray.get(ref))
+            except WORKER_LOST as error:
+                self._replace_worker(index, error)
+                results.append(ray.get(call(self.workers[index])))
+        return results
 
     def shutdown(self) -> None:
         for worker in self.workers:

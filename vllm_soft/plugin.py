@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from vllm_soft.compat import check_vllm_version
+from vllm_soft.runtime import die_with_parent_if_asked
 
 logger = logging.getLogger("vllm_soft")
 
@@ -26,6 +27,7 @@ _applied: list[str] = []
 def register() -> None:
     """Check the vLLM version and apply every patch in ``vllm_soft.patches`` once."""
     version = check_vllm_version()
+    die_with_parent_if_asked()
     for name, apply in _patches():
         if name in _applied:
             continue

@@ -1,6 +1,7 @@
 """Process-level settings for running vLLM well on the machine at hand."""
 
 import os
+import sys
 
 
 def configure_cpu_threads() -> None:
@@ -18,3 +19,19 @@ def configure_cpu_threads() -> None:
     contiguous = cores == list(range(cores[0], cores[-1] + 1))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}" if contiguous else "auto")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+DIE_WITH_PARENT_ENV = "VLLM_SOFT_DIE_WITH_PARENT"
+
+
+def die_with_parent_if_asked() -> None:
+    """With ``VLLM_SOFT_DIE_WITH_PARENT=1`` (set for rollout engines), ask Linux to kill
+    this process when its parent dies, so a killed Ray actor leaves no vLLM engine-core or
+    worker process behind (vLLM's engine core does not watch its parent)."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
