@@ -111,17 +111,6 @@ class Learner:
         totals["learner_s"] = time.perf_counter() - start
         return totals
 
-    @torch.no_grad()
-    def score(self, batch: ReplayBatch, num_micro_batches: int) -> list[list[float]]:
-        """Response log-probs under the current weights (no update), per sequence."""
-        size, count, result = self.config.micro_batch_size, len(batch.prompt_ids), []
-        for index in range(num_micro_batches):
-            rows = list(range(index * size, min((index + 1) * size, count))) or [0]
-            logprobs, mask = self.policy(_select(batch, rows))
-            if index * size < count:
-                result += [row[m].tolist() for row, m in zip(logprobs, mask)]
-        return result
-
     # -- weights out -------------------------------------------------------------------
 
     def full_state_dict(self) -> dict | None:
