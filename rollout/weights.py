@@ -21,6 +21,8 @@ from collections.abc import Iterable
 
 import torch
 
+from vllm_soft.runtime import release_freed_memory
+
 
 def parameter_checksum(parameters: Iterable[torch.Tensor]) -> tuple[int, float, float]:
     """(number of values, sum, sum of squares) in float64; callers pass each tensor once."""
@@ -73,7 +75,10 @@ class WeightSync:
         post-loading processing (e.g. the CPU backend's prepacked GEMM weights)."""
         named_tensors = decode_named_tensors(encoded)
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
-        return len(named_tensors)
+        count = len(named_tensors)
+        del named_tensors, encoded
+        release_freed_memory()
+        return count
 
     @torch.no_grad()
     def weights_checksum(self) -> tuple[int, float, float]:

@@ -17,7 +17,7 @@ from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
 from rollout.weights import encode_named_tensors
 from vllm_soft import soft_trace
-from vllm_soft.runtime import DIE_WITH_PARENT_ENV
+from vllm_soft.runtime import DIE_WITH_PARENT_ENV, release_freed_memory
 
 
 @dataclass
@@ -170,6 +170,8 @@ class RolloutWorker:
             self.llm.collective_rpc("load_named_weights", args=(encode_named_tensors(named_tensors),))
             self.llm.reset_prefix_cache()
             self.weight_version = version
+        del named_tensors
+        release_freed_memory()
         return version
 
     def weights_checksum(self) -> tuple[int, float, float]:

@@ -25,19 +25,24 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 
 from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gap
+from trainer.lora import add_adapters, decoder_layers, merge_adapters, save_adapter
 from trainer.policy import ReplayBatch, ReplayPolicy
-from trainer.settings import LearnerConfig
+from trainer.settings import LearnerConfig, LoraConfig
+from vllm_soft.runtime import release_freed_memory
 
 POLICY_PREFIX = "model."
 
 
-def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool) -> ReplayPolicy:
+def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool, lora: LoraConfig | None = None) -> ReplayPolicy:
+    """The sharded policy; with ``lora``, only the adapters require grad."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model.requires_grad_(trainable)
+    if lora is not None:
+        model = add_adapters(model, lora)
     policy = ReplayPolicy(model)
-    policy.requires_grad_(trainable)
-    for layer in model.model.layers:
+    for layer in decoder_layers(model):
         fully_shard(layer)
     fully_shard(policy)
     return policy
@@ -59,8 +64,11 @@ class Learner:
         torch.manual_seed(seed + rank)
         self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size
         dtype = getattr(torch, config.dtype)
-        self.policy = _load_policy(model_path, dtype, trainable=True)
-        self.reference = _load_policy(model_path, dtype, trainable=False) if loss.beta > 0 else None
+        self.policy = _load_policy(model_path, dtype, trainable=True, lora=config.lora)
+        # With LoRA the frozen reference is the policy with its adapters switched off.
+        self.reference = None
+        if loss.beta > 0 and config.lora is None:
+            self.reference = _load_policy(model_path, dtype, trainable=False)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -78,20 +86,20 @@ class Learner:
         size = self.config.micro_batch_size
         totals: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
+        # Micro-batches of similar lengths pad less.
+        order = sorted(range(len(advantages)), key=lambda i: len(batch.prompt_ids[i]) + len(batch.response_ids[i]))
         for index in range(num_micro_batches):
-            rows = list(range(index * size, min((index + 1) * size, len(advantages))))
+            rows = order[index * size : (index + 1) * size]
             weight = 1.0
             if not rows:  # an idle rank still joins the collectives, with a zero-weight sequence
                 rows, weight = [0], 0.0
             self.policy.set_requires_gradient_sync(index == num_micro_batches - 1)
             micro = _select(batch, rows)
-            logprobs, mask = self.policy(micro)
+            with self._autocast():
+                logprobs, mask = self.policy(micro)
             mask = mask & (weight > 0)
             rollout = _pad([rollout_logprobs[r] for r in rows], logprobs.shape[1]).to(logprobs.device)
-            reference = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    reference, _ = self.reference(micro)
+            reference = self._reference_logprobs(micro) if self.loss_config.beta > 0 else None
             loss, metrics = grpo_loss(
                 logprobs, logprobs.detach(), torch.tensor([advantages[r] for r in rows], device=logprobs.device),
                 mask, self.loss_config, ref_logprobs_BT=reference, rollout_logprobs_BT=rollout,
@@ -109,14 +117,35 @@ class Learner:
         self.optimizer.step()
         totals["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         totals["learner_s"] = time.perf_counter() - start
+        release_freed_memory()  # activations: return the peak to the OS before rollouts run
         return totals
+
+    def _autocast(self):
+        """bf16 matmuls when ``mixed_precision`` (weights, grads and optimiser stay in ``dtype``)."""
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.mixed_precision)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, micro: ReplayBatch) -> torch.Tensor:
+        with self._autocast():
+            if self.reference is not None:
+                return self.reference(micro)[0]
+            with self.policy.model.disable_adapter():
+                return self.policy(micro)[0]
 
     # -- weights out -------------------------------------------------------------------
 
-    def full_state_dict(self) -> dict | None:
-        """All ranks call; rank 0 returns the full Hugging Face state dict (CPU), others None."""
+    def _gathered_state(self) -> dict | None:
+        """All ranks call; rank 0 gets the policy's full state dict (CPU), wrapper prefix dropped."""
         state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return hf_state_dict(state) if self.rank == 0 else None
+
+    def full_state_dict(self) -> dict | None:
+        """All ranks call; rank 0 returns the full Hugging Face state dict (LoRA merged), others None."""
+        state = self._gathered_state()
+        if state is None or self.config.lora is None:
+            return state
+        return merge_adapters(state, self.config.lora.alpha / self.config.lora.rank)
 
     def weights_checksum(self) -> tuple[int, float, float] | None:
         """All ranks call; rank 0 returns ``rollout.weights.parameter_checksum`` of the full
@@ -130,8 +159,9 @@ class Learner:
             state.pop("lm_head.weight", None)
         return parameter_checksum(state.values())
 
-    def push_buckets(self, bucket_bytes: int) -> list | None:
-        """All ranks call; rank 0 puts the weights in the object store in buckets, layer order."""
+    def push_buckets(self, bucket_bytes: int, dtype: str | None = None) -> list | None:
+        """All ranks call; rank 0 puts the weights in the object store in buckets, layer order,
+        cast to the engines' ``dtype`` when given (the engine would round them the same way)."""
         import ray
 
         state = self.full_state_dict()
@@ -139,6 +169,8 @@ class Learner:
             return None
         buckets, current, size = [], [], 0
         for name, tensor in state.items():
+            if dtype is not None:
+                tensor = tensor.to(getattr(torch, dtype))
             current.append((name, tensor))
             size += tensor.numel() * tensor.element_size()
             if size >= bucket_bytes:
@@ -146,6 +178,8 @@ class Learner:
                 current, size = [], 0
         if current:
             buckets.append(ray.put(current))
+        del state, current
+        release_freed_memory()
         return buckets
 
     # -- checkpoints -------------------------------------------------------------------
@@ -155,9 +189,13 @@ class Learner:
         model_state, optim_state = get_state_dict(self.policy, self.optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=os.path.join(folder, "dcp"))
         torch.save(torch.get_rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
-        full = self.full_state_dict()
+        state = self._gathered_state()
         if self.rank == 0:
-            _save_hf_folder(full, tokenizer_source, os.path.join(folder, "model"))
+            lora = self.config.lora
+            if lora is not None:
+                save_adapter(state, lora, tokenizer_source, os.path.join(folder, "adapter"))
+                state = merge_adapters(state, lora.alpha / lora.rank)
+            _save_hf_folder(state, tokenizer_source, os.path.join(folder, "model"))
         dist.barrier()
 
     def load(self, folder: str) -> None:

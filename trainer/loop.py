@@ -112,6 +112,7 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
 
     from vllm_soft.models import resolve_model
 
+    run_start = time.perf_counter()
     base_model = str(resolve_model(config.model))
     start_step, model_path = 1, base_model
     if resume_from is not None:
@@ -134,14 +135,15 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
     log = MetricsLog(run_dir)
     evaluate = _evaluator(config, tokenizer, pool)
     if evaluate is not None and start_step == 1:
-        log.log(0, {"eval_accuracy": evaluate()})
+        log.log(0, {"eval_accuracy": evaluate(), "elapsed_s": time.perf_counter() - run_start})
     results = []
     per_step = config.algorithm.prompts_per_step
+    push_dtype = config.engine.dtype if config.engine.dtype in ("float32", "bfloat16", "float16") else None
     bar = tqdm(range(start_step, config.steps + 1), desc="train", unit="step")
     try:
         for step in bar:
             timings = {}
-            begin = time.perf_counter()
+            begin = started = time.perf_counter()
             first = (step - 1) * per_step
             groups = [
                 GroupRequest(group_id=first + i, prompt=prompts[(first + i) % len(prompts)],
@@ -159,9 +161,10 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
             timings["learn_s"] = time.perf_counter() - begin
 
             begin = time.perf_counter()
-            buckets = [b for b in learners.call("push_buckets", PUSH_BUCKET_BYTES) if b is not None][0]
+            buckets = [b for b in learners.call("push_buckets", PUSH_BUCKET_BYTES, push_dtype) if b is not None][0]
             pool.update_weights(buckets, version=step)
             timings["push_s"] = time.perf_counter() - begin
+            timings["step_s"] = time.perf_counter() - started  # rollout + learn + push
             checks = {}
             if config.verify_push:
                 checks["push_checksum_match"] = _checksums_match(learners.call("weights_checksum")[0], pool.weights_checksums())
@@ -175,6 +178,7 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
                 learners.call("save", str(folder), base_model)
                 checkpoints.complete(folder, {"step": step, "data_position": step * per_step}, config.keep_checkpoints)
                 metrics["checkpoint_s"] = time.perf_counter() - begin
+            metrics["elapsed_s"] = time.perf_counter() - run_start  # since this process started
             log.log(step, metrics)
             results.append({"step": step, **metrics})
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", gap=f"{metrics['logprob_gap']:.1e}",

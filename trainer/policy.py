@@ -1,8 +1,10 @@
 """The learner's policy: a Hugging Face causal LM that replays rollouts, soft steps included.
 
 ``ReplayPolicy.forward(batch)`` rebuilds each sequence's input embeddings from its trace
-(``vllm_soft.replay``), runs one padded forward pass over the batch and returns the
-log-probability of every response token, as the engine defined it. Building the inputs
+(``vllm_soft.replay``), runs one padded forward pass over the batch, applies the output
+layer at response positions only, and returns the log-probability of every response
+token, as the engine defined it (for models whose logits are the output layer's, with no
+soft-capping or scaling: Llama, Qwen, SmolLM). Building the inputs
 inside ``forward`` matters under FSDP: the embedding table is only whole (unsharded)
 while the wrapping module's forward runs.
 """
@@ -33,6 +35,9 @@ class ReplayPolicy(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        for knob in ("final_logit_softcapping", "logit_scale"):
+            if getattr(model.config, knob, None) not in (None, 1.0):
+                raise ValueError(f"{type(model).__name__}: {knob} is not supported (logits must be the output layer's)")
         self.model = model
 
     def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,14 +55,15 @@ class ReplayPolicy(nn.Module):
         for row, x in enumerate(inputs):
             padded[row, : x.shape[0]] = x
             attention[row, : x.shape[0]] = 1
-        logits = self.model(inputs_embeds=padded, attention_mask=attention).logits
+        hidden = self.model.get_decoder()(inputs_embeds=padded, attention_mask=attention).last_hidden_state
+        # The output layer only where a response token is predicted (not over the prompt).
+        spans = [(len(p) - 1, len(r)) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+        predicting = torch.cat([hidden[row, start : start + count] for row, (start, count) in enumerate(spans)])
+        logits = self.model.get_output_embeddings()(predicting).split([count for _, count in spans])
         responses = max(len(r) for r in batch.response_ids)
-        logprobs = logits.new_zeros(len(inputs), responses, dtype=torch.float32)
-        mask = torch.zeros(len(inputs), responses, dtype=torch.bool, device=logits.device)
-        for row, (p, r, s) in enumerate(zip(batch.prompt_ids, batch.response_ids, batch.soft_steps)):
-            start = len(p) - 1
-            logprobs[row, : len(r)] = response_logprobs(
-                logits[row, start : start + len(r)], r, s, batch.soft_temperature, batch.temperature
-            )
+        logprobs = padded.new_zeros(len(inputs), responses, dtype=torch.float32)
+        mask = torch.zeros(len(inputs), responses, dtype=torch.bool, device=padded.device)
+        for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
+            logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, batch.soft_temperature, batch.temperature)
             mask[row, : len(r)] = True
         return logprobs, mask

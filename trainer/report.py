@@ -1,4 +1,10 @@
-"""``python -m trainer.report RUN_DIR``: training curves from metrics.jsonl to RUN_DIR/curves.png."""
+"""Training curves from metrics.jsonl.
+
+    python -m trainer.report RUN_DIR [RUN_DIR ...] [--compare OUT.png]
+
+Each run gets RUN_DIR/curves.png; ``--compare`` also draws every run's held-out greedy
+accuracy against wall-clock minutes into one plot.
+"""
 
 import argparse
 from pathlib import Path
@@ -33,10 +39,36 @@ def draw(run_dir: Path) -> Path:
     return path
 
 
+def compare(run_dirs: list[Path], path: Path) -> Path:
+    """Held-out greedy accuracy of several runs against minutes since each started."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run_dir in run_dirs:
+        points = [(r["elapsed_s"] / 60, r["eval_accuracy"]) for r in read_metrics(run_dir)
+                  if r.get("eval_accuracy") is not None and "elapsed_s" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=run_dir.name)
+    ax.set_xlabel("minutes since start")
+    ax.set_ylabel("greedy accuracy (held out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    print(draw(parser.parse_args(argv).run_dir))
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--compare", type=Path, default=None, help="also plot held-out accuracy of all runs here")
+    args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:
+        print(draw(run_dir))
+    if args.compare is not None:
+        print(compare(args.run_dirs, args.compare))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai_server import openai_server
 
 from trainer import checkpoints
+from vllm_soft import soft_summary
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -52,3 +54,17 @@ def test_resume_runs_step_3_and_keeps_two_checkpoints(smoke_run):
     found = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))
     assert [p.name for p in found] == ["step_000002", "step_000003"]
     assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_vllm_serve_serves_a_checkpoint_with_soft_thinking(smoke_run):
+    """`vllm serve CKPT/model --soft-thinking` (vLLM's own CLI, the plugin loaded by entry point)."""
+    newest = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))[-1]
+    vllm = str(Path(sys.executable).parent / "vllm")
+    command = [vllm, "serve", str(newest / "model"), "--soft-thinking", "--enforce-eager", "--dtype", "float32",
+               "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28)]
+    with openai_server(command) as (client, model, _):
+        response = client.completions.create(model=model, prompt="What is 2 + 3?", max_tokens=8, temperature=0.0,
+                                             extra_body={"vllm_xargs": {"soft_thinking": 1}})
+    choice = response.choices[0]
+    assert response.usage.completion_tokens > 0
+    assert soft_summary(choice)["num_soft_steps"] > 0, "the served checkpoint thinks in soft tokens"

@@ -5,14 +5,11 @@ separate process by nature). Requests go to loopback only.
 """
 
 import asyncio
-import os
-import socket
-import subprocess
 import sys
-import time
 
 import openai
 import pytest
+from openai_server import openai_server
 
 from vllm_soft import soft_summary, soft_trace
 
@@ -21,34 +18,15 @@ pytestmark = pytest.mark.slow
 MAX_TOKENS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_path):
-    port = _free_port()
     command = [
         sys.executable, "-m", "vllm_soft.cli", "serve", str(tiny_model_path), "--soft-thinking",
         "--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "--seed", "0",
-        "--kv-cache-memory-bytes", str(1 << 29), "--host", "127.0.0.1", "--port", str(port),
+        "--kv-cache-memory-bytes", str(1 << 29),
     ]
-    process = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, "the server exited during start-up"
-        assert time.monotonic() < deadline, "the server did not come up in 300 s"
-        try:
-            model = client.models.list().data[0].id
-            break
-        except openai.APIConnectionError:
-            time.sleep(2)
-    yield client, model, port
-    process.terminate()
-    process.wait(timeout=60)
+    with openai_server(command) as running:
+        yield running
 
 
 def _extra_body(soft_knobs):

@@ -1,0 +1,24 @@
+"""`python -m trainer.report`: curves per run and the comparison plot, from metrics.jsonl."""
+
+import json
+
+from trainer.report import main
+
+
+def _write_run(folder, slope):
+    folder.mkdir()
+    lines = [{"step": 0, "eval_accuracy": 0.2, "elapsed_s": 60.0}]
+    lines += [{"step": s, "reward_mean": 0.1 * s, "accuracy": 0.1, "logprob_gap": 1e-6, "elapsed_s": 60.0 + 90 * s,
+               **({"eval_accuracy": 0.2 + slope * s} if s % 2 == 0 else {})} for s in range(1, 5)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_report_draws_each_run_and_the_comparison(tmp_path, capsys):
+    _write_run(tmp_path / "a", 0.02)
+    _write_run(tmp_path / "b", 0.04)
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--compare", str(tmp_path / "both.png")])
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "a" / "curves.png"), str(tmp_path / "b" / "curves.png"), str(tmp_path / "both.png")]
+    for path in printed:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
