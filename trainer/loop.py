@@ -135,7 +135,7 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
     log = MetricsLog(run_dir)
     evaluate = _evaluator(config, tokenizer, pool)
     if evaluate is not None and start_step == 1:
-        log.log(0, {"eval_accuracy": evaluate(), "elapsed_s": time.perf_counter() - run_start})
+        log.log(0, {**evaluate(), "elapsed_s": time.perf_counter() - run_start})
     results = []
     per_step = config.algorithm.prompts_per_step
     push_dtype = config.engine.dtype if config.engine.dtype in ("float32", "bfloat16", "float16") else None
@@ -171,7 +171,7 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
 
             metrics = {**_step_metrics(samples, totals, rewards, timings["rollout_s"]), **timings, **checks}
             if evaluate is not None and (step % config.eval.every == 0 or step == config.steps):
-                metrics["eval_accuracy"] = evaluate()
+                metrics.update(evaluate())
             if step % config.checkpoint_every == 0 or step == config.steps:
                 begin = time.perf_counter()
                 folder = checkpoints.partial_folder(run_dir, step)
@@ -199,18 +199,25 @@ def _checksums_match(learner: tuple, engines: list[tuple]) -> bool:
 
 
 def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
-    """Greedy (plain) accuracy on held-out prompts: the same evaluation for every mode."""
+    """Greedy accuracy on held-out prompts: plain decoding (the same evaluation for every
+    mode) and, for soft modes, also soft thinking with argmax emission and no noise."""
     if config.eval.num_prompts == 0:
         return None
     source = dataclasses.replace(config.prompts, seed=config.eval.seed, size=config.eval.num_prompts)
     items = load_prompts(source)
     groups = [GroupRequest(group_id=-1 - i, prompt=format_prompt(item, tokenizer, config.format), answer=item.answer,
                            entry=item.entry) for i, item in enumerate(items)]
-    greedy = SamplingConfig(group_size=1, temperature=0.0, max_tokens=config.eval.max_tokens)
+    modes = {"eval_accuracy": None}
+    if soft_knobs(config) is not None:
+        modes["eval_soft_accuracy"] = {**soft_knobs(config), "emit": "argmax", "noise": "none"}
 
-    def evaluate() -> float:
-        samples = [s for group in pool.generate(groups, greedy, progress=False) for s in group]
-        return summarize(samples, 1.0)["accuracy"]
+    def evaluate() -> dict:
+        results = {}
+        for name, knobs in modes.items():
+            greedy = SamplingConfig(group_size=1, temperature=0.0, max_tokens=config.eval.max_tokens, soft_thinking=knobs)
+            samples = [s for group in pool.generate(groups, greedy, progress=False) for s in group]
+            results[name] = summarize(samples, 1.0)["accuracy"]
+        return results
 
     return evaluate
 

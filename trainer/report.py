@@ -3,7 +3,7 @@
     python -m trainer.report RUN_DIR [RUN_DIR ...] [--compare OUT.png]
 
 Each run gets RUN_DIR/curves.png; ``--compare`` also draws every run's held-out greedy
-accuracy against wall-clock minutes into one plot.
+accuracy (plain, and soft where measured) against wall-clock minutes into one plot.
 """
 
 import argparse
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from trainer.metrics import read_metrics
 
+EVAL_CURVES = {"eval_accuracy": "plain greedy", "eval_soft_accuracy": "soft greedy"}
 PANELS = [
-    ("reward_mean", "reward"), ("accuracy", "accuracy (train samples)"), ("eval_accuracy", "greedy accuracy (held out)"),
+    ("reward_mean", "reward"), ("accuracy", "accuracy (train samples)"), (EVAL_CURVES, "greedy accuracy (held out)"),
     ("response_length", "response tokens"), ("soft_step_fraction", "soft-step fraction"), ("logprob_gap", "learner-rollout log-prob gap"),
     ("clip_fraction", "clip fraction"), ("kl", "KL to reference"), ("grad_norm", "grad norm"),
 ]
@@ -26,10 +27,14 @@ def draw(run_dir: Path) -> Path:
 
     records = read_metrics(run_dir)
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
-    for ax, (key, title) in zip(axes.flat, PANELS):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
+    for ax, (keys, title) in zip(axes.flat, PANELS):
+        curves = keys if isinstance(keys, dict) else {keys: None}
+        for key, label in curves.items():
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+        if len(ax.lines) > 1:
+            ax.legend()
         ax.set_title(title)
         ax.set_xlabel("step")
     fig.suptitle(str(run_dir))
@@ -48,10 +53,11 @@ def compare(run_dirs: list[Path], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run_dir in run_dirs:
-        points = [(r["elapsed_s"] / 60, r["eval_accuracy"]) for r in read_metrics(run_dir)
-                  if r.get("eval_accuracy") is not None and "elapsed_s" in r]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=run_dir.name)
+        for key, style in zip(EVAL_CURVES, ("-", "--")):
+            points = [(r["elapsed_s"] / 60, r[key]) for r in read_metrics(run_dir)
+                      if r.get(key) is not None and "elapsed_s" in r]
+            if points:
+                ax.plot(*zip(*points), style, marker="o", label=f"{run_dir.name} ({EVAL_CURVES[key]})")
     ax.set_xlabel("minutes since start")
     ax.set_ylabel("greedy accuracy (held out)")
     ax.legend()

@@ -9,7 +9,8 @@ def _write_run(folder, slope):
     folder.mkdir()
     lines = [{"step": 0, "eval_accuracy": 0.2, "elapsed_s": 60.0}]
     lines += [{"step": s, "reward_mean": 0.1 * s, "accuracy": 0.1, "logprob_gap": 1e-6, "elapsed_s": 60.0 + 90 * s,
-               **({"eval_accuracy": 0.2 + slope * s} if s % 2 == 0 else {})} for s in range(1, 5)]
+               **({"eval_accuracy": 0.2 + slope * s, "eval_soft_accuracy": 0.1 + slope * s} if s % 2 == 0 else {})}
+              for s in range(1, 5)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
