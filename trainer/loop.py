@@ -208,8 +208,9 @@ def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
     groups = [GroupRequest(group_id=-1 - i, prompt=format_prompt(item, tokenizer, config.format), answer=item.answer,
                            entry=item.entry) for i, item in enumerate(items)]
     modes = {"eval_accuracy": None}
-    if soft_knobs(config) is not None:
-        modes["eval_soft_accuracy"] = {**soft_knobs(config), "emit": "argmax", "noise": "none"}
+    knobs = soft_knobs(config)
+    if knobs is not None:
+        modes["eval_soft_accuracy"] = {**knobs, "emit": "argmax", "noise": "none"}
 
     def evaluate() -> dict:
         results = {}
