@@ -57,12 +57,11 @@ def sampling_for_step(config: TrainConfig, step: int) -> SamplingConfig:
 
 
 def replay_batch(config: TrainConfig, samples) -> ReplayBatch:
-    knobs = SoftThinkingParams().with_overrides(soft_knobs(config) or {})
     return ReplayBatch(
         prompt_ids=[s.prompt_token_ids for s in samples],
         response_ids=[s.response_token_ids for s in samples],
         soft_steps=[s.soft_steps for s in samples],
-        mode=knobs.mode, scale=knobs.scale, soft_temperature=knobs.temperature,
+        knobs=SoftThinkingParams().with_overrides(soft_knobs(config) or {}),
         temperature=config.algorithm.temperature,
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vllm_soft.params import SoftThinkingParams
 from vllm_soft.replay import rebuild_inputs_embeds, response_logprobs
 
 
@@ -24,10 +25,10 @@ class ReplayBatch:
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     soft_steps: list[list[dict]]
-    mode: str = "replace"
-    scale: float = 1.0
-    soft_temperature: float = 0.6
+    knobs: SoftThinkingParams = SoftThinkingParams()
+    """The soft knobs the rollouts used (mode, scale, temperature, noise, ...)."""
     temperature: float = 1.0
+    """Sampling temperature of discrete tokens."""
 
 
 class ReplayPolicy(nn.Module):
@@ -42,9 +43,10 @@ class ReplayPolicy(nn.Module):
 
     def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
+        knobs = batch.knobs
         embedding = self.model.get_input_embeddings().weight
         inputs = [
-            rebuild_inputs_embeds(embedding, p, r, s, batch.mode, batch.scale)
+            rebuild_inputs_embeds(embedding, p, r, s, knobs.mode, knobs.scale)
             for p, r, s in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps)
         ]
         lengths = [x.shape[0] for x in inputs]
@@ -64,6 +66,8 @@ class ReplayPolicy(nn.Module):
         logprobs = padded.new_zeros(len(inputs), responses, dtype=torch.float32)
         mask = torch.zeros(len(inputs), responses, dtype=torch.bool, device=padded.device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
-            logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, batch.soft_temperature, batch.temperature)
+            logprobs[row, : len(r)] = response_logprobs(
+                logits[row], r, s, knobs.temperature, batch.temperature, knobs.noise, knobs.alpha, knobs.tau, knobs.emit
+            )
             mask[row, : len(r)] = True
         return logprobs, mask

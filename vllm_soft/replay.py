@@ -10,29 +10,32 @@ a token forced by cold stop or the budget) and ``end_reason``). From it:
                              (replace) or E[y] + scale * mixture (add); differentiable in
                              the embedding table
     response_logprobs ─────► log-probability of each response token under the policy that
-                             produced it: at a soft step, log w_y with w the soft
-                             distribution renormalised over the recorded support; after
+                             produced it: at a soft step, ``soft_math.soft_step_logprob``
+                             of the soft distribution renormalised over the recorded
+                             support (log w_y without noise; the Gumbel-Softmax or
+                             Dirichlet density of the fed-back weights with noise); after
                              thinking (or for plain requests), log softmax(z / T)[y];
                              a forced token has log-probability 0 (no choice was made)
 
 With the rollout's weights, these equal the engine's rollout log-probabilities up to
-numerical noise (noise-free soft steps; with Dirichlet/Gumbel noise the engine records
-the noisy weight of the emitted token, which no forward pass can reproduce).
+numerical noise.
 """
 
 import torch
+
+from vllm_soft.soft_math import soft_step_logprob
 
 
 def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recorded supports, weights and which slots are real, padded to the largest support."""
     slots = max(len(step["token_ids"]) for step in steps)
     token_ids = torch.zeros(len(steps), slots, dtype=torch.long)
-    weights = torch.zeros(len(steps), slots, dtype=torch.float32)
+    weights = torch.zeros(len(steps), slots, dtype=torch.float64)
     valid = torch.zeros(len(steps), slots, dtype=torch.bool)
     for row, step in enumerate(steps):
         size = len(step["token_ids"])
         token_ids[row, :size] = torch.tensor(step["token_ids"])
-        weights[row, :size] = torch.tensor(step["weights"])
+        weights[row, :size] = torch.tensor(step["weights"], dtype=torch.float64)
         valid[row, :size] = True
     return token_ids.to(device), weights.to(device), valid.to(device)
 
@@ -53,7 +56,7 @@ def rebuild_inputs_embeds(
     if not fed_back:
         return inputs_TH
     token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
-    concept_SH = (weights_SK.unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
+    concept_SH = (weights_SK.float().unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
     rows = torch.tensor([len(prompt_ids) + s["position"] for s in fed_back], device=device)
     if mode == "replace":
         mixed_SH = concept_SH
@@ -70,11 +73,16 @@ def response_logprobs(
     soft_steps: list[dict],
     soft_temperature: float,
     temperature: float,
+    noise: str = "none",
+    alpha: float = 1.0,
+    tau: float = 1.0,
+    emit: str = "sample",
 ) -> torch.Tensor:
     """Log-probability (R,) of each response token; ``logits_RV[i]`` predicts token i.
 
     ``temperature``: the request's sampling temperature for discrete tokens (<= 0 means
-    greedy, scored at temperature 1); ``soft_temperature``: the soft knob.
+    greedy, scored at temperature 1); ``soft_temperature``, ``noise``, ``alpha``, ``tau``,
+    ``emit``: the soft knobs.
     """
     device = logits_RV.device
     targets = torch.tensor(response_ids, dtype=torch.long, device=device)
@@ -82,12 +90,13 @@ def response_logprobs(
     logprobs_R = torch.log_softmax(logits_RV.float() / scale, dim=-1).gather(1, targets[:, None])[:, 0]
     if not soft_steps:
         return logprobs_R
-    token_ids_SK, _, valid_SK = _support_tensors(soft_steps, device)
+    token_ids_SK, weights_SK, valid_SK = _support_tensors(soft_steps, device)
     rows = torch.tensor([s["position"] for s in soft_steps], device=device)
     support_logits_SK = logits_RV[rows].float().gather(1, token_ids_SK) / soft_temperature
     support_logits_SK = support_logits_SK.masked_fill(~valid_SK, float("-inf"))
     emitted_SK = (token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
-    soft_logprob_S = torch.where(emitted_SK, torch.log_softmax(support_logits_SK, dim=-1), 0.0).sum(1)
+    log_base_SK = torch.log_softmax(support_logits_SK, dim=-1)
+    soft_logprob_S = soft_step_logprob(log_base_SK, weights_SK, valid_SK, emitted_SK, noise, alpha, tau, emit).float()
     forced_S = torch.tensor([s["logprob"] is None for s in soft_steps], device=device)
     soft_logprob_S = torch.where(forced_S, torch.zeros_like(soft_logprob_S), soft_logprob_S)
     return logprobs_R.index_put((rows,), soft_logprob_S)

@@ -11,6 +11,7 @@ Shape suffixes: B rows (requests), V vocabulary, K kept-support slots (padded wi
 weight 0 and ``kept`` False), H hidden size.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,6 +112,72 @@ def apply_noise(
     if noise == "gumbel":
         return gumbel_noise(weights_K, tau, generator)
     raise ValueError(f"noise must be one of none, dirichlet, gumbel (got {noise!r})")
+
+
+LOG_WEIGHT_FLOOR = -690.0
+"""log of the smallest weight a density sees (~1e-300): a draw that underflowed to 0 stays finite."""
+
+
+def concrete_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float) -> torch.Tensor:
+    """log density of Gumbel-Softmax weights ``noisy`` = softmax((log base + g) / tau) on the
+    valid slots (the Concrete distribution; Maddison et al. 2017), per row, in float64:
+
+        log (n-1)! + (n-1) log tau + Σ_k [log base_k - (tau+1) log x_k] - n logsumexp_k(log base_k - tau log x_k)
+
+    Differentiable in ``log_base``; a row with one valid slot has density 0 (no choice).
+    """
+    log_base = log_base_SK.double().masked_fill(~valid_SK, 0.0)
+    log_x = noisy_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR).masked_fill(~valid_SK, 0.0)
+    n = valid_SK.sum(-1).double()
+    per_slot = (log_base - (tau + 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
+    normaliser = torch.logsumexp((log_base - tau * log_x).masked_fill(~valid_SK, float("-inf")), dim=-1)
+    return torch.lgamma(n) + (n - 1.0) * math.log(tau) + per_slot - n * normaliser
+
+
+def dirichlet_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log density of ``noisy`` ~ Dirichlet(alpha * base) on the valid slots, per row, in float64:
+
+        lgamma(alpha) - Σ_k lgamma(alpha base_k) + Σ_k (alpha base_k - 1) log x_k
+
+    (``base`` sums to 1 over the valid slots). Differentiable in ``log_base``; a row with one
+    valid slot has density 0.
+    """
+    concentration = alpha * log_base_SK.double().exp().masked_fill(~valid_SK, 1.0)
+    log_x = noisy_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
+    terms = (-torch.lgamma(concentration) + (concentration - 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
+    return math.lgamma(alpha) + terms
+
+
+def soft_step_logprob(
+    log_base_SK: torch.Tensor,
+    weights_SK: torch.Tensor,
+    valid_SK: torch.Tensor,
+    emitted_SK: torch.Tensor,
+    noise: str,
+    alpha: float,
+    tau: float,
+    emit: str,
+) -> torch.Tensor:
+    """Log-probability (S,) of what each soft step chose, under the distribution ``log_base``
+    (log soft weights on the kept support, before noise); ``weights`` are the weights fed
+    back, ``emitted`` marks the emitted slot.
+
+    Without noise the choice is the emitted token: log base_y. With noise the weights
+    themselves are the action, drawn from a density (Gumbel-Softmax or Dirichlet); a sampled
+    emission adds log w_y (not a function of ``base``).
+    """
+    if noise == "none":
+        return torch.where(emitted_SK, log_base_SK.double(), 0.0).sum(-1)
+    if noise == "gumbel":
+        density = concrete_log_density(log_base_SK, weights_SK, valid_SK, tau)
+    elif noise == "dirichlet":
+        density = dirichlet_log_density(log_base_SK, weights_SK, valid_SK, alpha)
+    else:
+        raise ValueError(f"noise must be one of none, dirichlet, gumbel (got {noise!r})")
+    if emit == "sample":
+        log_w = weights_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
+        density = density + torch.where(emitted_SK, log_w, 0.0).sum(-1)
+    return density
 
 
 def emit_index(weights_K: torch.Tensor, emit: str, generator: torch.Generator | None) -> int:

@@ -52,6 +52,7 @@ class SoftProposal:
     weights: list[float]
     entropy: float
     emitted: int
+    logprob: float | None
     end_reason: str | None
     low_entropy_streak: int
     generator_state: torch.Tensor | None
@@ -174,8 +175,11 @@ class SoftThinkingRunner:
             kept = kept_counts[i]
             ids_K, weights_K = token_ids[i][:kept], weights[i][:kept]
             generator_state = state.generator.get_state() if state.generator is not None else None
-            if knobs.noise != "none":
-                noisy = soft_math.apply_noise(torch.tensor(weights_K), knobs.noise, knobs.alpha, knobs.tau, state.generator)
+            base_K = weights_K
+            if knobs.noise != "none":  # float64 weights: their density needs the tiny ones
+                noisy = soft_math.apply_noise(
+                    torch.tensor(weights_K, dtype=torch.float64), knobs.noise, knobs.alpha, knobs.tau, state.generator
+                )
                 weights_K = noisy.tolist()
             if knobs.emit == "argmax":
                 slot = max(range(kept), key=weights_K.__getitem__)
@@ -191,8 +195,10 @@ class SoftThinkingRunner:
                 patience=knobs.patience,
                 max_soft_steps=knobs.max_soft_steps,
             )
+            # A token forced by cold stop or the budget was no action of the policy: no log-probability.
+            logprob = None if emitted != ids_K[slot] else _step_logprob(base_K, weights_K, slot, knobs)
             self._proposals.append(
-                SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, end_reason, streak, generator_state)
+                SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, logprob, end_reason, streak, generator_state)
             )
             replacements.append((row, emitted))
         return replacements
@@ -222,19 +228,29 @@ class SoftThinkingRunner:
             state.end_reason = proposal.end_reason
             if proposal.end_reason is None:
                 state.mixtures[position] = (proposal.token_ids, proposal.weights)
-            # A token forced by cold stop or the budget may lie outside the support:
-            # it was no action of the policy, so it has no log-probability.
-            weight = dict(zip(proposal.token_ids, proposal.weights)).get(proposal.emitted, 0.0)
             entry = {
                 "position": position - state.num_prompt_tokens,
                 "token_ids": proposal.token_ids,
                 "weights": proposal.weights,
                 "entropy": proposal.entropy,
                 "emitted": proposal.emitted,
-                "logprob": math.log(weight) if weight > 0 else None,
+                "logprob": proposal.logprob,
                 "end_reason": proposal.end_reason,
             }
             new_entries.setdefault(proposal.req_id, []).append(entry)
         self._proposals = []
         self._rows = []
         return new_entries
+
+
+def _step_logprob(base_K: list[float], weights_K: list[float], slot: int, knobs: SoftThinkingParams) -> float:
+    """``soft_math.soft_step_logprob`` of one row: log base_y without noise, else the noise density."""
+    if knobs.noise == "none":
+        return math.log(base_K[slot])
+    emitted = torch.zeros(1, len(base_K), dtype=torch.bool)
+    emitted[0, slot] = True
+    logprob = soft_math.soft_step_logprob(
+        torch.tensor([base_K], dtype=torch.float64).log(), torch.tensor([weights_K], dtype=torch.float64),
+        torch.ones_like(emitted), emitted, knobs.noise, knobs.alpha, knobs.tau, knobs.emit,
+    )
+    return float(logprob[0])

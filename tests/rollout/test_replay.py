@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-3
 
 
-@pytest.mark.parametrize("mode", ["replace", "add"])
-def test_rebuilt_inputs_reproduce_rollout_logprobs(mode, default_rollout_worker, default_hf_model, default_tokenizer):
-    knobs = {"mode": mode, "scale": 0.5, "emit": "sample", "max_soft_steps": 8, "temperature": 0.8}
+@pytest.mark.parametrize("mode, noise", [("replace", "none"), ("add", "none"), ("replace", "gumbel")])
+def test_rebuilt_inputs_reproduce_rollout_logprobs(mode, noise, default_rollout_worker, default_hf_model, default_tokenizer):
+    knobs = {"mode": mode, "scale": 0.5, "emit": "sample", "max_soft_steps": 8, "temperature": 0.8, "noise": noise, "tau": 0.5}
     sampling = SamplingConfig(group_size=4, temperature=1.0, max_tokens=32, seed=3, soft_thinking=knobs)
     prompts = [
         default_tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
@@ -35,7 +35,7 @@ def test_rebuilt_inputs_reproduce_rollout_logprobs(mode, default_rollout_worker,
             logits = default_hf_model(inputs_embeds=inputs.unsqueeze(0)).logits[0]
         replayed = response_logprobs(
             logits[len(sample.prompt_token_ids) - 1 :], sample.response_token_ids, sample.soft_steps,
-            soft_temperature=0.8, temperature=1.0,
+            soft_temperature=0.8, temperature=1.0, noise=noise, tau=0.5,
         )
         gap = (replayed - torch.tensor(sample.rollout_logprobs)).abs()
         assert float(gap.max()) <= TOLERANCE, f"largest gap {float(gap.max()):.2e} at {int(gap.argmax())}"

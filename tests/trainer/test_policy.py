@@ -1,4 +1,5 @@
-"""The learner's replay of rollouts: log-probs at step 0 equal the engine's (float32)."""
+"""The learner's replay of rollouts: log-probs at step 0 equal the engine's (float32), noisy
+soft steps (whose log-probability is a density of the fed-back weights) included."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
 from trainer.grpo import logprob_gap
 from trainer.policy import ReplayBatch, ReplayPolicy
+from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
 
@@ -14,6 +16,8 @@ MODES = {
     "discrete": None,
     "replace": {"mode": "replace", "emit": "sample", "max_soft_steps": 12},
     "add": {"mode": "add", "scale": 0.7, "emit": "sample", "max_soft_steps": 12},
+    "replace_gumbel": {"mode": "replace", "noise": "gumbel", "tau": 0.5, "max_soft_steps": 12},
+    "add_dirichlet": {"mode": "add", "noise": "dirichlet", "alpha": 2.0, "emit": "sample", "max_soft_steps": 12},
 }
 
 
@@ -28,8 +32,8 @@ def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_ro
     samples = [s for g in default_rollout_worker.generate([GroupRequest(i, p) for i, p in enumerate(prompts)], sampling) for s in g]
     batch = ReplayBatch(
         prompt_ids=[s.prompt_token_ids for s in samples], response_ids=[s.response_token_ids for s in samples],
-        soft_steps=[s.soft_steps for s in samples], mode=(knobs or {}).get("mode", "replace"),
-        scale=(knobs or {}).get("scale", 1.0), soft_temperature=0.6, temperature=1.0,
+        soft_steps=[s.soft_steps for s in samples], knobs=SoftThinkingParams().with_overrides(knobs or {}),
+        temperature=1.0,
     )
     with torch.no_grad():
         logprobs, mask = ReplayPolicy(default_hf_model)(batch)  # one padded forward for all 8

@@ -1,7 +1,10 @@
-"""The batched soft-step kernels against the one-row reference, and the noise and cold-stop rules."""
+"""The batched soft-step kernels against the one-row reference, the noise, its densities and the cold-stop rules."""
+
+import math
 
 import pytest
 import torch
+from torch.distributions import Dirichlet, RelaxedOneHotCategorical
 
 from vllm_soft import soft_math
 from vllm_soft.params import SoftThinkingParams
@@ -143,3 +146,55 @@ def test_reference_predicts_the_same_end_step():
     assert predicted_end_step(entropies, [5] * 8, knobs) == (6, "cold_stop")
     assert predicted_end_step(entropies, [5, 5, 9, 5, 5, 5, 5, 5], knobs) == (2, "think_end")
     assert predicted_end_step([1.0] * 8, [5] * 8, knobs) is None
+
+
+BASE = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+ALL_VALID = torch.ones(1, 4, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 3.0])
+def test_gumbel_softmax_density_equals_torch_relaxed_one_hot_categorical(tau):
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        noisy = soft_math.gumbel_noise(BASE, tau, generator)
+        expected = RelaxedOneHotCategorical(torch.tensor(tau, dtype=torch.float64), probs=BASE).log_prob(noisy)
+        mine = soft_math.concrete_log_density(BASE.log()[None], noisy[None], ALL_VALID, tau)
+        torch.testing.assert_close(mine[0], expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 20.0])
+def test_dirichlet_density_equals_torch_dirichlet(alpha):
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        noisy = soft_math.dirichlet_noise(BASE, alpha, generator)
+        mine = soft_math.dirichlet_log_density(BASE.log()[None], noisy[None], ALL_VALID, alpha)
+        torch.testing.assert_close(mine[0], Dirichlet(alpha * BASE).log_prob(noisy), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("noise", ["none", "gumbel", "dirichlet"])
+def test_soft_step_logprob_ignores_padding_and_is_zero_for_a_single_token_support(noise):
+    generator = torch.Generator().manual_seed(3)
+    noisy = soft_math.apply_noise(BASE, noise, 2.0, 0.5, generator)
+    emitted = torch.tensor([[False, True, False, False]])
+    args = (noise, 2.0, 0.5, "sample")
+    whole = soft_math.soft_step_logprob(BASE.log()[None], noisy[None], ALL_VALID, emitted, *args)
+    padded = soft_math.soft_step_logprob(
+        torch.cat([BASE.log(), torch.tensor([-math.inf])])[None], torch.cat([noisy, torch.zeros(1, dtype=torch.float64)])[None],
+        torch.tensor([[True] * 4 + [False]]), torch.cat([emitted, torch.tensor([[False]])], dim=1), *args,
+    )
+    torch.testing.assert_close(padded, whole)
+    if noise == "none":
+        torch.testing.assert_close(whole[0], BASE[1].log())
+    single = soft_math.soft_step_logprob(
+        torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool),
+        torch.ones(1, 1, dtype=torch.bool), *args,
+    )
+    assert float(single[0]) == 0.0
+
+
+def test_noisy_step_logprob_rises_when_the_policy_moves_toward_the_drawn_weights():
+    """The gradient of a Gumbel-Softmax step's log-density points toward the drawn mixture."""
+    noisy = torch.tensor([[0.05, 0.9, 0.04, 0.01]], dtype=torch.float64)
+    logits = BASE.log()[None].clone().requires_grad_(True)
+    soft_math.concrete_log_density(torch.log_softmax(logits, -1), noisy, ALL_VALID, 0.5).sum().backward()
+    assert int(logits.grad.argmax()) == 1
