@@ -40,7 +40,9 @@ def vllm_soft_steps(mode: str, precision: str, args, run_dir: Path) -> list[dict
         f"algorithm.group_size={args.group_size}", f"algorithm.max_tokens={args.max_tokens}",
         "algorithm.temperature=1.0", "eval.num_prompts=0",
     ]
-    config = load_config(TrainConfig, REPO / "configs" / "arith_grpo.yaml", overrides)
+    # The soft run keeps arith_soft's soft-thinking knobs (Gumbel-Softmax exploration).
+    config_file = "arith_grpo.yaml" if mode == "discrete" else "arith_soft.yaml"
+    config = load_config(TrainConfig, REPO / "configs" / config_file, overrides)
     return train(config, run_dir)[1:]
 
 
