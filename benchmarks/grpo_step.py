@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/grpo_step.py [--prompts 8] [--group-size 8] [--max-tokens 64] [--steps 3]
 
-vllm-soft: ``trainer.loop.train`` on a local Ray cluster (1 rollout engine on 2 cores, 2
-FSDP learner ranks), the first step a warm-up; a step is rollout + learner update + weight
+vllm-soft: ``trainer.loop.train`` on a local Ray cluster with the arith configs' layout (1
+rollout engine on 2 cores, then 1 FSDP learner rank on 2 cores), the first step a warm-up; a step is rollout + learner update + weight
 push (``step_s`` in metrics.jsonl). Precision ``fp32``: engine and learner float32;
 ``mixed``: bf16 engine, learner with float32 weights and bf16 autocast (the arith configs).
 TRL: ``benchmarks/trl_grpo_step.py`` in a subprocess (transformers generation, float32,
@@ -35,7 +35,7 @@ def vllm_soft_steps(mode: str, precision: str, args, run_dir: Path) -> list[dict
         f"model={args.model}", f"steps={args.steps}", f"checkpoint_every={args.steps + 1}", f"output_dir={run_dir}",
         f"engine.dtype={'float32' if precision == 'fp32' else 'bfloat16'}", "engine.max_model_len=1024",
         "engine.kv_cache_gib=1.0", "engine.max_num_seqs=128", "pool.num_workers=1", "pool.num_cpus_per_worker=2",
-        "learner.num_ranks=2", "learner.micro_batch_size=8", f"learner.mixed_precision={precision == 'mixed'}",
+        f"learner.mixed_precision={precision == 'mixed'}",
         f"algorithm.mode={mode}", f"algorithm.prompts_per_step={args.prompts}",
         f"algorithm.group_size={args.group_size}", f"algorithm.max_tokens={args.max_tokens}",
         "algorithm.temperature=1.0", "eval.num_prompts=0",

@@ -60,6 +60,8 @@ class Learner:
                  master_addr: str, master_port: int, seed: int):
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo":
+            torch.set_num_threads(config.num_cpus_per_rank)
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         torch.manual_seed(seed + rank)
         self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size

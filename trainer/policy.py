@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.replay import rebuild_inputs_embeds, response_logprobs
+from vllm_soft.replay import batch_inputs_embeds, response_logprobs
 
 
 @dataclass
@@ -45,26 +45,17 @@ class ReplayPolicy(nn.Module):
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
         knobs = batch.knobs
         embedding = self.model.get_input_embeddings().weight
-        inputs = [
-            rebuild_inputs_embeds(embedding, p, r, s, knobs.mode, knobs.scale)
-            for p, r, s in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps)
-        ]
-        lengths = [x.shape[0] for x in inputs]
-        longest = max(lengths)
-        hidden = inputs[0].shape[1]
-        padded = inputs[0].new_zeros(len(inputs), longest, hidden)
-        attention = torch.zeros(len(inputs), longest, dtype=torch.long, device=padded.device)
-        for row, x in enumerate(inputs):
-            padded[row, : x.shape[0]] = x
-            attention[row, : x.shape[0]] = 1
+        padded, attention = batch_inputs_embeds(
+            embedding, batch.prompt_ids, batch.response_ids, batch.soft_steps, knobs.mode, knobs.scale
+        )
         hidden = self.model.get_decoder()(inputs_embeds=padded, attention_mask=attention).last_hidden_state
         # The output layer only where a response token is predicted (not over the prompt).
         spans = [(len(p) - 1, len(r)) for p, r in zip(batch.prompt_ids, batch.response_ids)]
         predicting = torch.cat([hidden[row, start : start + count] for row, (start, count) in enumerate(spans)])
         logits = self.model.get_output_embeddings()(predicting).split([count for _, count in spans])
         responses = max(len(r) for r in batch.response_ids)
-        logprobs = padded.new_zeros(len(inputs), responses, dtype=torch.float32)
-        mask = torch.zeros(len(inputs), responses, dtype=torch.bool, device=padded.device)
+        logprobs = padded.new_zeros(len(batch.response_ids), responses, dtype=torch.float32)
+        mask = torch.zeros(len(batch.response_ids), responses, dtype=torch.bool, device=padded.device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
             logprobs[row, : len(r)] = response_logprobs(
                 logits[row], r, s, knobs.temperature, batch.temperature, knobs.noise, knobs.alpha, knobs.tau, knobs.emit

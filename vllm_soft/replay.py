@@ -5,7 +5,7 @@ steps (``soft_steps``: one dict per soft step with ``position`` (index into the
 response), ``token_ids`` (kept support), ``weights`` (as fed back), ``logprob`` (None for
 a token forced by cold stop or the budget) and ``end_reason``). From it:
 
-    rebuild_inputs_embeds ─► inputs of prompt + response[:-1], the input after every soft
+    batch_inputs_embeds ───► inputs of prompt + response[:-1], the input after every soft
                              step that thinking continued from being its mixture
                              (replace) or E[y] + scale * mixture (add); differentiable in
                              the embedding table
@@ -40,6 +40,47 @@ def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Ten
     return token_ids.to(device), weights.to(device), valid.to(device)
 
 
+def batch_inputs_embeds(
+    embedding_VH: torch.Tensor,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    soft_steps: list[list[dict]],
+    mode: str = "replace",
+    scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input embeddings (B, T, H) of each ``prompt + response[:-1]`` as the
+    engine fed them, and the attention mask (B, T).
+
+    One embedding lookup for all tokens and one for all soft supports: the backward of a
+    lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
+    """
+    device = embedding_VH.device
+    sequences = [p + r[:-1] for p, r in zip(prompt_ids, response_ids)]
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.zeros(len(sequences), longest, dtype=torch.long)
+    attention = torch.zeros(len(sequences), longest, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+    inputs_BTH = embedding_VH[input_ids.to(device)]
+    fed_back, rows, columns = [], [], []
+    for row, (prompt, response, steps) in enumerate(zip(prompt_ids, response_ids, soft_steps)):
+        for step in steps:
+            if step["end_reason"] is None and step["position"] < len(response) - 1:
+                fed_back.append(step)
+                rows.append(row)
+                columns.append(len(prompt) + step["position"])
+    if not fed_back:
+        return inputs_BTH, attention.to(device)
+    if mode not in ("replace", "add"):
+        raise ValueError(f"mode must be replace or add (got {mode!r})")
+    token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
+    concept_SH = (weights_SK.float().unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
+    index = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
+    mixed_SH = concept_SH if mode == "replace" else inputs_BTH[index].float() + scale * concept_SH
+    return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype)), attention.to(device)
+
+
 def rebuild_inputs_embeds(
     embedding_VH: torch.Tensor,
     prompt_ids: list[int],
@@ -48,23 +89,8 @@ def rebuild_inputs_embeds(
     mode: str = "replace",
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Input embeddings (T, H) of ``prompt + response[:-1]`` as the engine fed them."""
-    device = embedding_VH.device
-    input_ids = torch.tensor(prompt_ids + response_ids[:-1], dtype=torch.long, device=device)
-    inputs_TH = embedding_VH[input_ids]
-    fed_back = [s for s in soft_steps if s["end_reason"] is None and s["position"] < len(response_ids) - 1]
-    if not fed_back:
-        return inputs_TH
-    token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
-    concept_SH = (weights_SK.float().unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
-    rows = torch.tensor([len(prompt_ids) + s["position"] for s in fed_back], device=device)
-    if mode == "replace":
-        mixed_SH = concept_SH
-    elif mode == "add":
-        mixed_SH = inputs_TH[rows].float() + scale * concept_SH
-    else:
-        raise ValueError(f"mode must be replace or add (got {mode!r})")
-    return inputs_TH.index_put((rows,), mixed_SH.to(inputs_TH.dtype))
+    """Input embeddings (T, H) of one ``prompt + response[:-1]`` as the engine fed them."""
+    return batch_inputs_embeds(embedding_VH, [prompt_ids], [response_ids], [soft_steps], mode, scale)[0][0]
 
 
 def response_logprobs(
