@@ -118,6 +118,11 @@ LOG_WEIGHT_FLOOR = -690.0
 """log of the smallest weight a density sees (~1e-300): a draw that underflowed to 0 stays finite."""
 
 
+def _floored_log(weights_SK: torch.Tensor) -> torch.Tensor:
+    """log of (noisy) weights in float64, never below ``LOG_WEIGHT_FLOOR``."""
+    return weights_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
+
+
 def concrete_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float) -> torch.Tensor:
     """log density of Gumbel-Softmax weights ``noisy`` = softmax((log base + g) / tau) on the
     valid slots (the Concrete distribution; Maddison et al. 2017), per row, in float64:
@@ -127,9 +132,9 @@ def concrete_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, vali
     Differentiable in ``log_base``; a row with one valid slot has density 0 (no choice).
     """
     log_base = log_base_SK.double().masked_fill(~valid_SK, 0.0)
-    log_x = noisy_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR).masked_fill(~valid_SK, 0.0)
+    log_x = _floored_log(noisy_SK).masked_fill(~valid_SK, 0.0)
     n = valid_SK.sum(-1).double()
-    per_slot = (log_base - (tau + 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
+    per_slot = (log_base - (tau + 1.0) * log_x).sum(-1)  # both terms are 0 on invalid slots
     normaliser = torch.logsumexp((log_base - tau * log_x).masked_fill(~valid_SK, float("-inf")), dim=-1)
     return torch.lgamma(n) + (n - 1.0) * math.log(tau) + per_slot - n * normaliser
 
@@ -143,7 +148,7 @@ def dirichlet_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, val
     valid slot has density 0.
     """
     concentration = alpha * log_base_SK.double().exp().masked_fill(~valid_SK, 1.0)
-    log_x = noisy_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
+    log_x = _floored_log(noisy_SK)
     terms = (-torch.lgamma(concentration) + (concentration - 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
     return math.lgamma(alpha) + terms
 
@@ -175,8 +180,7 @@ def soft_step_logprob(
     else:
         raise ValueError(f"noise must be one of none, dirichlet, gumbel (got {noise!r})")
     if emit == "sample":
-        log_w = weights_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
-        density = density + torch.where(emitted_SK, log_w, 0.0).sum(-1)
+        density = density + torch.where(emitted_SK, _floored_log(weights_SK), 0.0).sum(-1)
     return density
 
 
