@@ -33,7 +33,8 @@ from vllm_soft.runtime import release_freed_memory
 POLICY_PREFIX = "model."
 
 
-def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool, lora: LoraConfig | None = None) -> ReplayPolicy:
+def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool, lora: LoraConfig | None = None,
+                 share_prompts: bool = True) -> ReplayPolicy:
     """The sharded policy; with ``lora``, only the adapters require grad."""
     from transformers import AutoModelForCausalLM
 
@@ -41,7 +42,7 @@ def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool, lora: Lor
     model.requires_grad_(trainable)
     if lora is not None:
         model = add_adapters(model, lora)
-    policy = ReplayPolicy(model)
+    policy = ReplayPolicy(model, share_prompts)
     for layer in decoder_layers(model):
         fully_shard(layer)
     fully_shard(policy)
@@ -66,11 +67,11 @@ class Learner:
         torch.manual_seed(seed + rank)
         self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size
         dtype = getattr(torch, config.dtype)
-        self.policy = _load_policy(model_path, dtype, trainable=True, lora=config.lora)
+        self.policy = _load_policy(model_path, dtype, trainable=True, lora=config.lora, share_prompts=config.share_prompts)
         # With LoRA the frozen reference is the policy with its adapters switched off.
         self.reference = None
         if loss.beta > 0 and config.lora is None:
-            self.reference = _load_policy(model_path, dtype, trainable=False)
+            self.reference = _load_policy(model_path, dtype, trainable=False, share_prompts=config.share_prompts)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -88,8 +89,7 @@ class Learner:
         size = self.config.micro_batch_size
         totals: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        # Micro-batches of similar lengths pad less.
-        order = sorted(range(len(advantages)), key=lambda i: len(batch.prompt_ids[i]) + len(batch.response_ids[i]))
+        order = _packing_order(batch)
         for index in range(num_micro_batches):
             rows = order[index * size : (index + 1) * size]
             weight = 1.0
@@ -231,6 +231,16 @@ def _select(batch: ReplayBatch, rows: list[int]) -> ReplayBatch:
         response_ids=[batch.response_ids[r] for r in rows],
         soft_steps=[batch.soft_steps[r] for r in rows],
     )
+
+
+def _packing_order(batch: ReplayBatch) -> list[int]:
+    """Sequences grouped by prompt (a micro-batch computes a shared prompt once), groups by
+    packed length (micro-batches of similar lengths pad less)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(batch.prompt_ids):
+        groups.setdefault(tuple(prompt), []).append(i)
+    ordered = sorted(groups.items(), key=lambda g: len(g[0]) + sum(len(batch.response_ids[i]) for i in g[1]))
+    return [i for _, members in ordered for i in members]
 
 
 def _pad(rows: list[list[float]], length: int) -> torch.Tensor:

@@ -90,8 +90,11 @@ class LearnerGroup:
         return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
 
     def shards(self, items: list) -> list[list]:
-        """Round-robin split of ``items`` over ranks."""
-        return [items[i :: len(self.ranks)] for i in range(len(self.ranks))]
+        """``items`` in contiguous, near-equal slices over ranks (a prompt's group stays
+        together, so the learner computes its prompt once)."""
+        size, extra = divmod(len(items), len(self.ranks))
+        bounds = [rank * size + min(rank, extra) for rank in range(len(self.ranks) + 1)]
+        return [items[bounds[r] : bounds[r + 1]] for r in range(len(self.ranks))]
 
     def micro_batches(self, count: int, micro_batch_size: int) -> int:
         per_rank = -(-count // len(self.ranks))

@@ -1,7 +1,8 @@
 """The learner's policy: a Hugging Face causal LM that replays rollouts, soft steps included.
 
 ``ReplayPolicy.forward(batch)`` rebuilds each sequence's input embeddings from its trace
-(``vllm_soft.replay``), runs one padded forward pass over the batch, applies the output
+(``vllm_soft.replay``), runs one forward pass over the batch with the sequences of a prompt
+packed in one row (``trainer.packing``: the prompt is computed once), applies the output
 layer at response positions only, and returns the log-probability of every response
 token, as the engine defined it (for models whose logits are the output layer's, with no
 soft-capping or scaling: Llama, Qwen, SmolLM). Building the inputs
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.replay import batch_inputs_embeds, response_logprobs
+from vllm_soft.replay import response_logprobs, soft_inputs_embeds
 
 
 @dataclass
@@ -34,28 +36,37 @@ class ReplayBatch:
 class ReplayPolicy(nn.Module):
     """Wraps ``model`` (kept as ``self.model``, so checkpoint names gain a ``model.`` prefix)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, share_prompts: bool = True):
         super().__init__()
         for knob in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, knob, None) not in (None, 1.0):
                 raise ValueError(f"{type(model).__name__}: {knob} is not supported (logits must be the output layer's)")
         self.model = model
+        self.share_prompts = share_prompts
 
     def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
         knobs = batch.knobs
+        packed = pack_by_prompt(batch.prompt_ids, batch.response_ids, self.share_prompts)
         embedding = self.model.get_input_embeddings().weight
-        padded, attention = batch_inputs_embeds(
-            embedding, batch.prompt_ids, batch.response_ids, batch.soft_steps, knobs.mode, knobs.scale
+        inputs = soft_inputs_embeds(
+            embedding, packed.input_ids_BT, batch.response_ids, batch.soft_steps, packed.rows, packed.response_starts,
+            knobs.mode, knobs.scale,
         )
-        hidden = self.model.get_decoder()(inputs_embeds=padded, attention_mask=attention).last_hidden_state
+        device = inputs.device
+        hidden = self.model.get_decoder()(
+            inputs_embeds=inputs, attention_mask=packed.attention_mask().to(device),
+            position_ids=packed.position_ids_BT.to(device),
+        ).last_hidden_state
         # The output layer only where a response token is predicted (not over the prompt).
-        spans = [(len(p) - 1, len(r)) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-        predicting = torch.cat([hidden[row, start : start + count] for row, (start, count) in enumerate(spans)])
-        logits = self.model.get_output_embeddings()(predicting).split([count for _, count in spans])
-        responses = max(len(r) for r in batch.response_ids)
-        logprobs = padded.new_zeros(len(batch.response_ids), responses, dtype=torch.float32)
-        mask = torch.zeros(len(batch.response_ids), responses, dtype=torch.bool, device=padded.device)
+        counts = [len(r) for r in batch.response_ids]
+        rows = torch.tensor([row for row, count in zip(packed.rows, counts) for _ in range(count)], device=device)
+        columns = torch.tensor(
+            [c for i, count in enumerate(counts) for c in packed.predicting_columns(i, count)], device=device
+        )
+        logits = self.model.get_output_embeddings()(hidden[rows, columns]).split(counts)
+        logprobs = inputs.new_zeros(len(counts), max(counts), dtype=torch.float32)
+        mask = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
             logprobs[row, : len(r)] = response_logprobs(
                 logits[row], r, s, knobs.temperature, batch.temperature, knobs.noise, knobs.alpha, knobs.tau, knobs.emit

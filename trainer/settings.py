@@ -48,6 +48,9 @@ class LearnerConfig:
     max_grad_norm: float = 1.0
     micro_batch_size: int = 8
     """Sequences per forward/backward on each rank."""
+    share_prompts: bool = True
+    """Pack a prompt's samples in one row, the prompt computed once (``trainer.packing``);
+    needs an attention implementation that takes a 4D mask (eager, sdpa; not flash_attention_2)."""
     lora: LoraConfig | None = None
 
     def __post_init__(self):

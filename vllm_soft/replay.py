@@ -5,10 +5,10 @@ steps (``soft_steps``: one dict per soft step with ``position`` (index into the
 response), ``token_ids`` (kept support), ``weights`` (as fed back), ``logprob`` (None for
 a token forced by cold stop or the budget) and ``end_reason``). From it:
 
-    batch_inputs_embeds ───► inputs of prompt + response[:-1], the input after every soft
-                             step that thinking continued from being its mixture
-                             (replace) or E[y] + scale * mixture (add); differentiable in
-                             the embedding table
+    soft_inputs_embeds ────► inputs of prompt + response[:-1] (padded or packed), the
+                             input after every soft step that thinking continued from
+                             being its mixture (replace) or E[y] + scale * mixture (add);
+                             differentiable in the embedding table
     response_logprobs ─────► log-probability of each response token under the policy that
                              produced it: at a soft step, ``soft_math.soft_step_logprob``
                              of the soft distribution renormalised over the recorded
@@ -40,45 +40,42 @@ def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Ten
     return token_ids.to(device), weights.to(device), valid.to(device)
 
 
-def batch_inputs_embeds(
+def soft_inputs_embeds(
     embedding_VH: torch.Tensor,
-    prompt_ids: list[list[int]],
+    input_ids_BT: torch.Tensor,
     response_ids: list[list[int]],
     soft_steps: list[list[dict]],
+    rows: list[int],
+    response_starts: list[int],
     mode: str = "replace",
     scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input embeddings (B, T, H) of each ``prompt + response[:-1]`` as the
-    engine fed them, and the attention mask (B, T).
+) -> torch.Tensor:
+    """Input embeddings (B, T, H) of ``input_ids_BT`` as the engine fed them: response i
+    lies in row ``rows[i]``, its token p at column ``response_starts[i] + p``, and the input
+    after each soft step that thinking continued from is its mixture (``replace``) or
+    E[y] + scale * mixture (``add``).
 
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
     """
     device = embedding_VH.device
-    sequences = [p + r[:-1] for p, r in zip(prompt_ids, response_ids)]
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.zeros(len(sequences), longest, dtype=torch.long)
-    attention = torch.zeros(len(sequences), longest, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention[row, : len(ids)] = 1
-    inputs_BTH = embedding_VH[input_ids.to(device)]
-    fed_back, rows, columns = [], [], []
-    for row, (prompt, response, steps) in enumerate(zip(prompt_ids, response_ids, soft_steps)):
+    inputs_BTH = embedding_VH[input_ids_BT.to(device)]
+    fed_back, step_rows, columns = [], [], []
+    for row, start, response, steps in zip(rows, response_starts, response_ids, soft_steps):
         for step in steps:
             if step["end_reason"] is None and step["position"] < len(response) - 1:
                 fed_back.append(step)
-                rows.append(row)
-                columns.append(len(prompt) + step["position"])
+                step_rows.append(row)
+                columns.append(start + step["position"])
     if not fed_back:
-        return inputs_BTH, attention.to(device)
+        return inputs_BTH
     if mode not in ("replace", "add"):
         raise ValueError(f"mode must be replace or add (got {mode!r})")
     token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
     concept_SH = (weights_SK.float().unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
-    index = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
+    index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
     mixed_SH = concept_SH if mode == "replace" else inputs_BTH[index].float() + scale * concept_SH
-    return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype)), attention.to(device)
+    return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
 
 
 def rebuild_inputs_embeds(
@@ -90,7 +87,8 @@ def rebuild_inputs_embeds(
     scale: float = 1.0,
 ) -> torch.Tensor:
     """Input embeddings (T, H) of one ``prompt + response[:-1]`` as the engine fed them."""
-    return batch_inputs_embeds(embedding_VH, [prompt_ids], [response_ids], [soft_steps], mode, scale)[0][0]
+    input_ids = torch.tensor([prompt_ids + response_ids[:-1]], dtype=torch.long)
+    return soft_inputs_embeds(embedding_VH, input_ids, [response_ids], [soft_steps], [0], [len(prompt_ids)], mode, scale)[0]
 
 
 def response_logprobs(
