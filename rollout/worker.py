@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rollout.rewards import RewardSpec, Scorer
 from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
-from rollout.weights import encode_named_tensors
+from rollout.weights import write_weights_file
 from vllm_soft import soft_trace
 from vllm_soft.runtime import DIE_WITH_PARENT_ENV, release_freed_memory
 
@@ -166,12 +166,16 @@ class RolloutWorker:
             import ray
 
             named_tensors = [pair for bucket in ray.get(list(named_tensors)) for pair in bucket]
-        with self._lock:
-            self.llm.collective_rpc("load_named_weights", args=(encode_named_tensors(named_tensors),))
-            self.llm.reset_prefix_cache()
-            self.weight_version = version
+        path, layout = write_weights_file(named_tensors)
         del named_tensors
-        release_freed_memory()
+        try:
+            with self._lock:
+                self.llm.collective_rpc("load_weights_file", args=(path, layout))
+                self.llm.reset_prefix_cache()
+                self.weight_version = version
+        finally:
+            os.remove(path)
+        release_freed_memory(collect_cycles=False)
         return version
 
     def weights_checksum(self) -> tuple[int, float, float]:

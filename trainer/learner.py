@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gap
 from trainer.lora import add_adapters, decoder_layers, merge_adapters, save_adapter
@@ -33,19 +33,22 @@ from vllm_soft.runtime import release_freed_memory
 POLICY_PREFIX = "model."
 
 
-def _load_policy(model_path: str, dtype: torch.dtype, trainable: bool, lora: LoraConfig | None = None,
-                 share_prompts: bool = True) -> ReplayPolicy:
-    """The sharded policy; with ``lora``, only the adapters require grad."""
+def _load_policy(model_path: str, config: LearnerConfig, trainable: bool, lora: LoraConfig | None = None) -> ReplayPolicy:
+    """The sharded policy; with ``lora``, only the adapters require grad. Weights are kept
+    in ``config.dtype``; with ``mixed_precision``, FSDP casts them to bf16 for compute and
+    reduces gradients in ``config.dtype``."""
     from transformers import AutoModelForCausalLM
 
+    dtype = getattr(torch, config.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model.requires_grad_(trainable)
     if lora is not None:
         model = add_adapters(model, lora)
-    policy = ReplayPolicy(model, share_prompts)
+    policy = ReplayPolicy(model, config.share_prompts)
+    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if config.mixed_precision else dtype, reduce_dtype=dtype)
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(policy)
+        fully_shard(layer, mp_policy=precision)
+    fully_shard(policy, mp_policy=precision)
     return policy
 
 
@@ -66,12 +69,11 @@ class Learner:
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         torch.manual_seed(seed + rank)
         self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size
-        dtype = getattr(torch, config.dtype)
-        self.policy = _load_policy(model_path, dtype, trainable=True, lora=config.lora, share_prompts=config.share_prompts)
+        self.policy = _load_policy(model_path, config, trainable=True, lora=config.lora)
         # With LoRA the frozen reference is the policy with its adapters switched off.
         self.reference = None
         if loss.beta > 0 and config.lora is None:
-            self.reference = _load_policy(model_path, dtype, trainable=False, share_prompts=config.share_prompts)
+            self.reference = _load_policy(model_path, config, trainable=False)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -97,8 +99,7 @@ class Learner:
                 rows, weight = [0], 0.0
             self.policy.set_requires_gradient_sync(index == num_micro_batches - 1)
             micro = _select(batch, rows)
-            with self._autocast():
-                logprobs, mask = self.policy(micro)
+            logprobs, mask = self.policy(micro)
             mask = mask & (weight > 0)
             rollout = _pad([rollout_logprobs[r] for r in rows], logprobs.shape[1]).to(logprobs.device)
             reference = self._reference_logprobs(micro) if self.loss_config.beta > 0 else None
@@ -122,18 +123,12 @@ class Learner:
         release_freed_memory()  # activations: return the peak to the OS before rollouts run
         return totals
 
-    def _autocast(self):
-        """bf16 matmuls when ``mixed_precision`` (weights, grads and optimiser stay in ``dtype``)."""
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.mixed_precision)
-
     @torch.no_grad()
     def _reference_logprobs(self, micro: ReplayBatch) -> torch.Tensor:
-        with self._autocast():
-            if self.reference is not None:
-                return self.reference(micro)[0]
-            with self.policy.model.disable_adapter():
-                return self.policy(micro)[0]
+        if self.reference is not None:
+            return self.reference(micro)[0]
+        with self.policy.model.disable_adapter():
+            return self.policy(micro)[0]
 
     # -- weights out -------------------------------------------------------------------
 
@@ -181,7 +176,7 @@ class Learner:
         if current:
             buckets.append(ray.put(current))
         del state, current
-        release_freed_memory()
+        release_freed_memory(collect_cycles=False)
         return buckets
 
     # -- checkpoints -------------------------------------------------------------------
