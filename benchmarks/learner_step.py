@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/learner_step.py [--prompts 8] [--group-size 8] [--updates 3]
 
 One ``trainer.learner.Learner`` rank in this process (gloo, world size 1, 2 threads, the arith
-configs' learner: float32 weights, bf16 autocast, micro-batch 16) runs GRPO updates on a
+configs' learner: float32 weights, bf16 compute, micro-batch 16) runs GRPO updates on a
 synthetic batch shaped like the arith runs': prompts of 60-80 tokens, G responses of 40-64
 tokens each. Each variant does a warm-up update, then ``--updates`` timed ones; the median
 is reported, with the ratio to the padded baseline measured in the same run.

@@ -5,17 +5,17 @@ prompt G times. Packed, a row is
 
     [prompt | response_1[:-1] | response_2[:-1] | ... | padding]
 
-with a 4D attention mask: a response token sees the prompt and its own earlier tokens, never
-another response. Its position ids continue the prompt's, as in generation. So every
-response's log-probs are those of its own unpacked forward, at P + sum(R_i) tokens per group
-instead of G * (P + R).
+where a response token sees the prompt and its own earlier tokens, never another response
+(``trainer.attention``: block attention that computes only what is seen). Its position ids
+continue the prompt's, as in generation. So every response's log-probs are those of its own
+unpacked forward, at P + sum(R_i) tokens per group instead of G * (P + R).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-PROMPT, PADDING = 0, -1
+from trainer.attention import AttentionBlocks
 
 
 @dataclass
@@ -24,22 +24,45 @@ class PackedBatch:
 
     input_ids_BT: torch.Tensor
     position_ids_BT: torch.Tensor
-    segments_BT: torch.Tensor
-    """PROMPT, PADDING, or k >= 1 for the k-th response packed in that row."""
     rows: list[int]
     """Row of each sequence."""
     prompt_ends: list[int]
     """Column of each sequence's last prompt token (it predicts response[0])."""
     response_starts: list[int]
     """Column of each sequence's response[0] as an input (it predicts response[1])."""
+    response_inputs: list[int]
+    """How many of each sequence's response tokens are inputs (all but the last)."""
 
-    def attention_mask(self) -> torch.Tensor:
-        """(B, 1, T, T) bool: causal, within the prompt or one's own response; padding sees itself."""
-        query, key = self.segments_BT[:, :, None], self.segments_BT[:, None, :]
-        columns = torch.arange(self.segments_BT.shape[1], device=self.segments_BT.device)
-        causal = columns[None, :, None] >= columns[None, None, :]
-        visible = causal & (query != PADDING) & (key != PADDING) & ((key == PROMPT) | (key == query))
-        return (visible | torch.eye(len(columns), dtype=torch.bool, device=columns.device)).unsqueeze(1)
+    def attention_blocks(self) -> AttentionBlocks:
+        """Per row a prompt block (causal), per sequence a response block that sees its prompt
+        and, causally, itself: the mask of a packed row without its never-seen blocks."""
+        width = self.input_ids_BT.shape[1]
+        prompt_lengths = {row: end + 1 for row, end in zip(self.rows, self.prompt_ends)}
+        queries, keys, masks = [], [], []
+        for row, length in prompt_lengths.items():
+            columns = torch.arange(length) + row * width
+            queries.append(columns)
+            keys.append(columns)
+            masks.append(torch.ones(length, length, dtype=torch.bool).tril())
+        for row, start, count in zip(self.rows, self.response_starts, self.response_inputs):
+            if count:
+                own = torch.arange(start, start + count) + row * width
+                queries.append(own)
+                keys.append(torch.cat([torch.arange(prompt_lengths[row]) + row * width, own]))
+                masks.append(torch.cat([torch.ones(count, prompt_lengths[row], dtype=torch.bool),
+                                        torch.ones(count, count, dtype=torch.bool).tril()], dim=1))
+        num_queries, num_keys = max(len(q) for q in queries), max(len(k) for k in keys)
+        query_index = torch.zeros(len(queries), num_queries, dtype=torch.long)
+        key_index = torch.zeros(len(queries), num_keys, dtype=torch.long)
+        mask = torch.ones(len(queries), num_queries, num_keys, dtype=torch.bool)  # padded queries see all
+        query_valid = torch.zeros(len(queries), num_queries, dtype=torch.bool)
+        for block, (query, key, visible) in enumerate(zip(queries, keys, masks)):
+            query_index[block, : len(query)] = query
+            key_index[block, : len(key)] = key
+            mask[block, : len(query)] = False
+            mask[block, : len(query), : len(key)] = visible
+            query_valid[block, : len(query)] = True
+        return AttentionBlocks(query_index, key_index, mask.unsqueeze(1), query_valid)
 
     def predicting_columns(self, sequence: int, response_length: int) -> list[int]:
         """Columns whose hidden states predict the sequence's response tokens, in order."""
@@ -53,23 +76,20 @@ def pack_by_prompt(prompt_ids: list[list[int]], response_ids: list[list[int]], s
     row_of_prompt: dict[object, int] = {}
     row_tokens: list[list[int]] = []
     row_positions: list[list[int]] = []
-    row_segments: list[list[int]] = []
-    rows, prompt_ends, response_starts = [], [], []
+    rows, prompt_ends, response_starts, response_inputs = [], [], [], []
     for index, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
         key = tuple(prompt) if share else index
         if key not in row_of_prompt:
             row_of_prompt[key] = len(row_tokens)
             row_tokens.append(list(prompt))
             row_positions.append(list(range(len(prompt))))
-            row_segments.append([PROMPT] * len(prompt))
         row = row_of_prompt[key]
-        segment = max(row_segments[row]) + 1
         rows.append(row)
         prompt_ends.append(len(prompt) - 1)
         response_starts.append(len(row_tokens[row]))
+        response_inputs.append(len(response) - 1)
         row_tokens[row] += response[:-1]
         row_positions[row] += range(len(prompt), len(prompt) + len(response) - 1)
-        row_segments[row] += [segment] * (len(response) - 1)
     longest = max(len(tokens) for tokens in row_tokens)
 
     def padded(values: list[list[int]], fill: int) -> torch.Tensor:
@@ -77,5 +97,6 @@ def pack_by_prompt(prompt_ids: list[list[int]], response_ids: list[list[int]], s
 
     return PackedBatch(
         input_ids_BT=padded(row_tokens, 0), position_ids_BT=padded(row_positions, 0),
-        segments_BT=padded(row_segments, PADDING), rows=rows, prompt_ends=prompt_ends, response_starts=response_starts,
+        rows=rows, prompt_ends=prompt_ends, response_starts=response_starts,
+        response_inputs=response_inputs,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainer.attention import BLOCK_ATTENTION
 from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
 from vllm_soft.replay import response_logprobs, soft_inputs_embeds
@@ -41,6 +42,7 @@ class ReplayPolicy(nn.Module):
         for knob in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, knob, None) not in (None, 1.0):
                 raise ValueError(f"{type(model).__name__}: {knob} is not supported (logits must be the output layer's)")
+        model.set_attn_implementation(BLOCK_ATTENTION)  # plain forwards still run SDPA
         self.model = model
         self.share_prompts = share_prompts
 
@@ -55,8 +57,8 @@ class ReplayPolicy(nn.Module):
         )
         device = inputs.device
         hidden = self.model.get_decoder()(
-            inputs_embeds=inputs, attention_mask=packed.attention_mask().to(device),
-            position_ids=packed.position_ids_BT.to(device),
+            inputs_embeds=inputs, position_ids=packed.position_ids_BT.to(device),
+            attention_blocks=packed.attention_blocks().to(device),
         ).last_hidden_state
         # The output layer only where a response token is predicted (not over the prompt).
         counts = [len(r) for r in batch.response_ids]

@@ -52,7 +52,7 @@ class LearnerConfig:
     """Sequences per forward/backward on each rank."""
     share_prompts: bool = True
     """Pack a prompt's samples in one row, the prompt computed once (``trainer.packing``);
-    needs an attention implementation that takes a 4D mask (eager, sdpa; not flash_attention_2)."""
+    false: one padded row per sequence (the baseline of ``benchmarks/learner_step.py``)."""
     lora: LoraConfig | None = None
 
     def __post_init__(self):

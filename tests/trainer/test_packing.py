@@ -1,13 +1,15 @@
-"""Shared-prompt packing: each response's log-probs and gradients equal its own unpacked forward's."""
+"""Shared-prompt packing and block attention: each response's log-probs and gradients equal
+those of its own plain forward (one sequence, no padding, the model's SDPA)."""
 
 import random
 
 import pytest
 import torch
 
-from trainer.packing import PADDING, PROMPT, pack_by_prompt
+from trainer.packing import pack_by_prompt
 from trainer.policy import ReplayBatch, ReplayPolicy
 from vllm_soft.params import SoftThinkingParams
+from vllm_soft.replay import rebuild_inputs_embeds, response_logprobs
 
 
 def test_pack_by_prompt_layout_by_hand():
@@ -15,14 +17,23 @@ def test_pack_by_prompt_layout_by_hand():
     assert packed.rows == [0, 1, 0]
     assert packed.input_ids_BT.tolist() == [[1, 2, 5, 6, 9], [3, 0, 0, 0, 0]]
     assert packed.position_ids_BT.tolist() == [[0, 1, 2, 3, 2], [0, 0, 0, 0, 0]]
-    assert packed.segments_BT.tolist() == [[PROMPT, PROMPT, 1, 1, 2], [PROMPT] + [PADDING] * 4]
     assert packed.predicting_columns(0, 3) == [1, 2, 3]
     assert packed.predicting_columns(1, 1) == [0]
     assert packed.predicting_columns(2, 2) == [1, 4]
-    visible = packed.attention_mask()[0, 0]
-    assert visible[4].tolist() == [True, True, False, False, True]  # response 2 sees the prompt, not response 1
-    assert visible[3].tolist() == [True, True, True, True, False]
-    assert packed.attention_mask()[1, 0, 2].tolist() == [False, False, True, False, False]  # padding sees only itself
+
+
+def test_attention_blocks_by_hand():
+    blocks = pack_by_prompt([[1, 2], [3], [1, 2]], [[5, 6, 7], [8], [9, 4]]).attention_blocks()
+    width = 5  # flat index = row * width + column
+    valid = blocks.query_valid
+    queries = [blocks.query_index[b][valid[b]].tolist() for b in range(len(valid))]
+    # prompt blocks (row 0, row 1), then the responses with inputs (sequence 1 has none)
+    assert queries == [[0, 1], [width + 0], [2, 3], [4]]
+    assert blocks.key_index[2, :4].tolist() == [0, 1, 2, 3]
+    assert blocks.key_index[3, :3].tolist() == [0, 1, 4]  # response 2 sees the prompt, not response 1
+    assert blocks.mask[0, 0, :2, :2].tolist() == [[True, False], [True, True]]
+    assert blocks.mask[2, 0, :2, :4].tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert blocks.mask[3, 0, 0, :4].tolist() == [True, True, True, False]
 
 
 def test_unshared_packing_is_one_row_per_sequence():
@@ -59,18 +70,32 @@ def _random_batch(knobs: SoftThinkingParams) -> ReplayBatch:
     return ReplayBatch(prompts, responses, steps, knobs=knobs, temperature=1.0)
 
 
+def _one_by_one(model, batch: ReplayBatch) -> list[torch.Tensor]:
+    """Each sequence alone through the model's plain forward."""
+    knobs, embedding = batch.knobs, model.get_input_embeddings().weight
+    out = []
+    for prompt, response, steps in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps):
+        inputs = rebuild_inputs_embeds(embedding, prompt, response, steps, knobs.mode, knobs.scale)
+        logits = model(inputs_embeds=inputs[None]).logits[0, len(prompt) - 1 :]
+        out.append(response_logprobs(logits, response, steps, knobs.temperature, batch.temperature))
+    return out
+
+
+@pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("mode", ["replace", "add"])
-def test_packed_logprobs_and_gradients_equal_unpacked(tiny_llama, mode):
+def test_packed_logprobs_and_gradients_equal_one_sequence_forwards(tiny_llama, mode, share):
     batch = _random_batch(SoftThinkingParams().with_overrides({"mode": mode, "scale": 0.5}))
-    results = []
-    for share in (True, False):
-        tiny_llama.zero_grad()
-        logprobs, mask = ReplayPolicy(tiny_llama, share_prompts=share)(batch)
-        (logprobs * mask).sum().backward()
-        results.append((logprobs, mask, [p.grad.clone() for p in tiny_llama.parameters()]))
-    (packed, packed_mask, packed_grads), (padded, padded_mask, padded_grads) = results
-    assert torch.equal(packed_mask, padded_mask)
-    torch.testing.assert_close(packed[packed_mask], padded[padded_mask], atol=1e-10, rtol=0)
-    for packed_grad, padded_grad in zip(packed_grads, padded_grads):
+    policy = ReplayPolicy(tiny_llama, share_prompts=share)
+    tiny_llama.zero_grad()
+    logprobs, mask = policy(batch)
+    (logprobs * mask).sum().backward()
+    packed_grads = [p.grad.clone() for p in tiny_llama.parameters()]
+    tiny_llama.zero_grad()
+    alone = _one_by_one(tiny_llama, batch)
+    torch.stack([lp.sum() for lp in alone]).sum().backward()
+    assert mask.sum(1).tolist() == [len(r) for r in batch.response_ids]
+    for row, expected in enumerate(alone):
+        torch.testing.assert_close(logprobs[row, : len(expected)], expected, atol=1e-6, rtol=0)
+    for packed_grad, parameter in zip(packed_grads, tiny_llama.parameters()):
         # float64 model; the log-softmax runs in float32, so gradients agree to float32 rounding
-        torch.testing.assert_close(packed_grad, padded_grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(packed_grad, parameter.grad, atol=1e-6, rtol=1e-5)
