@@ -1,0 +1,1 @@
+"""Evaluation harness: soft against token reasoning (accuracy, pass@k, length, plots)."""
