@@ -1,0 +1,32 @@
+"""Evaluation modes: the six of the issue, knob overrides, and errors that name the problem."""
+
+import pytest
+
+from vllm_soft.eval.modes import MODES, resolve_modes
+
+
+def test_the_six_modes_and_which_are_deterministic():
+    assert list(MODES) == ["sampling", "greedy", "soft", "soft_dirichlet", "soft_gumbel", "scm_add"]
+    assert [m.deterministic for m in MODES.values()] == [False, True, True, False, False, True]
+    assert MODES["scm_add"].soft_thinking["mode"] == "add"
+
+
+def test_overrides_apply_to_a_copy():
+    (gumbel, sampling) = resolve_modes(
+        ["soft_gumbel", "sampling"], {"soft_gumbel": {"soft_thinking.tau": 0.25}, "sampling": {"temperature": 1.0}}
+    )
+    assert gumbel.soft_thinking == {"noise": "gumbel", "tau": 0.25}
+    assert sampling.temperature == 1.0
+    assert MODES["soft_gumbel"].soft_thinking["tau"] == 0.5 and MODES["sampling"].temperature == 0.6
+
+
+@pytest.mark.parametrize("names, overrides, message", [
+    (["beam"], {}, "unknown mode"),
+    (["greedy"], {"soft": {}}, "not evaluated"),
+    (["greedy"], {"greedy": {"soft_thinking.tau": 1.0}}, "decodes plain tokens"),
+    (["soft"], {"soft": {"top_k_tokens": 3}}, "unknown knob"),
+    (["soft"], {"soft": {"soft_thinking.noise": "laplace"}}, "noise"),
+])
+def test_bad_modes_and_knobs_are_named(names, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_modes(names, overrides)
