@@ -1,0 +1,45 @@
+"""Table cells from samples, by hand; the Markdown layout; the plot file."""
+
+import pytest
+
+from rollout.sample import Sample
+from vllm_soft.eval.results import markdown, plot, summarize_mode
+
+
+def _sample(group: int, index: int, right: bool, length: int, cold_stop: bool | None = None) -> Sample:
+    steps = [] if cold_stop is None else [
+        {"position": 0, "token_ids": [7], "weights": [1.0], "end_reason": "cold_stop" if cold_stop else "think_end"}
+    ]
+    return Sample(group_id=group, sample_index=index, prompt="p", prompt_token_ids=[1], response_token_ids=[7] * length,
+                  response_text="", rollout_logprobs=[0.0] * length, finish_reason="stop", soft_steps=steps,
+                  reward_parts={"correct": 1.0 if right else 0.0})
+
+
+def test_summarize_mode_by_hand():
+    groups = [
+        [_sample(0, 0, True, 10, True), _sample(0, 1, False, 20, False)],
+        [_sample(1, 0, False, 30, True), _sample(1, 1, False, 40, None)],
+    ]
+    cell = summarize_mode(groups, seconds=12.0)
+    assert cell["n"] == 2 and cell["problems"] == 2
+    assert cell["pass@1"] == pytest.approx(0.25)  # per problem 0.5 and 0
+    assert cell["pass@1_stderr"] == pytest.approx(0.25)  # sd of (0.5, 0) = 0.3536, / sqrt(2)
+    assert cell["pass@k"] == {1: pytest.approx(0.25), 2: pytest.approx(0.5)}
+    assert cell["mean_length"] == 25 and cell["mean_length_correct"] == 10
+    assert cell["cold_stop_rate"] == pytest.approx(2 / 3)  # of the 3 samples that thought softly
+    with pytest.raises(ValueError, match="same number of samples"):
+        summarize_mode([groups[0], groups[1][:1]], 1.0)
+
+
+def test_markdown_accuracy_block_then_length_block_then_details(tmp_path):
+    groups = [[_sample(0, 0, True, 10), _sample(0, 1, True, 20)]]
+    cells = [{"model": m, "bench": b, "mode": "greedy", "label": "Greedy", **summarize_mode(groups, 1.0)}
+             for m in ("base", "trained") for b in ("arith", "gsm")]
+    text = markdown(cells)
+    lines = text.splitlines()
+    accuracy, length = lines.index("### Accuracy (pass@1, %)"), lines.index("### Generation length (tokens, all samples)")
+    assert accuracy < length < lines.index("### arith") < lines.index("### gsm")
+    assert lines[accuracy + 2] == "| model | mode | arith | gsm | avg |"
+    assert "| base | Greedy | 100.0 | 100.0 | 100.0 |" in lines and "| trained | Greedy | 15 | 15 | 15 |" in lines
+    plot(cells, tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

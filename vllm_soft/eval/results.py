@@ -1,0 +1,116 @@
+"""From sampled groups to the numbers of one table cell, and from cells to the outputs.
+
+    summarize_mode(groups, seconds) ─► pass@1 ± s.e., pass@k, mean length (all, correct),
+                                        cold-stop rate, wall time
+    markdown(cells)                  ─► accuracy block, then length block (the Soft Thinking
+                                        paper's layout), then one detail table per benchmark
+    plot(cells, path)                ─► pass@1 bars with error bars, per benchmark and mode
+"""
+
+import statistics
+
+from rollout.sample import Sample
+from rollout.summary import ACCURACY_TERMS
+from vllm_soft.eval.passk import mean_pass_at_k
+
+
+def is_correct(sample: Sample) -> bool:
+    """The first answer-checking reward term present scores full marks."""
+    for term in ACCURACY_TERMS:
+        if term in sample.reward_parts:
+            return sample.reward_parts[term] >= 1.0
+    raise ValueError(f"sample has no answer-checking reward term ({ACCURACY_TERMS}); got {list(sample.reward_parts)}")
+
+
+def summarize_mode(groups: list[list[Sample]], seconds: float) -> dict:
+    """One (model, benchmark, mode) cell from its G = n samples per problem."""
+    n = len(groups[0])
+    if any(len(group) != n for group in groups):
+        raise ValueError("every problem needs the same number of samples n")
+    correct_counts = [sum(is_correct(s) for s in group) for group in groups]
+    samples = [s for group in groups for s in group]
+    lengths = [len(s.response_token_ids) for s in samples]
+    correct_lengths = [len(s.response_token_ids) for s in samples if is_correct(s)]
+    soft = [s for s in samples if s.soft_steps]
+    pass1, stderr = mean_pass_at_k(correct_counts, n, 1)
+    return {
+        "problems": len(groups),
+        "n": n,
+        "pass@1": pass1,
+        "pass@1_stderr": stderr,
+        "pass@k": {k: mean_pass_at_k(correct_counts, n, k)[0] for k in _powers_of_two(n)},
+        "mean_length": statistics.fmean(lengths),
+        "mean_length_correct": statistics.fmean(correct_lengths) if correct_lengths else None,
+        "cold_stop_rate": (sum(s.soft_steps[-1]["end_reason"] == "cold_stop" for s in soft) / len(soft)) if soft else None,
+        "wall_s": seconds,
+    }
+
+
+def _powers_of_two(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks if ks[-1] == n else [*ks, n]
+
+
+def markdown(cells: list[dict]) -> str:
+    """Cells are ``{"model", "bench", "mode", "label", **summarize_mode(...)}``."""
+    benches = list(dict.fromkeys(c["bench"] for c in cells))
+    rows = list(dict.fromkeys((c["model"], c["label"]) for c in cells))
+    by_key = {(c["model"], c["label"], c["bench"]): c for c in cells}
+
+    def block(value, fmt) -> list[str]:
+        out = []
+        for model, label in rows:
+            values = [by_key.get((model, label, b)) for b in benches]
+            numbers = [value(v) for v in values if v is not None and value(v) is not None]
+            average = fmt(statistics.fmean(numbers)) if len(numbers) == len(benches) else "-"
+            out.append(f"| {model} | {label} | " + " | ".join(
+                fmt(value(v)) if v is not None and value(v) is not None else "-" for v in values) + f" | {average} |")
+        return out
+
+    header = "| model | mode | " + " | ".join(benches) + " | avg |"
+    rule = "|---|---|" + "---:|" * (len(benches) + 1)
+    lines = ["### Accuracy (pass@1, %)", "", header, rule,
+             *block(lambda c: 100 * c["pass@1"], lambda x: f"{x:.1f}"), "",
+             "### Generation length (tokens, all samples)", "", header, rule,
+             *block(lambda c: c["mean_length"], lambda x: f"{x:.0f}")]
+    for bench in benches:
+        lines += ["", f"### {bench}", "",
+                  "| model | mode | pass@1 (%) | ± s.e. | pass@k (%) | length | length, correct | cold stop | wall s |",
+                  "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+        for c in (c for c in cells if c["bench"] == bench):
+            passk = ", ".join(f"@{k} {100 * v:.1f}" for k, v in c["pass@k"].items())
+            correct = f"{c['mean_length_correct']:.0f}" if c["mean_length_correct"] is not None else "-"
+            cold = f"{100 * c['cold_stop_rate']:.0f}%" if c["cold_stop_rate"] is not None else "-"
+            lines.append(f"| {c['model']} | {c['label']} | {100 * c['pass@1']:.1f} | {100 * c['pass@1_stderr']:.1f} | "
+                         f"{passk} | {c['mean_length']:.0f} | {correct} | {cold} | {c['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cells: list[dict], path) -> None:
+    """Grouped bars: pass@1 (%) with standard-error bars, one group per benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = list(dict.fromkeys(c["bench"] for c in cells))
+    series = list(dict.fromkeys((c["model"], c["label"]) for c in cells))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(benches) * max(1, len(series) / 3)), 4))
+    for i, (model, label) in enumerate(series):
+        found = {c["bench"]: c for c in cells if (c["model"], c["label"]) == (model, label)}
+        xs = [b + (i - (len(series) - 1) / 2) * width for b in range(len(benches))]
+        ys = [100 * found[b]["pass@1"] if b in found else 0.0 for b in benches]
+        errors = [100 * found[b]["pass@1_stderr"] if b in found else 0.0 for b in benches]
+        name = label if len({m for m, _ in series}) == 1 else f"{model}: {label}"
+        ax.bar(xs, ys, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(benches)), benches)
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_title("Accuracy by decoding mode (error bars: one standard error)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
