@@ -5,7 +5,7 @@
 vllm-soft: ``trainer.loop.train`` on a local Ray cluster with the arith configs' layout (1
 rollout engine on 2 cores, then 1 FSDP learner rank on 2 cores), the first step a warm-up; a step is rollout + learner update + weight
 push (``step_s`` in metrics.jsonl). Precision ``fp32``: engine and learner float32;
-``mixed``: bf16 engine, learner with float32 weights and bf16 autocast (the arith configs).
+``mixed``: bf16 engine, learner with float32 weights and bf16 compute (the arith configs).
 TRL: ``benchmarks/trl_grpo_step.py`` in a subprocess (transformers generation, float32,
 one optimizer step per P x G completions). Needs ``pip install -e .[bench]``.
 Prints a Markdown table (median step, phase split, ratio to TRL); writes JSON and a PNG.
