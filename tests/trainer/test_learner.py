@@ -11,7 +11,7 @@ from torch.distributed.tensor import DTensor
 from trainer.grpo import GRPOLossConfig
 from trainer.learner import Learner
 from trainer.policy import ReplayBatch
-from trainer.settings import LearnerConfig
+from trainer.settings import LearnerConfig, LoraConfig
 
 
 def _batch() -> tuple[ReplayBatch, list[float], list[list[float]]]:
@@ -72,3 +72,23 @@ def test_mixed_precision_logprobs_are_the_float32_ones_to_bf16_rounding(tiny_mod
     (full, mask), (mixed, _) = results
     gap = (full - mixed)[mask].abs()
     assert 0 < float(gap.max()) < 0.1  # bf16 did run, and only rounding separates them
+
+
+def test_lora_trains_adapters_only_against_the_adapter_free_reference(tiny_model_path):
+    config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-2,
+                           lora=LoraConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj"]))
+    learner = Learner(config, GRPOLossConfig(beta=0.1), str(tiny_model_path), 0, 1, "127.0.0.1", _free_port(), seed=0)
+    try:
+        assert learner.reference is None  # the reference is the policy with its adapters off
+        before = {n: _local(p).detach().clone() for n, p in learner.policy.named_parameters()}
+        batch, advantages, rollout = _batch()
+        tokens = sum(len(r) for r in batch.response_ids)
+        first = learner.train_step(batch, advantages, rollout, 1, tokens)
+        second = learner.train_step(batch, advantages, rollout, 1, tokens)
+        assert first["kl_sum"] == 0.0  # B = 0 at the start: the policy is the reference
+        assert second["kl_sum"] > 0.0
+        for name, parameter in learner.policy.named_parameters():
+            changed = not torch.equal(_local(parameter), before[name])
+            assert changed == ("lora_" in name), name
+    finally:
+        learner.shutdown()
