@@ -1,9 +1,11 @@
-"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it, ``serve`` it."""
+"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it, ``serve`` it, ``eval`` it."""
 
 import argparse
 import sys
 
 from vllm_soft import models
+from vllm_soft.eval.__main__ import build_parser as build_eval_parser
+from vllm_soft.eval.__main__ import run as run_eval
 from vllm_soft.generate import add_generate_args, run_generate
 
 
@@ -19,9 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     models.add_fetch_command(commands)
     add_generate_args(commands.add_parser("generate", help="answer prompts with vLLM and print the answers"))
     commands.add_parser("serve", help="vLLM's OpenAI server: vllm-soft serve MODEL [--soft-thinking] [vllm serve flags]")
+    build_eval_parser(commands.add_parser("eval", help="accuracy, pass@k and length per decoding mode (python -m vllm_soft.eval)"))
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return models.run_fetch(args.name)
+    if args.command == "eval":
+        run_eval(args)
+        return 0
     run_generate(args)
     return 0
 

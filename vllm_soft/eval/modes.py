@@ -7,7 +7,9 @@
     soft_gumbel     Soft Thinking with Gumbel-Softmax noise
     scm_add         Soft Concept Mixing (the mixture added to the token embedding)
 
-Knobs are overridden per mode with dotted keys: ``temperature``, ``top_p``, or
+``temperature`` and ``top_p`` sample the tokens after thinking ends (the noisy soft modes
+sample them like token sampling; the others decode them greedily). Knobs are overridden
+per mode with dotted keys: ``temperature``, ``top_p``, or
 ``soft_thinking.<knob>`` for any ``vllm_soft.params.SoftThinkingParams`` field.
 """
 
@@ -64,9 +66,10 @@ MODES: dict[str, EvalMode] = {
         EvalMode("sampling", "Token sampling", temperature=0.6, top_p=0.95),
         EvalMode("greedy", "Greedy", temperature=0.0),
         EvalMode("soft", "Soft Thinking", temperature=0.0, soft_thinking={}),
-        EvalMode("soft_dirichlet", "Soft + Dirichlet", temperature=0.0,
+        EvalMode("soft_dirichlet", "Soft + Dirichlet", temperature=0.6, top_p=0.95,
                  soft_thinking={"noise": "dirichlet", "alpha": 1.0}),
-        EvalMode("soft_gumbel", "Soft + Gumbel", temperature=0.0, soft_thinking={"noise": "gumbel", "tau": 0.5}),
+        EvalMode("soft_gumbel", "Soft + Gumbel", temperature=0.6, top_p=0.95,
+                 soft_thinking={"noise": "gumbel", "tau": 0.5}),
         EvalMode("scm_add", "Soft Concept Mixing", temperature=0.0, soft_thinking={"mode": "add", "scale": 1.0}),
     )
 }

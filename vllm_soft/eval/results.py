@@ -14,23 +14,25 @@ from rollout.summary import ACCURACY_TERMS
 from vllm_soft.eval.passk import mean_pass_at_k
 
 
-def is_correct(sample: Sample) -> bool:
-    """The first answer-checking reward term present scores full marks."""
-    for term in ACCURACY_TERMS:
-        if term in sample.reward_parts:
-            return sample.reward_parts[term] >= 1.0
-    raise ValueError(f"sample has no answer-checking reward term ({ACCURACY_TERMS}); got {list(sample.reward_parts)}")
+def is_correct(sample: Sample, term: str | None = None) -> bool:
+    """``term`` (or the first answer-checking reward term present) scores full marks."""
+    terms = (term,) if term is not None else ACCURACY_TERMS
+    for name in terms:
+        if name in sample.reward_parts:
+            return sample.reward_parts[name] >= 1.0
+    raise ValueError(f"sample has no answer-checking reward term {terms}; it has {list(sample.reward_parts)}")
 
 
-def summarize_mode(groups: list[list[Sample]], seconds: float) -> dict:
-    """One (model, benchmark, mode) cell from its G = n samples per problem."""
+def summarize_mode(groups: list[list[Sample]], seconds: float, term: str | None = None) -> dict:
+    """One (model, benchmark, mode) cell from its n samples per problem (``term``: the
+    reward term that checks answers)."""
     n = len(groups[0])
     if any(len(group) != n for group in groups):
         raise ValueError("every problem needs the same number of samples n")
-    correct_counts = [sum(is_correct(s) for s in group) for group in groups]
+    correct_counts = [sum(is_correct(s, term) for s in group) for group in groups]
     samples = [s for group in groups for s in group]
     lengths = [len(s.response_token_ids) for s in samples]
-    correct_lengths = [len(s.response_token_ids) for s in samples if is_correct(s)]
+    correct_lengths = [len(s.response_token_ids) for s in samples if is_correct(s, term)]
     soft = [s for s in samples if s.soft_steps]
     pass1, stderr = mean_pass_at_k(correct_counts, n, 1)
     return {
@@ -54,8 +56,9 @@ def _powers_of_two(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-def markdown(cells: list[dict]) -> str:
-    """Cells are ``{"model", "bench", "mode", "label", **summarize_mode(...)}``."""
+def markdown(cells: list[dict], wall_time: bool = True) -> str:
+    """Cells are ``{"model", "bench", "mode", "label", **summarize_mode(...)}``;
+    ``wall_time=False`` leaves out the one column a seed does not fix."""
     benches = list(dict.fromkeys(c["bench"] for c in cells))
     rows = list(dict.fromkeys((c["model"], c["label"]) for c in cells))
     by_key = {(c["model"], c["label"], c["bench"]): c for c in cells}
@@ -78,14 +81,16 @@ def markdown(cells: list[dict]) -> str:
              *block(lambda c: c["mean_length"], lambda x: f"{x:.0f}")]
     for bench in benches:
         lines += ["", f"### {bench}", "",
-                  "| model | mode | pass@1 (%) | ± s.e. | pass@k (%) | length | length, correct | cold stop | wall s |",
-                  "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+                  "| model | mode | pass@1 (%) | ± s.e. | pass@k (%) | length | length, correct | cold stop |"
+                  + (" wall s |" if wall_time else ""),
+                  "|---|---|---:|---:|---|---:|---:|---:|" + ("---:|" if wall_time else "")]
         for c in (c for c in cells if c["bench"] == bench):
             passk = ", ".join(f"@{k} {100 * v:.1f}" for k, v in c["pass@k"].items())
             correct = f"{c['mean_length_correct']:.0f}" if c["mean_length_correct"] is not None else "-"
             cold = f"{100 * c['cold_stop_rate']:.0f}%" if c["cold_stop_rate"] is not None else "-"
             lines.append(f"| {c['model']} | {c['label']} | {100 * c['pass@1']:.1f} | {100 * c['pass@1_stderr']:.1f} | "
-                         f"{passk} | {c['mean_length']:.0f} | {correct} | {cold} | {c['wall_s']:.0f} |")
+                         f"{passk} | {c['mean_length']:.0f} | {correct} | {cold} |"
+                         + (f" {c['wall_s']:.0f} |" if wall_time else ""))
     return "\n".join(lines) + "\n"
 
 

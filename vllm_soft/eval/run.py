@@ -1,0 +1,88 @@
+"""Run an evaluation: every model x benchmark x mode through a rollout pool, then the outputs.
+
+One pool (vLLM engines on Ray) per model and benchmark; each mode samples n answers per
+problem (deterministic modes, greedy and noise-free soft thinking, one: every sample would be
+the same). Problem g is sampled with seed + g, so a fixed seed gives the same table.
+"""
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rollout.prompts import PromptFormat, format_prompt, load_prompts
+from rollout.settings import EngineConfig, PoolConfig, SamplingConfig
+from vllm_soft.eval.benchmarks import Benchmark
+from vllm_soft.eval.modes import EvalMode
+from vllm_soft.eval.results import markdown, plot, summarize_mode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalPlan:
+    models: list[str]
+    benchmarks: list[Benchmark]
+    modes: list[EvalMode]
+    n: int = 4
+    """Samples per problem for the modes that sample."""
+    num_problems: int = 200
+    max_tokens: int = 512
+    seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    format: PromptFormat = field(default_factory=PromptFormat)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1 (got {self.n})")
+        if self.num_problems < 1:
+            raise ValueError(f"num_problems must be >= 1 (got {self.num_problems})")
+        if not (self.models and self.benchmarks and self.modes):
+            raise ValueError("an evaluation needs at least one model, one benchmark and one mode")
+
+
+def evaluate(plan: EvalPlan) -> list[dict]:
+    """One cell per (model, benchmark, mode), in that order."""
+    from transformers import AutoTokenizer
+
+    from rollout.pool import RolloutPool
+    from rollout.worker import GroupRequest
+    from vllm_soft.models import resolve_model
+
+    cells = []
+    for model in plan.models:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+        for bench in plan.benchmarks:
+            items = load_prompts(bench.source)[: plan.num_problems]
+            groups = [GroupRequest(i, format_prompt(item, tokenizer, plan.format), item.answer, item.entry)
+                      for i, item in enumerate(items)]
+            pool = RolloutPool(dataclasses.replace(plan.engine, model=model), {bench.correct_term: 1.0}, plan.pool)
+            try:
+                for mode in plan.modes:
+                    sampling = SamplingConfig(
+                        group_size=1 if mode.deterministic else plan.n, temperature=mode.temperature,
+                        top_p=mode.top_p, max_tokens=plan.max_tokens, seed=plan.seed, soft_thinking=mode.soft_thinking,
+                    )
+                    start = time.perf_counter()
+                    sampled = pool.generate(groups, sampling)
+                    cell = {"model": model, "bench": bench.name, "mode": mode.name, "label": mode.label,
+                            **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term)}
+                    log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", model, bench.name, mode.name,
+                             100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
+                    cells.append(cell)
+            finally:
+                pool.shutdown()
+    return cells
+
+
+def write_outputs(cells: list[dict], out_dir: Path) -> dict[str, Path]:
+    """results.json, results.md and accuracy.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "accuracy.png"}
+    paths["json"].write_text(json.dumps(cells, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(cells))
+    plot(cells, paths["plot"])
+    return paths
