@@ -4,8 +4,8 @@ import argparse
 import sys
 
 from vllm_soft import models
-from vllm_soft.eval.__main__ import build_parser as build_eval_parser
-from vllm_soft.eval.__main__ import run as run_eval
+from vllm_soft.eval.cli import build_parser as build_eval_parser
+from vllm_soft.eval.cli import run as run_eval
 from vllm_soft.generate import add_generate_args, run_generate
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rollout.settings import EngineConfig, PoolConfig
-from vllm_soft.eval.__main__ import build_parser, run
+from vllm_soft.eval.cli import build_parser, run
 from vllm_soft.eval.benchmarks import resolve_benchmark
 from vllm_soft.eval.modes import resolve_modes
 from vllm_soft.eval.results import markdown

@@ -1,0 +1,100 @@
+"""The evaluation command: ``vllm-soft eval`` or ``python -m vllm_soft.eval``.
+
+Evaluates each model on each benchmark in each decoding mode and writes results.json,
+results.md (accuracy block, then length block, then details per benchmark) and accuracy.png.
+
+    vllm-soft eval --model M [--model M2] --bench B [--bench B2] --modes ... --n 4 --out DIR
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from vllm_soft.eval.modes import MODES
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m vllm_soft.eval", description=__doc__.splitlines()[2])
+    parser.add_argument("--model", action="append", required=True,
+                        help="named model or Hugging Face folder (a checkpoint's model/); repeat to compare")
+    parser.add_argument("--bench", action="append", required=True,
+                        help="gsm8k, math500, aime2024, or a reasoning-gym task; repeat for several")
+    parser.add_argument("--bench-args", action="append", default=[], metavar="BENCH=JSON",
+                        help='reasoning-gym settings, e.g. basic_arithmetic=\'{"min_terms": 2, "max_terms": 2}\'')
+    parser.add_argument("--data", action="append", default=[], metavar="BENCH=PATH",
+                        help="a local copy of a Hugging Face benchmark (.jsonl, .parquet or save_to_disk folder)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--set", action="append", default=[], metavar="MODE.KNOB=VALUE", dest="knobs",
+                        help="override a mode's knob: soft_gumbel.soft_thinking.tau=0.25, sampling.temperature=1.0")
+    parser.add_argument("--n", type=int, default=4, help="samples per problem for the modes that sample")
+    parser.add_argument("--num-problems", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--workers", type=int, default=1, help="rollout workers (one engine each)")
+    parser.add_argument("--cpus-per-worker", type=int, default=2)
+    parser.add_argument("--gpus-per-worker", type=float, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} expects KEY=VALUE (got {value!r})")
+        pairs[key] = rest
+    return pairs
+
+
+def _knob_overrides(values: list[str]) -> dict[str, dict]:
+    import yaml
+
+    overrides: dict[str, dict] = {}
+    for dotted, value in _pairs(values, "--set").items():
+        mode, sep, knob = dotted.partition(".")
+        if not sep:
+            raise SystemExit(f"--set expects MODE.KNOB=VALUE (got {dotted!r})")
+        overrides.setdefault(mode, {})[knob] = yaml.safe_load(value)
+    return overrides
+
+
+def run(args: argparse.Namespace) -> dict:
+    from rollout.settings import EngineConfig, PoolConfig
+    from vllm_soft.eval.benchmarks import resolve_benchmark
+    from vllm_soft.eval.modes import resolve_modes
+    from vllm_soft.eval.run import EvalPlan, evaluate, write_outputs
+    from vllm_soft.runtime import configure_cpu_threads
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    bench_args = {name: json.loads(text) for name, text in _pairs(args.bench_args, "--bench-args").items()}
+    data = _pairs(args.data, "--data")
+    unknown = sorted((set(bench_args) | set(data)) - set(args.bench))
+    if unknown:
+        raise SystemExit(f"--bench-args/--data name benchmark(s) {unknown} that no --bench selects")
+    plan = EvalPlan(
+        models=args.model,
+        benchmarks=[resolve_benchmark(b, bench_args.get(b), data.get(b), seed=args.seed,
+                                      size=max(args.num_problems, 1)) for b in args.bench],
+        modes=resolve_modes(args.modes, _knob_overrides(args.knobs)),
+        n=args.n, num_problems=args.num_problems, max_tokens=args.max_tokens, seed=args.seed,
+        engine=EngineConfig(dtype=args.dtype),
+        pool=PoolConfig(num_workers=args.workers, num_cpus_per_worker=args.cpus_per_worker,
+                        num_gpus_per_worker=args.gpus_per_worker),
+    )
+    if args.gpus_per_worker == 0:
+        configure_cpu_threads()
+    paths = write_outputs(evaluate(plan), args.out)
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+def main(argv=None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
