@@ -104,7 +104,7 @@ def plot(cells: list[dict], path) -> None:
     benches = list(dict.fromkeys(c["bench"] for c in cells))
     series = list(dict.fromkeys((c["model"], c["label"]) for c in cells))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(benches) * max(1, len(series) / 3)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(benches) * max(1, len(series) / 3)) + 4, 4))
     for i, (model, label) in enumerate(series):
         found = {c["bench"]: c for c in cells if (c["model"], c["label"]) == (model, label)}
         xs = [b + (i - (len(series) - 1) / 2) * width for b in range(len(benches))]
@@ -115,7 +115,7 @@ def plot(cells: list[dict], path) -> None:
     ax.set_xticks(range(len(benches)), benches)
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("Accuracy by decoding mode (error bars: one standard error)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
