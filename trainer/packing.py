@@ -64,10 +64,10 @@ class PackedBatch:
             query_valid[block, : len(query)] = True
         return AttentionBlocks(query_index, key_index, mask.unsqueeze(1), query_valid)
 
-    def predicting_columns(self, sequence: int, response_length: int) -> list[int]:
+    def predicting_columns(self, sequence: int) -> list[int]:
         """Columns whose hidden states predict the sequence's response tokens, in order."""
         start = self.response_starts[sequence]
-        return [self.prompt_ends[sequence], *range(start, start + response_length - 1)]
+        return [self.prompt_ends[sequence], *range(start, start + self.response_inputs[sequence])]
 
 
 def pack_by_prompt(prompt_ids: list[list[int]], response_ids: list[list[int]], share: bool = True) -> PackedBatch:

@@ -64,7 +64,7 @@ class ReplayPolicy(nn.Module):
         counts = [len(r) for r in batch.response_ids]
         rows = torch.tensor([row for row, count in zip(packed.rows, counts) for _ in range(count)], device=device)
         columns = torch.tensor(
-            [c for i, count in enumerate(counts) for c in packed.predicting_columns(i, count)], device=device
+            [c for i in range(len(counts)) for c in packed.predicting_columns(i)], device=device
         )
         logits = self.model.get_output_embeddings()(hidden[rows, columns]).split(counts)
         logprobs = inputs.new_zeros(len(counts), max(counts), dtype=torch.float32)

@@ -17,9 +17,9 @@ def test_pack_by_prompt_layout_by_hand():
     assert packed.rows == [0, 1, 0]
     assert packed.input_ids_BT.tolist() == [[1, 2, 5, 6, 9], [3, 0, 0, 0, 0]]
     assert packed.position_ids_BT.tolist() == [[0, 1, 2, 3, 2], [0, 0, 0, 0, 0]]
-    assert packed.predicting_columns(0, 3) == [1, 2, 3]
-    assert packed.predicting_columns(1, 1) == [0]
-    assert packed.predicting_columns(2, 2) == [1, 4]
+    assert packed.predicting_columns(0) == [1, 2, 3]
+    assert packed.predicting_columns(1) == [0]
+    assert packed.predicting_columns(2) == [1, 4]
 
 
 def test_attention_blocks_by_hand():
