@@ -100,10 +100,11 @@ def main() -> None:
     configure_cpu_threads()
     ray.init(num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=False)
     results = {}
-    scratch = Path(tempfile.mkdtemp(prefix="grpo_step_"))  # run folders (checkpoints) are not kept
-    for mode, precision in RUNS:
-        name = f"vllm-soft {'discrete' if mode == 'discrete' else 'soft'} {precision}"
-        results[name] = summarize(vllm_soft_steps(mode, precision, args, scratch / f"{mode}_{precision}"))
+    with tempfile.TemporaryDirectory(prefix="grpo_step_") as scratch:  # run folders are not kept
+        for mode, precision in RUNS:
+            name = f"vllm-soft {'discrete' if mode == 'discrete' else 'soft'} {precision}"
+            run_dir = Path(scratch) / f"{mode}_{precision}"
+            results[name] = summarize(vllm_soft_steps(mode, precision, args, run_dir))
     ray.shutdown()
     trl = trl_steps(args)
     results["TRL GRPOTrainer"] = {"step_s": trl["median_step_s"], "rollout_s": trl["generate_s"],
