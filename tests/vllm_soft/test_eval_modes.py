@@ -30,3 +30,14 @@ def test_overrides_apply_to_a_copy():
 def test_bad_modes_and_knobs_are_named(names, overrides, message):
     with pytest.raises(ValueError, match=message):
         resolve_modes(names, overrides)
+
+
+def test_model_labels():
+    from vllm_soft.eval.run import model_label
+
+    assert model_label("smollm2-135m") == ("smollm2-135m", "smollm2-135m")
+    assert model_label("trained=/x/y") == ("trained", "/x/y")
+    assert model_label("runs/arith/checkpoints/step_000020/model") == (
+        "arith/step_000020", "runs/arith/checkpoints/step_000020/model")
+    with pytest.raises(ValueError, match="LABEL=PATH"):
+        model_label("=/x/y")

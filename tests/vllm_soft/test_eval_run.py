@@ -42,12 +42,20 @@ def test_same_seed_same_table(ray_local, tiny_model_path):
 
 def test_command_writes_table_json_and_plot(ray_local, tiny_model_path, tmp_path):
     args = build_parser().parse_args([
-        "--model", "tiny", "--bench", "basic_arithmetic", "--bench-args", f"basic_arithmetic={json.dumps(ARITH)}",
+        "--model", "untrained=tiny", "--bench", "basic_arithmetic", "--bench-args", f"basic_arithmetic={json.dumps(ARITH)}",
         "--modes", "greedy", "scm_add", "--set", "scm_add.soft_thinking.scale=0.5", "--n", "2",
         "--num-problems", "4", "--max-tokens", "8", "--dtype", "float32", "--cpus-per-worker", "1", "--out", str(tmp_path),
     ])
     paths = run(args)
     cells = json.loads(paths["json"].read_text())
-    assert [c["mode"] for c in cells] == ["greedy", "scm_add"]
+    assert [(c["model"], c["mode"]) for c in cells] == [("untrained", "greedy"), ("untrained", "scm_add")]
     assert "### Accuracy (pass@1, %)" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    records = [json.loads(line) for line in paths["samples"].read_text().splitlines()]
+    assert len(records) == 4 + 4  # both deterministic: one sample per problem each
+    assert {r["mode"] for r in records} == {"greedy", "scm_add"}
+    by_mode = {m: [r for r in records if r["mode"] == m] for m in ("greedy", "scm_add")}
+    for cell in cells:
+        mode_records = by_mode[cell["mode"]]
+        assert sum(r["correct"] for r in mode_records) / len(mode_records) == pytest.approx(cell["pass@1"])
+        assert sum(r["length"] for r in mode_records) / len(mode_records) == pytest.approx(cell["mean_length"])

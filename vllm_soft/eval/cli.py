@@ -1,7 +1,8 @@
 """The evaluation command: ``vllm-soft eval`` or ``python -m vllm_soft.eval``.
 
 Evaluates each model on each benchmark in each decoding mode and writes results.json,
-results.md (accuracy block, then length block, then details per benchmark) and accuracy.png.
+results.md (accuracy block, then length block, then details per benchmark), accuracy.png and
+samples.jsonl (every response, scored).
 
     vllm-soft eval --model M [--model M2] --bench B [--bench B2] --modes ... --n 4 --out DIR
 """
@@ -17,7 +18,8 @@ from vllm_soft.eval.modes import MODES
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m vllm_soft.eval", description=__doc__.splitlines()[2])
     parser.add_argument("--model", action="append", required=True,
-                        help="named model or Hugging Face folder (a checkpoint's model/); repeat to compare")
+                        help="named model or Hugging Face folder (a checkpoint's model/), optionally LABEL=PATH; "
+                             "repeat to compare")
     parser.add_argument("--bench", action="append", required=True,
                         help="gsm8k, math500, aime2024, or a reasoning-gym task; repeat for several")
     parser.add_argument("--bench-args", action="append", default=[], metavar="BENCH=JSON",
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     from rollout.settings import EngineConfig, PoolConfig
     from vllm_soft.eval.benchmarks import resolve_benchmark
     from vllm_soft.eval.modes import resolve_modes
-    from vllm_soft.eval.run import EvalPlan, evaluate, write_outputs
+    from vllm_soft.eval.run import EvalPlan, evaluate, output_paths, write_outputs
     from vllm_soft.runtime import configure_cpu_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     if args.gpus_per_worker == 0:
         configure_cpu_threads()
-    paths = write_outputs(evaluate(plan), args.out)
+    paths = write_outputs(evaluate(plan, output_paths(args.out)["samples"]), args.out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths

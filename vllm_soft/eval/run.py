@@ -16,7 +16,7 @@ from rollout.prompts import PromptFormat, format_prompt, load_prompts
 from rollout.settings import EngineConfig, PoolConfig, SamplingConfig
 from vllm_soft.eval.benchmarks import Benchmark
 from vllm_soft.eval.modes import EvalMode
-from vllm_soft.eval.results import markdown, plot, summarize_mode
+from vllm_soft.eval.results import is_correct, markdown, plot, summarize_mode
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalPlan:
     models: list[str]
+    """Named models or Hugging Face folders; ``LABEL=PATH`` names a row of the table."""
     benchmarks: list[Benchmark]
     modes: list[EvalMode]
     n: int = 4
@@ -44,16 +45,43 @@ class EvalPlan:
             raise ValueError("an evaluation needs at least one model, one benchmark and one mode")
 
 
-def evaluate(plan: EvalPlan) -> list[dict]:
-    """One cell per (model, benchmark, mode), in that order."""
+def model_label(spec: str) -> tuple[str, str]:
+    """(label, model) for ``LABEL=PATH`` or a bare name/path; a trainer checkpoint's
+    ``RUN/checkpoints/step_N/model`` is labelled ``RUN/step_N``."""
+    label, sep, model = spec.partition("=")
+    if sep:
+        if not label or not model:
+            raise ValueError(f"model must be NAME, PATH or LABEL=PATH (got {spec!r})")
+        return label, model
+    parts = Path(spec).parts
+    if len(parts) >= 4 and parts[-1] == "model" and parts[-3] == "checkpoints":
+        return f"{parts[-4]}/{parts[-2]}", spec
+    return spec, spec
+
+
+def sample_records(label: str, bench: Benchmark, mode: EvalMode, groups) -> list[dict]:
+    """One JSON-ready line per sample: what was asked, answered and scored."""
+    return [{"model": label, "bench": bench.name, "mode": mode.name, "problem": g, "sample": s.sample_index,
+             "correct": is_correct(s, bench.correct_term), "length": len(s.response_token_ids),
+             "finish_reason": s.finish_reason, "soft_steps": len(s.soft_steps), "answer": s.answer,
+             "response": s.response_text}
+            for g, group in enumerate(groups) for s in group]
+
+
+def evaluate(plan: EvalPlan, samples_path: Path | None = None) -> list[dict]:
+    """One cell per (model, benchmark, mode), in that order; every sample is appended to
+    ``samples_path`` (JSON lines) as its mode finishes."""
     from transformers import AutoTokenizer
 
     from rollout.pool import RolloutPool
     from rollout.worker import GroupRequest
     from vllm_soft.models import resolve_model
 
+    if samples_path is not None:
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_path.write_text("")
     cells = []
-    for model in plan.models:
+    for label, model in map(model_label, plan.models):
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         for bench in plan.benchmarks:
             items = load_prompts(bench.source)[: plan.num_problems]
@@ -68,9 +96,13 @@ def evaluate(plan: EvalPlan) -> list[dict]:
                     )
                     start = time.perf_counter()
                     sampled = pool.generate(groups, sampling)
-                    cell = {"model": model, "bench": bench.name, "mode": mode.name, "label": mode.label,
+                    cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
                             **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term)}
-                    log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", model, bench.name, mode.name,
+                    if samples_path is not None:
+                        with samples_path.open("a") as f:
+                            f.writelines(json.dumps(r, ensure_ascii=False) + "\n"
+                                         for r in sample_records(label, bench, mode, sampled))
+                    log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
                              100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
                     cells.append(cell)
             finally:
@@ -78,10 +110,15 @@ def evaluate(plan: EvalPlan) -> list[dict]:
     return cells
 
 
+def output_paths(out_dir: Path) -> dict[str, Path]:
+    return {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "accuracy.png",
+            "samples": out_dir / "samples.jsonl"}
+
+
 def write_outputs(cells: list[dict], out_dir: Path) -> dict[str, Path]:
-    """results.json, results.md and accuracy.png in ``out_dir``."""
+    """results.json, results.md and accuracy.png in ``out_dir`` (beside samples.jsonl)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "accuracy.png"}
+    paths = output_paths(out_dir)
     paths["json"].write_text(json.dumps(cells, indent=2) + "\n")
     paths["markdown"].write_text(markdown(cells))
     plot(cells, paths["plot"])
