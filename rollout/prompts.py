@@ -2,30 +2,35 @@
 
     PromptSourceConfig(kind=...) ──load_prompts──► [PromptItem(index, question, answer, entry)]
         reasoning_gym: procedural generator, deterministic for (name, args, size, seed)
-        jsonl/parquet: a local file with question and answer fields
+        jsonl/parquet/csv: a local file with question and answer fields
         hf:            Hugging Face datasets by name, or a folder from Dataset.save_to_disk
+    multiple choice (``choice_fields``): the options are shuffled per question (seeded),
+        lettered A, B, ... under the question; the answer is the correct letter
                                                      │
     PromptFormat(system_prompt, instruction) ──format_prompt──► text sent to the engine
 
 ``entry`` keeps the raw reasoning-gym entry, which that dataset's own scorer needs.
 """
 
+import csv
 import dataclasses
 import json
 import os
+import random
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-SourceKind = Literal["reasoning_gym", "jsonl", "parquet", "hf"]
+SourceKind = Literal["reasoning_gym", "jsonl", "parquet", "csv", "hf"]
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 
 # Settings each kind reads; `kind` itself aside, others are ignored (with a warning).
 _KEYS_BY_KIND = {
     "reasoning_gym": {"name", "args", "size", "seed"},
-    "jsonl": {"path", "question_field", "answer_field"},
-    "parquet": {"path", "question_field", "answer_field"},
-    "hf": {"name", "split", "config_name", "question_field", "answer_field"},
+    "jsonl": {"path", "question_field", "answer_field", "choice_fields", "seed"},
+    "parquet": {"path", "question_field", "answer_field", "choice_fields", "seed"},
+    "csv": {"path", "question_field", "answer_field", "choice_fields", "seed"},
+    "hf": {"name", "split", "config_name", "question_field", "answer_field", "choice_fields", "seed"},
 }
 
 DEFAULT_INSTRUCTION = (
@@ -39,7 +44,7 @@ class PromptSourceConfig:
     """Where prompts come from."""
 
     kind: SourceKind = "reasoning_gym"
-    """One of ``reasoning_gym``, ``jsonl``, ``parquet``, ``hf``."""
+    """One of ``reasoning_gym``, ``jsonl``, ``parquet``, ``csv``, ``hf``."""
     name: str = "basic_arithmetic"
     """reasoning_gym: the generator; hf: the dataset name, or a ``save_to_disk`` folder."""
     args: dict = field(default_factory=dict)
@@ -47,13 +52,18 @@ class PromptSourceConfig:
     size: int = 1000
     """reasoning_gym: how many prompts to generate."""
     seed: int = 0
-    """reasoning_gym: generator seed; the same seed gives the same prompts."""
+    """reasoning_gym: generator seed; multiple choice: the seed of the option order. The
+    same seed gives the same prompts."""
     path: str = ""
-    """jsonl/parquet: the file to read."""
+    """jsonl/parquet/csv: the file to read."""
     question_field: str = "question"
-    """jsonl/parquet/hf: the field that holds the question."""
+    """jsonl/parquet/csv/hf: the field that holds the question."""
     answer_field: str = "answer"
-    """jsonl/parquet/hf: the field that holds the reference answer."""
+    """jsonl/parquet/csv/hf: the field that holds the reference answer (not read for
+    multiple choice)."""
+    choice_fields: list[str] = field(default_factory=list)
+    """Multiple choice: the fields of the options, the correct one first (GPQA:
+    ``Correct Answer``, ``Incorrect Answer 1``, ...)."""
     split: str = "train"
     """hf: the split to load."""
     config_name: str | None = None
@@ -72,11 +82,15 @@ class PromptSourceConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{key} must be a non-empty string for kind={self.kind!r} (got {value!r})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer (got {self.seed!r})")
+        if self.choice_fields and (len(self.choice_fields) < 2 or len(self.choice_fields) > 26
+                                   or not all(isinstance(f, str) and f for f in self.choice_fields)):
+            raise ValueError(f"choice_fields must name 2 to 26 fields, the correct option first "
+                             f"(got {self.choice_fields!r})")
         if self.kind == "reasoning_gym":
             if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
                 raise ValueError(f"size must be a positive integer (got {self.size!r})")
-            if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-                raise ValueError(f"seed must be an integer (got {self.seed!r})")
             if not isinstance(self.args, dict):
                 raise ValueError(f"args must be a mapping of generator settings (got {self.args!r})")
             for key in ("size", "seed"):
@@ -149,6 +163,12 @@ def _load_parquet(config: PromptSourceConfig) -> list[PromptItem]:
     return _items_from_rows(rows, config, config.path)
 
 
+def _load_csv(config: PromptSourceConfig) -> list[PromptItem]:
+    with open(config.path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return _items_from_rows(rows, config, config.path)
+
+
 def _load_hf(config: PromptSourceConfig) -> list[PromptItem]:
     import datasets
 
@@ -170,11 +190,12 @@ def _items_from_rows(rows, config: PromptSourceConfig, source: str) -> list[Prom
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{source}: row {index} is not a mapping (got {type(row).__name__})")
-        for key in ("question_field", "answer_field"):
-            if getattr(config, key) not in row:
+        needed = [("question_field", config.question_field)]
+        needed += [("choice_fields", f) for f in config.choice_fields] or [("answer_field", config.answer_field)]
+        for key, name in needed:
+            if name not in row:
                 raise ValueError(
-                    f"{source}: row {index} has no field {getattr(config, key)!r} "
-                    f"(set {key}; fields present: {sorted(row)})"
+                    f"{source}: row {index} has no field {name!r} (set {key}; fields present: {sorted(row)})"
                 )
         question = row[config.question_field]
         if not isinstance(question, str):
@@ -182,14 +203,29 @@ def _items_from_rows(rows, config: PromptSourceConfig, source: str) -> list[Prom
                 f"{source}: row {index}: question field {config.question_field!r} must be a "
                 f"string (got {type(question).__name__})"
             )
-        items.append(PromptItem(index, question, str(row[config.answer_field])))
+        if config.choice_fields:
+            question, answer = multiple_choice(question, [str(row[f]).strip() for f in config.choice_fields],
+                                               random.Random(f"{config.seed}:{index}"))
+        else:
+            answer = str(row[config.answer_field])
+        items.append(PromptItem(index, question, answer))
     return items
+
+
+def multiple_choice(question: str, options: list[str], rng: random.Random) -> tuple[str, str]:
+    """(question with the options shuffled and lettered, letter of the correct one);
+    ``options[0]`` is the correct one."""
+    order = rng.sample(range(len(options)), len(options))
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    lines = [f"{letter}) {options[i]}" for letter, i in zip(letters, order)]
+    return question.strip() + "\n\n" + "\n".join(lines), letters[order.index(0)]
 
 
 _LOADERS = {
     "reasoning_gym": _load_reasoning_gym,
     "jsonl": _load_jsonl,
     "parquet": _load_parquet,
+    "csv": _load_csv,
     "hf": _load_hf,
 }
 

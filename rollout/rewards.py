@@ -128,6 +128,27 @@ def answer_correct(response: str, answer: str) -> float:
     return float(verify(gold, target, timeout_seconds=None))
 
 
+_CHOICE_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:[.):\s]|$)")
+_CHOICE_STATED = re.compile(r"\b(?i:answer|option)\s*(?i:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])")
+
+
+def choice_correct(response: str, letter: str) -> float:
+    """1.0 if ``response`` picks option ``letter`` of a multiple-choice question: the last
+    ``<answer>`` or ``\\boxed{}`` holds ``C``, ``(C)`` or ``C) text``; without either,
+    the last "answer is C" / "option (C)" counts."""
+    tagged = _ANSWER_TAG.findall(response)
+    final = tagged[-1] if tagged else None
+    if final is None and _BOXED in response:
+        final = _braced(response, response.rfind(_BOXED) + len(_BOXED))
+    if final is not None:
+        match = _CHOICE_LETTER.match(final.strip())
+        picked = match.group(1) if match else None
+    else:
+        stated = _CHOICE_STATED.findall(response)
+        picked = stated[-1] if stated else None
+    return float(picked is not None and picked.upper() == letter.strip().upper())
+
+
 def format_reward(response: str, think_tag: str = "think", answer_tag: str = "answer") -> float:
     """1.0 if ``response`` is ``<think>...</think>`` then ``<answer>...</answer>`` (one of
     each, in that order, whitespace allowed around them), else 0.0."""
@@ -169,6 +190,12 @@ def _format(response: str, answer: str | None, entry: dict | None) -> float:
     return format_reward(response)
 
 
+def _choice(response: str, answer: str | None, entry: dict | None) -> float:
+    if answer is None:
+        raise ValueError("the 'choice' check needs the letter of the correct option")
+    return choice_correct(response, answer)
+
+
 def _reasoning_gym(response: str, answer: str | None, entry: dict | None) -> float:
     if entry is None:
         raise ValueError("the 'reasoning_gym' check needs a reasoning-gym entry")
@@ -185,7 +212,8 @@ def _brevity(response: str, answer: str | None, entry: dict | None) -> float:
 
 
 CHECKS: dict[str, Check] = {
-    "correct": _correct, "format": _format, "reasoning_gym": _reasoning_gym, "brevity": _brevity,
+    "correct": _correct, "choice": _choice, "format": _format, "reasoning_gym": _reasoning_gym,
+    "brevity": _brevity,
 }
 """Checks by name; reward specs refer to these names."""
 

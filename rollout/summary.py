@@ -4,7 +4,7 @@ import statistics
 
 from rollout.sample import Sample
 
-ACCURACY_TERMS = ("correct", "reasoning_gym")
+ACCURACY_TERMS = ("correct", "choice", "reasoning_gym")
 """Reward parts that mean "the answer is right", first found wins."""
 
 

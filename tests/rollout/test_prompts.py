@@ -92,6 +92,44 @@ def test_parquet(tmp_path):
     ]
 
 
+MC_FIELDS = ["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+
+
+def _write_mc_csv(path, count: int) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["Question", *MC_FIELDS, "Subdomain"])
+        writer.writeheader()
+        for i in range(count):
+            writer.writerow({"Question": f"Which is item {i}?", "Correct Answer": f"right {i}",
+                             "Incorrect Answer 1": f"wrong a{i}", "Incorrect Answer 2": f"wrong b{i}",
+                             "Incorrect Answer 3": f"wrong, with comma {i}", "Subdomain": "x"})
+
+
+def test_csv_multiple_choice_letters_the_shuffled_options(tmp_path):
+    path = tmp_path / "mc.csv"
+    _write_mc_csv(path, 24)
+    config = PromptSourceConfig(kind="csv", path=str(path), question_field="Question", choice_fields=MC_FIELDS)
+    items = load_prompts(config)
+    for i, item in enumerate(items):
+        question, listed = item.question.split("\n\n")
+        options = listed.split("\n")
+        assert question == f"Which is item {i}?"
+        assert [o[:3] for o in options] == ["A) ", "B) ", "C) ", "D) "]
+        by_letter = dict(o.split(") ", 1) for o in options)
+        assert by_letter[item.answer] == f"right {i}"
+        assert sorted(by_letter.values()) == sorted([f"right {i}", f"wrong a{i}", f"wrong b{i}", f"wrong, with comma {i}"])
+    assert len({item.answer for item in items}) == 4, "the correct option moves between questions"
+    assert load_prompts(config) == items, "the same seed gives the same order"
+    reseeded = load_prompts(PromptSourceConfig(kind="csv", path=str(path), question_field="Question",
+                                               choice_fields=MC_FIELDS, seed=1))
+    assert [i.answer for i in reseeded] != [i.answer for i in items]
+    with pytest.raises(ValueError, match=r"no field 'Incorrect Answer 4' \(set choice_fields"):
+        load_prompts(PromptSourceConfig(kind="csv", path=str(path), question_field="Question",
+                                        choice_fields=[*MC_FIELDS, "Incorrect Answer 4"]))
+
+
 def test_hf_dataset_saved_to_disk(tmp_path):
     import datasets
 
@@ -111,8 +149,10 @@ def test_hf_dataset_saved_to_disk(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match=r"kind must be one of \['reasoning_gym', 'jsonl', 'parquet', 'hf'\]"):
-        PromptSourceConfig(kind="csv")
+    with pytest.raises(ValueError, match=r"kind must be one of \['reasoning_gym', 'jsonl', 'parquet', 'csv', 'hf'\]"):
+        PromptSourceConfig(kind="tsv")
+    with pytest.raises(ValueError, match="choice_fields must name 2 to 26 fields"):
+        PromptSourceConfig(kind="csv", path="x.csv", choice_fields=["only"])
     with pytest.raises(ValueError, match="path must be a non-empty string for kind='jsonl'"):
         PromptSourceConfig(kind="jsonl")
     with pytest.raises(ValueError, match="size must be a positive integer"):

@@ -17,6 +17,7 @@ from rollout.rewards import (
     RewardSpec,
     Scorer,
     answer_correct,
+    choice_correct,
     extract_answer,
     format_reward,
     register_check,
@@ -137,6 +138,26 @@ def test_wrong_missing_or_malformed_answers_score_zero(response, answer):
 )
 def test_format_reward(response, expected):
     assert format_reward(response) == expected
+
+
+@pytest.mark.parametrize(
+    "response, letter, expected",
+    [
+        ("<think>x</think><answer>C</answer>", "C", 1.0),
+        ("<answer>(c)</answer>", "C", 1.0),
+        ("<answer>C) 42 m/s</answer>", "C", 1.0),
+        ("so \\boxed{B}", "B", 1.0),
+        ("The answer is (D).", "D", 1.0),
+        ("ANSWER: B", "B", 1.0),
+        ("<answer>B</answer>", "C", 0.0),
+        ("<answer>Carbon</answer>", "C", 0.0),  # a word starting with the letter is not a pick
+        ("the answer is a bit unclear", "A", 0.0),  # lower-case "a" is an article, not option A
+        ("<answer>A</answer> on second thought the answer is B", "B", 0.0),  # the tag is final
+        ("no letter at all", "A", 0.0),
+    ],
+)
+def test_choice_correct(response, letter, expected):
+    assert choice_correct(response, letter) == expected
 
 
 def test_format_reward_tag_names():

@@ -41,3 +41,24 @@ def test_model_labels():
         "arith/step_000020", "runs/arith/checkpoints/step_000020/model")
     with pytest.raises(ValueError, match="LABEL=PATH"):
         model_label("=/x/y")
+
+
+def test_gpqa_diamond_reads_its_published_csv(tmp_path):
+    import csv
+
+    from rollout.prompts import load_prompts
+    from vllm_soft.eval.benchmarks import resolve_benchmark
+
+    path = tmp_path / "gpqa_diamond.csv"
+    fields = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["Record ID", *fields])
+        writer.writeheader()
+        writer.writerow({"Record ID": "r1", "Question": "Q?", "Correct Answer": "yes", "Incorrect Answer 1": "no",
+                         "Incorrect Answer 2": "maybe", "Incorrect Answer 3": "never"})
+    bench = resolve_benchmark("gpqa_diamond", data=str(path), seed=3)
+    assert bench.correct_term == "choice"
+    (item,) = load_prompts(bench.source)
+    assert f"{item.answer}) yes" in item.question
+    with pytest.raises(ValueError, match="args are for reasoning-gym tasks"):
+        resolve_benchmark("gpqa_diamond", args={"x": 1})

@@ -4,9 +4,13 @@
     gsm8k     openai/gsm8k (main, test)            question / answer ("... #### 42")
     math500   HuggingFaceH4/MATH-500 (test)        problem / answer
     aime2024  HuggingFaceH4/aime_2024 (train)      problem / answer
+    gpqa_diamond  Idavidrein/gpqa (gpqa_diamond, train; gated: log in first)
+                  Question / Correct Answer, Incorrect Answer 1-3: four options, shuffled
+                  per question (seeded) and lettered A-D; scored on the letter picked
 
 A named Hugging Face benchmark also reads a local copy in its published format:
-``data=PATH`` (a .jsonl or .parquet file, or a ``save_to_disk`` folder).
+``data=PATH`` (a .jsonl, .parquet or .csv file, e.g. GPQA's gpqa_diamond.csv, or a
+``save_to_disk`` folder).
 """
 
 from dataclasses import dataclass, field
@@ -27,6 +31,9 @@ HF_BENCHMARKS = {
                   answer_field="answer"),
     "math500": dict(name="HuggingFaceH4/MATH-500", split="test", question_field="problem", answer_field="answer"),
     "aime2024": dict(name="HuggingFaceH4/aime_2024", split="train", question_field="problem", answer_field="answer"),
+    "gpqa_diamond": dict(name="Idavidrein/gpqa", config_name="gpqa_diamond", split="train", question_field="Question",
+                         choice_fields=["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                                        "Incorrect Answer 3"]),
 }
 
 
@@ -36,15 +43,15 @@ def resolve_benchmark(name: str, args: dict | None = None, data: str | None = No
     if name in HF_BENCHMARKS:
         if args:
             raise ValueError(f"args are for reasoning-gym tasks; {name} takes none (got {args})")
-        spec = dict(HF_BENCHMARKS[name])
+        spec = {**HF_BENCHMARKS[name], "seed": seed}
         if data is None:
             source = PromptSourceConfig(kind="hf", **spec)
-        elif data.endswith((".jsonl", ".parquet")):
-            source = PromptSourceConfig(kind=data.rsplit(".", 1)[1], path=data, question_field=spec["question_field"],
-                                        answer_field=spec["answer_field"])
+        elif data.endswith((".jsonl", ".parquet", ".csv")):
+            fields = {k: v for k, v in spec.items() if k not in ("name", "config_name", "split")}
+            source = PromptSourceConfig(kind=data.rsplit(".", 1)[1], path=data, **fields)
         else:
             source = PromptSourceConfig(kind="hf", **{**spec, "name": data, "config_name": None})
-        return Benchmark(name, source, "correct")
+        return Benchmark(name, source, "choice" if source.choice_fields else "correct")
     from reasoning_gym.factory import DATASETS
 
     if name not in DATASETS:

@@ -21,7 +21,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="named model or Hugging Face folder (a checkpoint's model/), optionally LABEL=PATH; "
                              "repeat to compare")
     parser.add_argument("--bench", action="append", required=True,
-                        help="gsm8k, math500, aime2024, or a reasoning-gym task; repeat for several")
+                        help="gsm8k, math500, aime2024, gpqa_diamond, or a reasoning-gym task; repeat for several")
     parser.add_argument("--bench-args", action="append", default=[], metavar="BENCH=JSON",
                         help='reasoning-gym settings, e.g. basic_arithmetic=\'{"min_terms": 2, "max_terms": 2}\'')
     parser.add_argument("--data", action="append", default=[], metavar="BENCH=PATH",
