@@ -40,22 +40,36 @@ def test_same_seed_same_table(ray_local, tiny_model_path):
     assert first[2]["cold_stop_rate"] is not None  # soft modes report how thinking ended
 
 
+def _gpqa_csv(path):
+    import csv
+
+    fields = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for i in range(4):
+            writer.writerow(dict(zip(fields, [f"What is {i} + 1?", str(i + 1), str(i + 2), str(i + 3), str(i)])))
+    return path
+
+
 def test_command_writes_table_json_and_plot(ray_local, tiny_model_path, tmp_path):
     args = build_parser().parse_args([
         "--model", "untrained=tiny", "--bench", "basic_arithmetic", "--bench-args", f"basic_arithmetic={json.dumps(ARITH)}",
+        "--bench", "gpqa_diamond", "--data", f"gpqa_diamond={_gpqa_csv(tmp_path / 'gpqa_diamond.csv')}",
         "--modes", "greedy", "scm_add", "--set", "scm_add.soft_thinking.scale=0.5", "--n", "2",
         "--num-problems", "4", "--max-tokens", "8", "--dtype", "float32", "--cpus-per-worker", "1", "--out", str(tmp_path),
     ])
     paths = run(args)
     cells = json.loads(paths["json"].read_text())
-    assert [(c["model"], c["mode"]) for c in cells] == [("untrained", "greedy"), ("untrained", "scm_add")]
+    assert [(c["model"], c["bench"], c["mode"]) for c in cells] == [
+        ("untrained", bench, mode) for bench in ("basic_arithmetic", "gpqa_diamond") for mode in ("greedy", "scm_add")]
     assert "### Accuracy (pass@1, %)" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     records = [json.loads(line) for line in paths["samples"].read_text().splitlines()]
-    assert len(records) == 4 + 4  # both deterministic: one sample per problem each
-    assert {r["mode"] for r in records} == {"greedy", "scm_add"}
-    by_mode = {m: [r for r in records if r["mode"] == m] for m in ("greedy", "scm_add")}
+    assert len(records) == 2 * (4 + 4)  # both modes deterministic: one sample per problem each
+    gpqa = [r for r in records if r["bench"] == "gpqa_diamond"]
+    assert {r["answer"] for r in gpqa} <= set("ABCD")  # scored on the letter of the right option
     for cell in cells:
-        mode_records = by_mode[cell["mode"]]
+        mode_records = [r for r in records if (r["bench"], r["mode"]) == (cell["bench"], cell["mode"])]
         assert sum(r["correct"] for r in mode_records) / len(mode_records) == pytest.approx(cell["pass@1"])
         assert sum(r["length"] for r in mode_records) / len(mode_records) == pytest.approx(cell["mean_length"])
