@@ -43,3 +43,26 @@ def test_markdown_accuracy_block_then_length_block_then_details(tmp_path):
     assert "| base | Greedy | 100.0 | 100.0 | 100.0 |" in lines and "| trained | Greedy | 15 | 15 | 15 |" in lines
     plot(cells, tmp_path / "bars.png")
     assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_combine_runs_into_one_table(tmp_path):
+    import json
+
+    from vllm_soft.eval.combine import combine, main
+
+    cell = summarize_mode([[_sample(0, 0, True, 10)]], 1.0)
+    arith = [{"model": m, "bench": "arith", "mode": "greedy", "label": "Greedy", **cell} for m in ("base", "ckpt")]
+    gsm = [{"model": "base", "bench": "gsm", "mode": "greedy", "label": "Greedy", **cell}]
+    combined = combine([arith, gsm], {"base": "untrained"})
+    assert [(c["model"], c["bench"]) for c in combined] == [("untrained", "arith"), ("ckpt", "arith"), ("untrained", "gsm")]
+    assert "| ckpt | Greedy | 100.0 | - | - |" in markdown(combined)  # no gsm cell: a dash, no average
+    with pytest.raises(ValueError, match="'base', bench 'arith', mode 'greedy' is in run 0 and run 1"):
+        combine([arith, arith])
+
+    paths = []
+    for name, cells in (("a", arith), ("b", gsm)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(cells))  # as results.json stores them (pass@k keys become strings)
+    main([*map(str, paths), "--rename", "base=untrained", "--out", str(tmp_path / "all")])
+    assert "| untrained | Greedy | 100.0 | 100.0 | 100.0 |" in (tmp_path / "all" / "results.md").read_text()
+    assert len(json.loads((tmp_path / "all" / "results.json").read_text())) == 3
