@@ -34,6 +34,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="engine context length (default: --max-tokens + 1024 for the prompt)")
+    parser.add_argument("--kv-cache-gib", type=float, default=None,
+                        help="KV cache per engine (default: 1 on CPU; on GPU, 0.3 of its memory)")
+    parser.add_argument("--max-num-seqs", type=int, default=128, help="sequences per engine batch")
     parser.add_argument("--workers", type=int, default=1, help="rollout workers (one engine each)")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--gpus-per-worker", type=float, default=0)
@@ -82,7 +87,9 @@ def run(args: argparse.Namespace) -> dict:
                                       size=max(args.num_problems, 1)) for b in args.bench],
         modes=resolve_modes(args.modes, _knob_overrides(args.knobs)),
         n=args.n, num_problems=args.num_problems, max_tokens=args.max_tokens, seed=args.seed,
-        engine=EngineConfig(dtype=args.dtype),
+        engine=EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len or args.max_tokens + 1024,
+                            kv_cache_gib=args.kv_cache_gib or (1.0 if args.gpus_per_worker == 0 else None),
+                            max_num_seqs=args.max_num_seqs),
         pool=PoolConfig(num_workers=args.workers, num_cpus_per_worker=args.cpus_per_worker,
                         num_gpus_per_worker=args.gpus_per_worker),
     )
