@@ -4,7 +4,8 @@
                                         cold-stop rate, wall time
     markdown(cells)                  ─► accuracy block, then length block (the Soft Thinking
                                         paper's layout), then one detail table per benchmark
-    plot(cells, path)                ─► pass@1 bars with error bars, per benchmark and mode
+    plot(cells, path)                ─► pass@1 bars with error bars: a panel per benchmark,
+                                        modes along x, a colour per model
 """
 
 import statistics
@@ -95,27 +96,34 @@ def markdown(cells: list[dict], wall_time: bool = True) -> str:
 
 
 def plot(cells: list[dict], path) -> None:
-    """Grouped bars: pass@1 (%) with standard-error bars, one group per benchmark."""
+    """pass@1 (%) with standard-error bars: one panel per benchmark, modes along x, one
+    bar (colour) per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     benches = list(dict.fromkeys(c["bench"] for c in cells))
-    series = list(dict.fromkeys((c["model"], c["label"]) for c in cells))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(benches) * max(1, len(series) / 3)) + 4, 4))
-    for i, (model, label) in enumerate(series):
-        found = {c["bench"]: c for c in cells if (c["model"], c["label"]) == (model, label)}
-        xs = [b + (i - (len(series) - 1) / 2) * width for b in range(len(benches))]
-        ys = [100 * found[b]["pass@1"] if b in found else 0.0 for b in benches]
-        errors = [100 * found[b]["pass@1_stderr"] if b in found else 0.0 for b in benches]
-        name = label if len({m for m, _ in series}) == 1 else f"{model}: {label}"
-        ax.bar(xs, ys, width, yerr=errors, capsize=3, label=name)
-    ax.set_xticks(range(len(benches)), benches)
-    ax.set_ylabel("pass@1 (%)")
-    ax.set_title("Accuracy by decoding mode (error bars: one standard error)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    width = 0.8 / len(models)
+    fig, axes = plt.subplots(1, len(benches), squeeze=False, figsize=(1.0 + 4.5 * len(benches), 4.2))
+    for ax, bench in zip(axes[0], benches):
+        in_bench = [c for c in cells if c["bench"] == bench]
+        labels = list(dict.fromkeys(c["label"] for c in in_bench))
+        for i, model in enumerate(models):
+            found = {c["label"]: c for c in in_bench if c["model"] == model}
+            xs = [x + (i - (len(models) - 1) / 2) * width for x, label in enumerate(labels) if label in found]
+            ys = [100 * found[label]["pass@1"] for label in labels if label in found]
+            errors = [100 * found[label]["pass@1_stderr"] for label in labels if label in found]
+            ax.bar(xs, ys, width, yerr=errors, capsize=3, color=f"C{i}", label=model)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(bench)
+        ax.set_ylabel("pass@1 (%)")
+        ax.set_ylim(bottom=0)
+    fig.suptitle("Accuracy by decoding mode (error bars: one standard error)", fontsize=10)
+    if len(models) > 1:
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.95),
+                   ncol=min(len(models), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if len(models) > 1 else 0.96))
     fig.savefig(path, dpi=120)
     plt.close(fig)
