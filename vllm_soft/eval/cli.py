@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     from rollout.settings import EngineConfig, PoolConfig
     from vllm_soft.eval.benchmarks import resolve_benchmark
     from vllm_soft.eval.modes import resolve_modes
-    from vllm_soft.eval.run import EvalPlan, evaluate, output_paths, write_outputs
+    from vllm_soft.eval.run import EvalPlan, evaluate, output_paths
     from vllm_soft.runtime import configure_cpu_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     if args.gpus_per_worker == 0:
         configure_cpu_threads()
-    paths = write_outputs(evaluate(plan, output_paths(args.out)["samples"]), args.out)
+    evaluate(plan, args.out)
+    paths = output_paths(args.out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths

@@ -68,15 +68,17 @@ def sample_records(label: str, bench: Benchmark, mode: EvalMode, groups) -> list
             for g, group in enumerate(groups) for s in group]
 
 
-def evaluate(plan: EvalPlan, samples_path: Path | None = None) -> list[dict]:
-    """One cell per (model, benchmark, mode), in that order; every sample is appended to
-    ``samples_path`` (JSON lines) as its mode finishes."""
+def evaluate(plan: EvalPlan, out_dir: Path | None = None) -> list[dict]:
+    """One cell per (model, benchmark, mode), in that order. With ``out_dir``, the outputs
+    are rewritten as each mode finishes (its samples appended to samples.jsonl), so a long
+    evaluation that stops keeps what it finished."""
     from transformers import AutoTokenizer
 
     from rollout.pool import RolloutPool
     from rollout.worker import GroupRequest
     from vllm_soft.models import resolve_model
 
+    samples_path = output_paths(out_dir)["samples"] if out_dir is not None else None
     if samples_path is not None:
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         samples_path.write_text("")
@@ -105,6 +107,8 @@ def evaluate(plan: EvalPlan, samples_path: Path | None = None) -> list[dict]:
                     log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
                              100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
                     cells.append(cell)
+                    if out_dir is not None:
+                        write_outputs(cells, out_dir)
             finally:
                 pool.shutdown()
     return cells
