@@ -62,3 +62,25 @@ def test_gpqa_diamond_reads_its_published_csv(tmp_path):
     assert f"{item.answer}) yes" in item.question
     with pytest.raises(ValueError, match="args are for reasoning-gym tasks"):
         resolve_benchmark("gpqa_diamond", args={"x": 1})
+
+
+@pytest.mark.parametrize("name, row, response", [
+    ("gsm8k", {"question": "Tom has 40 and gets 2. How many?", "answer": "40 + 2 = 42\n#### 42"}, "<answer>42</answer>"),
+    ("math500", {"problem": "Simplify 2/4.", "answer": "\\frac{1}{2}", "subject": "Algebra"}, "<answer>0.5</answer>"),
+    ("aime2024", {"problem": "Find n.", "answer": "204", "id": 60}, "so \\boxed{204}"),
+])
+def test_hub_benchmarks_read_local_copies_in_their_published_format(tmp_path, name, row, response):
+    import json
+
+    from rollout.prompts import load_prompts
+    from rollout.rewards import CHECKS
+    from vllm_soft.eval.benchmarks import resolve_benchmark
+
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    bench = resolve_benchmark(name, data=str(path))
+    (item,) = load_prompts(bench.source)
+    assert item.question == row.get("question", row.get("problem"))
+    check = CHECKS[bench.correct_term]
+    assert check(response, item.answer, item.entry) == 1.0
+    assert check("<answer>7</answer>", item.answer, item.entry) == 0.0
