@@ -66,3 +66,34 @@ def test_combine_runs_into_one_table(tmp_path):
     main([*map(str, paths), "--rename", "base=untrained", "--out", str(tmp_path / "all")])
     assert "| untrained | Greedy | 100.0 | 100.0 | 100.0 |" in (tmp_path / "all" / "results.md").read_text()
     assert len(json.loads((tmp_path / "all" / "results.json").read_text())) == 3
+
+
+def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
+    import json
+
+    import ray
+
+    from vllm_soft.eval.benchmarks import resolve_benchmark
+    from vllm_soft.eval.modes import resolve_modes
+    from vllm_soft.eval.run import EvalPlan, cell_settings, evaluate
+
+    bench = resolve_benchmark("basic_arithmetic", {"min_terms": 2, "max_terms": 2}, size=4)
+    plan = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=resolve_modes(["greedy", "sampling"]),
+                    n=2, num_problems=4, max_tokens=8)
+    cells = [{"model": "base", "bench": "basic_arithmetic", "mode": mode.name, "label": mode.label,
+              **summarize_mode([[_sample(0, 0, True, 10)]], 1.0), "settings": cell_settings(plan, "tiny", bench, mode)}
+             for mode in plan.modes]
+    (tmp_path / "results.json").write_text(json.dumps(cells))
+    (tmp_path / "samples.jsonl").write_text(
+        "".join(json.dumps({"model": "base", "bench": "basic_arithmetic", "mode": m}) + "\n"
+                for m in ("greedy", "sampling", "soft")))  # "soft": a mode that never finished
+
+    again = evaluate(plan, tmp_path, resume=True)  # every cell finished: no engine starts
+    assert [c["mode"] for c in again] == ["greedy", "sampling"] and not ray.is_initialized()
+    assert [json.loads(line)["mode"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [
+        "greedy", "sampling"]
+    assert (tmp_path / "results.md").exists()
+
+    longer = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=plan.modes, n=2, num_problems=4, max_tokens=16)
+    with pytest.raises(ValueError, match=r"base \| basic_arithmetic \| greedy was made with other \['max_tokens'\]"):
+        evaluate(longer, tmp_path, resume=True)

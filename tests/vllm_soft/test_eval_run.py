@@ -26,18 +26,27 @@ def ray_local():
     ray.shutdown()
 
 
-def test_same_seed_same_table(ray_local, tiny_model_path):
+def test_same_seed_same_table_and_resume(ray_local, tiny_model_path, tmp_path):
     plan = EvalPlan(
         models=["tiny"], benchmarks=[resolve_benchmark("basic_arithmetic", ARITH, size=6)],
         modes=resolve_modes(["greedy", "sampling", "soft_gumbel"]), n=3, num_problems=6, max_tokens=12, seed=5,
         engine=EngineConfig(dtype="float32", max_model_len=512, kv_cache_gib=0.25, max_num_seqs=32),
         pool=PoolConfig(num_workers=1, num_cpus_per_worker=1),
     )
-    first, second = evaluate(plan), evaluate(plan)
+    first, second = evaluate(plan, tmp_path), evaluate(plan)
     assert [c["n"] for c in first] == [1, 3, 3]  # greedy is deterministic: sampled once
     assert all(c["problems"] == 6 for c in first)
     assert markdown(first, wall_time=False) == markdown(second, wall_time=False)
     assert first[2]["cold_stop_rate"] is not None  # soft modes report how thinking ended
+
+    # Stopped after two modes: resume computes only the third, and the table is the same.
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(json.loads(results.read_text())[:2]))
+    resumed = evaluate(plan, tmp_path, resume=True)
+    assert [c["wall_s"] for c in resumed[:2]] == [c["wall_s"] for c in first[:2]]  # reused, not rerun
+    assert markdown(resumed, wall_time=False) == markdown(first, wall_time=False)
+    modes = [json.loads(line)["mode"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert modes == ["greedy"] * 6 + ["sampling"] * 18 + ["soft_gumbel"] * 18
 
 
 def _gpqa_csv(path):

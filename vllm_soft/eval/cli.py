@@ -43,6 +43,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--gpus-per-worker", type=float, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells an earlier run finished in --out (same settings), compute the rest")
     return parser
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     if args.gpus_per_worker == 0:
         configure_cpu_threads()
-    evaluate(plan, args.out)
+    evaluate(plan, args.out, resume=args.resume)
     paths = output_paths(args.out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

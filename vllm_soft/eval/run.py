@@ -5,10 +5,12 @@ problem (deterministic modes, greedy and noise-free soft thinking, one: every sa
 the same). Problem g is sampled with seed + g, so a fixed seed gives the same table.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,50 +70,104 @@ def sample_records(label: str, bench: Benchmark, mode: EvalMode, groups) -> list
             for g, group in enumerate(groups) for s in group]
 
 
-def evaluate(plan: EvalPlan, out_dir: Path | None = None) -> list[dict]:
+def cell_settings(plan: EvalPlan, model: str, bench: Benchmark, mode: EvalMode) -> dict:
+    """Everything that decides a cell's numbers (stored with it; ``resume`` compares them)."""
+    return {"model_path": model, "dtype": plan.engine.dtype, "source": dataclasses.asdict(bench.source),
+            "num_problems": plan.num_problems, "n": 1 if mode.deterministic else plan.n,
+            "max_tokens": plan.max_tokens, "seed": plan.seed, "temperature": mode.temperature, "top_p": mode.top_p,
+            "soft_thinking": mode.soft_thinking, "format": dataclasses.asdict(plan.format)}
+
+
+def finished_cells(plan: EvalPlan, out_dir: Path) -> dict[tuple[str, str, str], dict]:
+    """Cells of an earlier run in ``out_dir`` that this plan would compute again, by
+    (model, bench, mode); one made with other settings is an error."""
+    path = output_paths(out_dir)["json"]
+    if not path.exists():
+        return {}
+    earlier = {(c["model"], c["bench"], c["mode"]): c for c in json.loads(path.read_text())}
+    done = {}
+    for label, model in map(model_label, plan.models):
+        for bench in plan.benchmarks:
+            for mode in plan.modes:
+                cell = earlier.get((label, bench.name, mode.name))
+                if cell is None:
+                    continue
+                wanted = json.loads(json.dumps(cell_settings(plan, model, bench, mode)))
+                changed = sorted(k for k in wanted if cell.get("settings", {}).get(k) != wanted[k])
+                if changed:
+                    raise ValueError(f"{path}: {label} | {bench.name} | {mode.name} was made with other {changed}; "
+                                     f"evaluate into another --out, or without --resume")
+                done[label, bench.name, mode.name] = cell
+    return done
+
+
+def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) -> list[dict]:
     """One cell per (model, benchmark, mode), in that order. With ``out_dir``, the outputs
     are rewritten as each mode finishes (its samples appended to samples.jsonl), so a long
-    evaluation that stops keeps what it finished."""
+    evaluation that stops keeps what it finished; ``resume`` reuses those cells."""
+    done = finished_cells(plan, out_dir) if resume and out_dir is not None else {}
+    if done:
+        log.info("resuming: %d cell(s) finished in an earlier run in %s", len(done), out_dir)
+    samples_path = output_paths(out_dir)["samples"] if out_dir is not None else None
+    if samples_path is not None:
+        _keep_samples(samples_path, done)
+    cells = []
+    for label, model in map(model_label, plan.models):
+        for bench in plan.benchmarks:
+            missing = [mode for mode in plan.modes if (label, bench.name, mode.name) not in done]
+            fresh = _sample_modes(plan, label, model, bench, missing, samples_path)
+            with contextlib.closing(fresh):
+                for mode in plan.modes:
+                    cells.append(done.get((label, bench.name, mode.name)) or next(fresh))
+                    if out_dir is not None:
+                        write_outputs(cells, out_dir)
+    return cells
+
+
+def _sample_modes(plan: EvalPlan, label: str, model: str, bench: Benchmark, modes: list[EvalMode],
+                  samples_path: Path | None) -> Iterator[dict]:
+    """The cell of each mode in turn, from one rollout pool (started only if there are modes)."""
+    if not modes:
+        return
     from transformers import AutoTokenizer
 
     from rollout.pool import RolloutPool
     from rollout.worker import GroupRequest
     from vllm_soft.models import resolve_model
 
-    samples_path = output_paths(out_dir)["samples"] if out_dir is not None else None
-    if samples_path is not None:
-        samples_path.parent.mkdir(parents=True, exist_ok=True)
-        samples_path.write_text("")
-    cells = []
-    for label, model in map(model_label, plan.models):
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-        for bench in plan.benchmarks:
-            items = load_prompts(bench.source)[: plan.num_problems]
-            groups = [GroupRequest(i, format_prompt(item, tokenizer, plan.format), item.answer, item.entry)
-                      for i, item in enumerate(items)]
-            pool = RolloutPool(dataclasses.replace(plan.engine, model=model), {bench.correct_term: 1.0}, plan.pool)
-            try:
-                for mode in plan.modes:
-                    sampling = SamplingConfig(
-                        group_size=1 if mode.deterministic else plan.n, temperature=mode.temperature,
-                        top_p=mode.top_p, max_tokens=plan.max_tokens, seed=plan.seed, soft_thinking=mode.soft_thinking,
-                    )
-                    start = time.perf_counter()
-                    sampled = pool.generate(groups, sampling)
-                    cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
-                            **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term)}
-                    if samples_path is not None:
-                        with samples_path.open("a") as f:
-                            f.writelines(json.dumps(r, ensure_ascii=False) + "\n"
-                                         for r in sample_records(label, bench, mode, sampled))
-                    log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
-                             100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
-                    cells.append(cell)
-                    if out_dir is not None:
-                        write_outputs(cells, out_dir)
-            finally:
-                pool.shutdown()
-    return cells
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    items = load_prompts(bench.source)[: plan.num_problems]
+    groups = [GroupRequest(i, format_prompt(item, tokenizer, plan.format), item.answer, item.entry)
+              for i, item in enumerate(items)]
+    pool = RolloutPool(dataclasses.replace(plan.engine, model=model), {bench.correct_term: 1.0}, plan.pool)
+    try:
+        for mode in modes:
+            sampling = SamplingConfig(
+                group_size=1 if mode.deterministic else plan.n, temperature=mode.temperature, top_p=mode.top_p,
+                max_tokens=plan.max_tokens, seed=plan.seed, soft_thinking=mode.soft_thinking,
+            )
+            start = time.perf_counter()
+            sampled = pool.generate(groups, sampling)
+            cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
+                    **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term),
+                    "settings": cell_settings(plan, model, bench, mode)}
+            if samples_path is not None:
+                with samples_path.open("a") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n"
+                                 for r in sample_records(label, bench, mode, sampled))
+            log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
+                     100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
+            yield cell
+    finally:
+        pool.shutdown()
+
+
+def _keep_samples(samples_path: Path, done: dict) -> None:
+    """Leave in samples.jsonl only the samples of the cells in ``done``."""
+    lines = samples_path.read_text().splitlines() if done and samples_path.exists() else []
+    kept = [line for line in lines if tuple(json.loads(line)[k] for k in ("model", "bench", "mode")) in done]
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    samples_path.write_text("".join(line + "\n" for line in kept))
 
 
 def output_paths(out_dir: Path) -> dict[str, Path]:
