@@ -66,14 +66,23 @@ _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 def extract_answer(response: str) -> str | None:
     """The model's final answer: the content of the last ``<answer>`` tag, else of the last
     ``\\boxed{...}``, else the last number; None if there is none or that box is unclosed."""
-    tagged = _ANSWER_TAG.findall(response)
-    if tagged:
-        return tagged[-1].strip() or None
-    start = response.rfind(_BOXED)
-    if start >= 0:
-        return _braced(response, start + len(_BOXED))
+    marked, answer = _marked_answer(response)
+    if marked:
+        return answer
     numbers = _NUMBER.findall(response)
     return numbers[-1] if numbers else None
+
+
+def _marked_answer(response: str) -> tuple[bool, str | None]:
+    """Whether ``response`` marks its final answer (an ``<answer>`` tag or a ``\\boxed{``),
+    and the content of the last mark (None if it is empty or the box is unclosed)."""
+    tagged = _ANSWER_TAG.findall(response)
+    if tagged:
+        return True, tagged[-1].strip() or None
+    start = response.rfind(_BOXED)
+    if start >= 0:
+        return True, _braced(response, start + len(_BOXED))
+    return False, None
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -136,12 +145,9 @@ def choice_correct(response: str, letter: str) -> float:
     """1.0 if ``response`` picks option ``letter`` of a multiple-choice question: the last
     ``<answer>`` or ``\\boxed{}`` holds ``C``, ``(C)`` or ``C) text``; without either,
     the last "answer is C" / "option (C)" counts."""
-    tagged = _ANSWER_TAG.findall(response)
-    final = tagged[-1] if tagged else None
-    if final is None and _BOXED in response:
-        final = _braced(response, response.rfind(_BOXED) + len(_BOXED))
-    if final is not None:
-        match = _CHOICE_LETTER.match(final.strip())
+    marked, final = _marked_answer(response)
+    if marked:
+        match = _CHOICE_LETTER.match(final) if final is not None else None
         picked = match.group(1) if match else None
     else:
         stated = _CHOICE_STATED.findall(response)

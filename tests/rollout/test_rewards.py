@@ -153,6 +153,7 @@ def test_format_reward(response, expected):
         ("<answer>Carbon</answer>", "C", 0.0),  # a word starting with the letter is not a pick
         ("the answer is a bit unclear", "A", 0.0),  # lower-case "a" is an article, not option A
         ("<answer>A</answer> on second thought the answer is B", "B", 0.0),  # the tag is final
+        ("\\boxed{B and the answer is B", "B", 0.0),  # an unclosed box is no answer, as for numbers
         ("no letter at all", "A", 0.0),
     ],
 )
