@@ -7,6 +7,10 @@
     concept_BH = Σ_k weights_BK · E[token_ids_BK];  next input: replace → concept,
                                                     add → E[emitted] + scale · concept
 
+Every function works on a batch of rows with per-row knobs as tensors, so the engine runs
+one step for all its soft requests with no loop over rows; random draws come in as
+arguments (``vllm_soft.stateless_random`` makes them from (seed, step)).
+
 Shape suffixes: B rows (requests), V vocabulary, K kept-support slots (padded with
 weight 0 and ``kept`` False), H hidden size.
 """
@@ -17,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-THINKING_END_REASONS = ("think_end", "cold_stop", "budget")
 
 
 @dataclass
@@ -41,13 +44,15 @@ def filter_distribution(
     top_p_B: torch.Tensor,
     min_p_B: torch.Tensor,
     workspace: torch.Tensor | None = None,
+    max_k: int | None = None,
 ) -> FilteredDistribution:
     """softmax(z / T), keep the top-k, then the shortest prefix reaching top-p, then drop
     p < min_p * p_max; renormalise over what is kept.
 
     ``workspace``: optional contiguous float32 buffer of shape (>= B, V), overwritten;
     passing the same one every step spares a vocabulary-sized allocation per step (most
-    of this function's cost at large batch on CPU).
+    of this function's cost at large batch on CPU). ``max_k``: ``top_k_B.max()`` when the
+    caller knows it on the host (reading it from a device tensor would block on the device).
     """
     if workspace is None:
         probs_BV = torch.empty(logits_BV.shape, dtype=torch.float32, device=logits_BV.device)
@@ -55,7 +60,7 @@ def filter_distribution(
         probs_BV = workspace[: logits_BV.shape[0]]
     torch.div(logits_BV, temperature_B.float().unsqueeze(-1), out=probs_BV)
     torch.softmax(probs_BV, dim=-1, out=probs_BV)
-    max_k = int(top_k_B.max())
+    max_k = int(top_k_B.max()) if max_k is None else max_k
     top_probs_BK, token_ids_BK = probs_BV.topk(max_k, dim=-1, sorted=True)
     # entr(p) = -p log p, 0 at p = 0; computed in place, the probabilities are no longer needed.
     entropy_B = torch.special.entr(probs_BV, out=probs_BV).sum(-1)
@@ -74,44 +79,40 @@ def filter_distribution(
     return FilteredDistribution(token_ids_BK, weights, kept, entropy_B)
 
 
-def dirichlet_noise(weights_K: torch.Tensor, alpha: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Resample weights ~ Dirichlet(alpha * weights) over the support (weights > 0).
-
-    Sampled in log space, log Gamma(a) = log Gamma(a + 1) + log(U) / a, so that tiny
-    concentrations do not underflow to an all-zero draw.
-    """
-    support = weights_K > 0
-    concentration = (alpha * weights_K[support]).double()
-    uniform = torch.rand(concentration.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
-    gamma_plus_one = torch._standard_gamma(concentration + 1.0, generator=generator)
-    log_gamma = gamma_plus_one.log() + uniform.log() / concentration
-    noisy = torch.zeros_like(weights_K)
-    noisy[support] = torch.softmax(log_gamma, dim=-1).to(weights_K.dtype)
-    return noisy
+NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}
+"""Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
+EMIT_CODES = {"argmax": 0, "sample": 1}
+MODE_CODES = {"replace": 0, "add": 1}
+END_REASONS = (None, "think_end", "cold_stop", "budget")
+"""``end_code`` -> end reason; code 0: thinking goes on."""
 
 
-def gumbel_noise(weights_K: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Gumbel-Softmax on the support: softmax((log w + g) / tau), g ~ Gumbel(0, 1)."""
-    support = weights_K > 0
-    uniform = torch.rand(int(support.sum()), generator=generator, dtype=torch.float64)
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
-    logits = (weights_K[support].double().log() + gumbel) / tau
-    noisy = torch.zeros_like(weights_K)
-    noisy[support] = torch.softmax(logits, dim=-1).to(weights_K.dtype)
-    return noisy
+def _per_row(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float or (B,) tensor as a float64 (B, 1) column (or a scalar tensor), on ``like``'s device."""
+    value = torch.as_tensor(value, dtype=torch.float64, device=like.device)
+    return value.unsqueeze(-1) if value.dim() == 1 else value
 
 
-def apply_noise(
-    weights_K: torch.Tensor, noise: str, alpha: float, tau: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """One row's weights after the requested noise ('none', 'dirichlet' or 'gumbel')."""
-    if noise == "none":
-        return weights_K
-    if noise == "dirichlet":
-        return dirichlet_noise(weights_K, alpha, generator)
-    if noise == "gumbel":
-        return gumbel_noise(weights_K, tau, generator)
-    raise ValueError(f"noise must be one of none, dirichlet, gumbel (got {noise!r})")
+def gumbel_noise(weights_BK: torch.Tensor, tau_B: float | torch.Tensor, gumbel_BK: torch.Tensor) -> torch.Tensor:
+    """Gumbel-Softmax on each row's support (weights > 0): softmax((log w + g) / tau), float64."""
+    support = weights_BK > 0
+    logits = (weights_BK.double().clamp_min(1e-300).log() + gumbel_BK) / _per_row(tau_B, weights_BK)
+    return torch.softmax(logits.masked_fill(~support, float("-inf")), dim=-1)
+
+
+def dirichlet_noise(weights_BK: torch.Tensor, log_gamma_BK: torch.Tensor) -> torch.Tensor:
+    """Dirichlet(alpha * w) on each row's support from log Gamma(alpha * w_k) draws: the
+    normalised gammas, taken as a softmax of their logs so tiny draws do not underflow."""
+    support = weights_BK > 0
+    return torch.softmax(log_gamma_BK.double().masked_fill(~support, float("-inf")), dim=-1)
+
+
+def sample_slots(weights_BK: torch.Tensor, uniform_B: torch.Tensor) -> torch.Tensor:
+    """A slot per row drawn from its weights by inverting the CDF at ``uniform_B``."""
+    cdf = torch.cumsum(weights_BK.double(), dim=-1)
+    below = (cdf < uniform_B.unsqueeze(-1) * cdf[:, -1:]).sum(-1)
+    last_kept = (weights_BK > 0).sum(-1) - 1
+    return torch.minimum(below, last_kept)
 
 
 LOG_WEIGHT_FLOOR = -690.0
@@ -123,34 +124,41 @@ def _floored_log(weights_SK: torch.Tensor) -> torch.Tensor:
     return weights_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
 
 
-def concrete_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float) -> torch.Tensor:
+def concrete_log_density(
+    log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float | torch.Tensor
+) -> torch.Tensor:
     """log density of Gumbel-Softmax weights ``noisy`` = softmax((log base + g) / tau) on the
     valid slots (the Concrete distribution; Maddison et al. 2017), per row, in float64:
 
         log (n-1)! + (n-1) log tau + Σ_k [log base_k - (tau+1) log x_k] - n logsumexp_k(log base_k - tau log x_k)
 
-    Differentiable in ``log_base``; a row with one valid slot has density 0 (no choice).
+    ``tau``: one value, or one per row. Differentiable in ``log_base``; a row with one valid
+    slot has density 0 (no choice).
     """
+    tau_S1 = _per_row(tau, log_base_SK)
     log_base = log_base_SK.double().masked_fill(~valid_SK, 0.0)
     log_x = _floored_log(noisy_SK).masked_fill(~valid_SK, 0.0)
     n = valid_SK.sum(-1).double()
-    per_slot = (log_base - (tau + 1.0) * log_x).sum(-1)  # both terms are 0 on invalid slots
-    normaliser = torch.logsumexp((log_base - tau * log_x).masked_fill(~valid_SK, float("-inf")), dim=-1)
-    return torch.lgamma(n) + (n - 1.0) * math.log(tau) + per_slot - n * normaliser
+    per_slot = (log_base - (tau_S1 + 1.0) * log_x).sum(-1)  # both terms are 0 on invalid slots
+    normaliser = torch.logsumexp((log_base - tau_S1 * log_x).masked_fill(~valid_SK, float("-inf")), dim=-1)
+    return torch.lgamma(n) + (n - 1.0) * torch.log(tau_S1).squeeze(-1) + per_slot - n * normaliser
 
 
-def dirichlet_log_density(log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, alpha: float) -> torch.Tensor:
+def dirichlet_log_density(
+    log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, alpha: float | torch.Tensor
+) -> torch.Tensor:
     """log density of ``noisy`` ~ Dirichlet(alpha * base) on the valid slots, per row, in float64:
 
         lgamma(alpha) - Σ_k lgamma(alpha base_k) + Σ_k (alpha base_k - 1) log x_k
 
-    (``base`` sums to 1 over the valid slots). Differentiable in ``log_base``; a row with one
-    valid slot has density 0.
+    (``base`` sums to 1 over the valid slots). ``alpha``: one value, or one per row.
+    Differentiable in ``log_base``; a row with one valid slot has density 0.
     """
-    concentration = alpha * log_base_SK.double().exp().masked_fill(~valid_SK, 1.0)
+    alpha_S1 = _per_row(alpha, log_base_SK)
+    concentration = (alpha_S1 * log_base_SK.double().exp()).masked_fill(~valid_SK, 1.0)
     log_x = _floored_log(noisy_SK)
     terms = (-torch.lgamma(concentration) + (concentration - 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
-    return math.lgamma(alpha) + terms
+    return torch.lgamma(alpha_S1).squeeze(-1) + terms
 
 
 def soft_step_logprob(
@@ -159,8 +167,8 @@ def soft_step_logprob(
     valid_SK: torch.Tensor,
     emitted_SK: torch.Tensor,
     noise: str,
-    alpha: float,
-    tau: float,
+    alpha: float | torch.Tensor,
+    tau: float | torch.Tensor,
     emit: str,
 ) -> torch.Tensor:
     """Log-probability (S,) of what each soft step chose, under the distribution ``log_base``
@@ -184,13 +192,29 @@ def soft_step_logprob(
     return density
 
 
-def emit_index(weights_K: torch.Tensor, emit: str, generator: torch.Generator | None) -> int:
-    """Slot of the emitted token: argmax of the weights, or a sample from them."""
-    if emit == "argmax":
-        return int(weights_K.argmax())
-    if emit == "sample":
-        return int(torch.multinomial(weights_K.float(), 1, generator=generator))
-    raise ValueError(f"emit must be argmax or sample (got {emit!r})")
+def mixed_step_logprob(
+    log_base_BK: torch.Tensor,
+    weights_BK: torch.Tensor,
+    valid_BK: torch.Tensor,
+    emitted_BK: torch.Tensor,
+    noise_B: torch.Tensor,
+    alpha_B: torch.Tensor,
+    tau_B: torch.Tensor,
+    sample_B: torch.Tensor,
+    noise_kinds: set[str],
+) -> torch.Tensor:
+    """``soft_step_logprob`` for rows that each have their own noise kind (``NOISE_CODES``)
+    and emission (``sample_B``): one batched call per kind in ``noise_kinds`` (the kinds
+    present, known to the caller without a device sync), selected per row."""
+    logprob = torch.zeros(log_base_BK.shape[0], dtype=torch.float64, device=log_base_BK.device)
+    for kind in noise_kinds:
+        emit = "argmax" if kind == "none" else "sample"  # 'sample' adds log w_y, masked below
+        kind_logprob = soft_step_logprob(log_base_BK, weights_BK, valid_BK, emitted_BK, kind, alpha_B, tau_B, emit)
+        if kind != "none":
+            emission_term = torch.where(emitted_BK, _floored_log(weights_BK), 0.0).sum(-1)
+            kind_logprob = kind_logprob - torch.where(sample_B, 0.0, emission_term)
+        logprob = torch.where(noise_B == NOISE_CODES[kind], kind_logprob, logprob)
+    return logprob
 
 
 def concept_embeddings(
@@ -198,41 +222,45 @@ def concept_embeddings(
 ) -> torch.Tensor:
     """Σ_k w_k · E[id_k] per row, in float32; ``embed`` maps token ids to embeddings."""
     rows, slots = token_ids_BK.shape
-    embeds_BKH = embed(token_ids_BK.reshape(-1)).reshape(rows, slots, -1).float()
-    return (weights_BK.float().unsqueeze(-1) * embeds_BKH).sum(dim=1)
+    return weighted_embeddings(weights_BK, embed(token_ids_BK.reshape(-1)).reshape(rows, slots, -1))
 
 
-def mix_input(mode: str, token_embed_H: torch.Tensor, concept_H: torch.Tensor, scale: float) -> torch.Tensor:
-    """Next input embedding of a soft position: the concept (replace) or E[y] + scale · concept (add)."""
-    if mode == "replace":
-        return concept_H
-    if mode == "add":
-        return token_embed_H.float() + scale * concept_H
-    raise ValueError(f"mode must be replace or add (got {mode!r})")
+def weighted_embeddings(weights_BK: torch.Tensor, embeds_BKH: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_k · e_k per row, in float32 (the concept embedding from looked-up embeddings)."""
+    return (weights_BK.float().unsqueeze(-1) * embeds_BKH.float()).sum(dim=1)
+
+
+def mix_inputs(add_B: torch.Tensor, token_embeds_BH: torch.Tensor, concept_BH: torch.Tensor, scale_B: torch.Tensor) -> torch.Tensor:
+    """Next input embeddings of soft positions, float32: the concept (replace) or, where
+    ``add_B``, E[y] + scale · concept (Soft Concept Mixing)."""
+    added = token_embeds_BH.float() + scale_B.float().unsqueeze(-1) * concept_BH
+    return torch.where(add_B.unsqueeze(-1), added, concept_BH)
 
 
 def thinking_transition(
-    *,
-    emitted: int,
-    entropy: float,
-    low_entropy_streak: int,
-    soft_steps_done: int,
-    think_end_id: int | None,
-    entropy_threshold: float,
-    patience: int,
-    max_soft_steps: int | None,
-) -> tuple[int, int, str | None]:
-    """Decide one soft step's fate: (emitted token, new low-entropy streak, end reason or None).
+    emitted_B: torch.Tensor,
+    entropy_B: torch.Tensor,
+    low_entropy_streak_B: torch.Tensor,
+    soft_steps_done_B: torch.Tensor,
+    think_end_id_B: torch.Tensor,
+    entropy_threshold_B: torch.Tensor,
+    patience_B: torch.Tensor,
+    max_soft_steps_B: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each soft step's fate: (emitted token, new low-entropy streak, end code), all (B,).
 
-    Cold stop: entropy below the threshold for ``patience`` consecutive steps replaces
-    the emitted token by the think-end token. The budget does the same on step
-    ``max_soft_steps``. Emitting the think-end token ends thinking too.
+    ``think_end_id_B`` < 0: no think-end token; ``max_soft_steps_B`` <= 0: no budget. End
+    codes index ``END_REASONS``. Emitting the think-end token ends thinking (think_end).
+    Cold stop: entropy below the threshold for ``patience`` consecutive steps replaces the
+    emitted token by the think-end token (when there is one). The budget does the same on
+    step ``max_soft_steps``.
     """
-    streak = low_entropy_streak + 1 if entropy < entropy_threshold else 0
-    if think_end_id is not None and emitted == think_end_id:
-        return emitted, streak, "think_end"
-    if streak >= patience:
-        return (think_end_id if think_end_id is not None else emitted), streak, "cold_stop"
-    if max_soft_steps is not None and soft_steps_done + 1 >= max_soft_steps:
-        return (think_end_id if think_end_id is not None else emitted), streak, "budget"
-    return emitted, streak, None
+    low = entropy_B < entropy_threshold_B
+    streak = torch.where(low, low_entropy_streak_B + 1, 0)
+    has_think_end = think_end_id_B >= 0
+    think_end = has_think_end & (emitted_B == think_end_id_B)
+    cold_stop = ~think_end & (streak >= patience_B)
+    budget = ~think_end & ~cold_stop & (max_soft_steps_B > 0) & (soft_steps_done_B + 1 >= max_soft_steps_B)
+    end_code = torch.where(think_end, 1, torch.where(cold_stop, 2, torch.where(budget, 3, 0)))
+    forced = (cold_stop | budget) & has_think_end
+    return torch.where(forced, think_end_id_B, emitted_B), streak, end_code

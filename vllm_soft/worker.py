@@ -1,256 +1,338 @@
-"""Soft thinking inside one vLLM worker: per-request state, the batched step, injection.
+"""Soft thinking inside one vLLM worker: per-request state in slot tables, the batched step,
+the next step's inputs.
 
-One ``SoftThinkingRunner`` hangs off each model runner (``runner.vllm_soft``). Per
+One ``SoftThinkingRunner`` hangs off each V1 model runner (``runner.vllm_soft``). Per
 engine step, driven by the patches in ``patches/model_runner.py``:
 
-    execute_model ─► _preprocess ─► inject(): for every scheduled position that follows a
-                                    soft step, overwrite its input embedding with the
-                                    recorded mixture (decode: 1 position; recompute after
-                                    preemption: many, rebuilt from the same records)
-    sample_tokens ─► _sample ─────► begin_sampling(): which logits rows are soft
-                     Sampler.sample ► propose(): soft step on those rows, before temperature;
-                                    the emitted tokens replace vLLM's samples
-                   ◄ output ◄─────── commit(): rows whose token was kept (not a discarded
-                                    partial prefill) advance their state and add a trace entry
+    _update_states ► register() new soft requests (a slot each), forget() finished ones
+    _preprocess ───► inject(): rows whose scheduled positions include a soft input get it
+                     from the slot's pending input (decode: one indexed copy for the batch);
+                     positions recomputed after a preemption are rebuilt from the records
+    _sample ───────► plan(): which logits rows are soft (thinking, sample not discarded)
+      Sampler.sample ► run(): ``soft_step`` on those rows, before vLLM samples; writes next
+                     inputs and progress by slot, starts the one device→host copy; the
+                     emitted tokens replace vLLM's samples (one indexed copy)
+    sample_tokens ─► commit(): reads the copy, advances host state, returns trace entries
 
-State is keyed by request id (batch rows move between steps) and lives until vLLM
-reports the request finished, so a preempted request keeps its mixtures.
+Device state lives in tables indexed by slot (knobs, progress, pending input), so a step
+gathers what it needs with a few index operations whatever the batch; the host keeps
+what it must decide on (which rows are soft, where the next soft input goes) in numpy
+mirrors. A request keeps its slot until vLLM reports it finished, so a preempted request
+keeps its state. Randomness is ``stateless_random``: a function of (seed, soft step).
 """
 
-import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from vllm_soft import soft_math
+from vllm_soft import soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
+
+ACTIVE_STEP: ContextVar["SoftStepPlan | None"] = ContextVar("vllm_soft_active_step", default=None)
+"""The plan of the soft step the sampler must run now (set around ``GPUModelRunner._sample``)."""
 
 
 @dataclass
 class SoftRequestState:
-    """One soft request's progress through its soft span."""
+    """One soft request's progress, on the host."""
 
     params: SoftThinkingParams
-    generator: torch.Generator | None
-    num_prompt_tokens: int
+    slot: int
+    first_soft_position: int
+    """Absolute position of the first generated token: soft step k emits position first + k."""
     soft_steps: int = 0
-    low_entropy_streak: int = 0
-    end_reason: str | None = None
-    mixtures: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
-    """Absolute position -> (token ids, weights) whose mixture is that position's input."""
-    unsent_trace: list[dict] = field(default_factory=list)
-    """Trace entries not yet handed to the scheduler."""
+    thinking: bool = True
+    mixtures: list[tuple[list[int], list[float]]] = field(default_factory=list)
+    """(token ids, weights) of soft step k, the input at ``first_soft_position + k``, for
+    every step after which thinking went on: what a recompute after preemption rebuilds."""
 
 
 @dataclass
-class SoftProposal:
-    """The soft step computed for one logits row, before vLLM decides to keep the sample."""
+class SoftStepPlan:
+    """Which rows of this step's logits are soft, and their gathered knobs."""
 
-    req_id: str
-    row: int
-    token_ids: list[int]
-    weights: list[float]
-    entropy: float
-    emitted: int
-    logprob: float | None
-    end_reason: str | None
-    low_entropy_streak: int
-    generator_state: torch.Tensor | None
-    """The request's generator before this step drew from it (restored if vLLM discards the step)."""
+    rows: list[int]
+    req_ids: list[str]
+    rows_dev: torch.Tensor
+    slots_dev: torch.Tensor
+    knobs: soft_step.StepKnobs
+    payload: torch.Tensor | None = None
+    """The packed step output on the host (or in flight to it)."""
+    copied: object = None
+    """CUDA event recorded after the device→host copy (None on CPU)."""
+    run: object = None
+    """``SoftThinkingRunner.run`` bound to this plan and the model's embedding (set by the patch)."""
 
 
 class SoftThinkingRunner:
-    """Soft-thinking bookkeeping for one model runner."""
+    """Soft-thinking state and step for one model runner."""
 
-    def __init__(self, defaults: SoftThinkingParams):
+    def __init__(self, defaults: SoftThinkingParams, runner):
         self.defaults = defaults
+        self.device = runner.device
+        self.pin_memory = bool(getattr(runner, "pin_memory", False)) and self.device.type == "cuda"
+        self.vocab_size = runner.model_config.get_vocab_size()
+        self.hidden_size = runner.model_config.get_hidden_size()
+        self.dtype = runner.model_config.dtype
+        self.engine_seed = runner.model_config.seed
+        self.max_num_reqs = runner.max_num_reqs
         self.requests: dict[str, SoftRequestState] = {}
-        self._proposals: list[SoftProposal] = []
-        self._rows: list[tuple[int, str]] = []
+        self._free_slots: list[int] = []
+        self._capacity = 0
+        self._grow(self.max_num_reqs)
         self._workspace: torch.Tensor | None = None
+        self._pinned: torch.Tensor | None = None
+        self.current_plan: SoftStepPlan | None = None
+        """The plan whose step ran in this engine step, until ``commit``."""
 
-    # -- lifetime -----------------------------------------------------------------
+    # -- slot tables ----------------------------------------------------------------
+
+    def _grow(self, capacity: int) -> None:
+        """(Re)allocate the slot tables for ``capacity`` requests, keeping their contents."""
+        floats, ints = len(soft_step.FLOAT_COLUMNS), len(soft_step.INT_COLUMNS)
+        device = self.device
+        self.floats_SF = _grown(getattr(self, "floats_SF", None), (capacity, floats), 0.0, torch.float64, device)
+        self.ints_SI = _grown(getattr(self, "ints_SI", None), (capacity, ints), 0, torch.int64, device)
+        self.progress_S2 = _grown(getattr(self, "progress_S2", None), (capacity, 2), 0, torch.int64, device)
+        """Per slot: soft steps taken, low-entropy streak (updated on the device by each step)."""
+        self.pending_SH = _grown(getattr(self, "pending_SH", None), (capacity, self.hidden_size), 0.0, self.dtype, device)
+        """Per slot: the input of the position its last soft step emitted (while thinking)."""
+        self.ints_np = _grown(getattr(self, "ints_np", None), (capacity, ints), 0, torch.int64, "cpu").numpy()
+        self.thinking_np = _grown(getattr(self, "thinking_np", None), (capacity,), False, torch.bool, "cpu").numpy()
+        self.first_position_np = _grown(getattr(self, "first_position_np", None), (capacity,), 0, torch.int64, "cpu").numpy()
+        self.mixture_end_np = _grown(getattr(self, "mixture_end_np", None), (capacity,), 0, torch.int64, "cpu").numpy()
+        """Per slot: one past the last position whose input is a recorded mixture."""
+        self.pending_position_np = _grown(getattr(self, "pending_position_np", None), (capacity,), -1, torch.int64, "cpu").numpy()
+        """Per slot: the position ``pending_SH`` holds the input of, -1 when none (not thinking)."""
+        self._free_slots.extend(range(capacity - 1, self._capacity - 1, -1))  # pop() hands out low slots first
+        self._capacity = capacity
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def register(self, req_id: str, sampling_params, num_prompt_tokens: int) -> None:
+        """Give a new soft request a slot and write its knobs; plain requests are ignored."""
+        overrides = request_overrides(sampling_params.extra_args if sampling_params is not None else None)
+        if overrides is None or req_id in self.requests:
+            return
+        params = self.defaults.with_overrides(overrides)
+        if not self._free_slots:
+            self._grow(2 * self._capacity)
+        slot = self._free_slots.pop()
+        seed = stateless_random.request_seed(sampling_params.seed, self.engine_seed, req_id)
+        floats, ints = soft_step.knob_row(params, seed)
+        self.floats_SF[slot] = torch.tensor(floats, dtype=torch.float64)
+        self.ints_SI[slot] = torch.tensor(ints, dtype=torch.int64)
+        self.progress_S2[slot] = 0
+        self.ints_np[slot] = ints
+        self.pending_position_np[slot] = -1
+        self.thinking_np[slot] = True
+        self.first_position_np[slot] = self.mixture_end_np[slot] = num_prompt_tokens
+        self.requests[req_id] = SoftRequestState(params, slot, num_prompt_tokens)
 
     def forget(self, finished_req_ids) -> None:
-        """Drop the state of requests vLLM reports finished (or aborted)."""
+        """Free the slots of requests vLLM reports finished (or aborted)."""
         for req_id in finished_req_ids:
-            self.requests.pop(req_id, None)
+            state = self.requests.pop(req_id, None)
+            if state is not None:
+                self.thinking_np[state.slot] = False
+                self.pending_position_np[state.slot] = -1
+                self._free_slots.append(state.slot)
 
-    def state_for(self, req_id: str, cached_request) -> SoftRequestState | None:
-        """The soft state of a request, created on first sight; None for plain requests."""
-        state = self.requests.get(req_id)
-        if state is not None:
-            return state
-        params = cached_request.sampling_params
-        overrides = request_overrides(params.extra_args if params is not None else None)
-        if overrides is None:
-            return None
-        knobs = self.defaults.with_overrides(overrides)
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator().manual_seed(params.seed)
-        state = SoftRequestState(knobs, generator, cached_request.num_prompt_tokens)
-        self.requests[req_id] = state
-        return state
+    def _row_slots(self, req_ids) -> np.ndarray:
+        """Slot of each batch row, -1 for plain requests (one dict lookup per row, no device work)."""
+        requests = self.requests
+        return np.fromiter(
+            (requests[r].slot if r in requests else -1 for r in req_ids), dtype=np.int64, count=len(req_ids)
+        )
 
-    # -- inputs -------------------------------------------------------------------
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        """A small int64 host array on the device, copied without blocking on CUDA."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    # -- inputs ---------------------------------------------------------------------
 
     def inject(self, runner, input_ids, inputs_embeds):
-        """Put recorded mixtures into the inputs of this step; returns (input_ids, inputs_embeds)."""
+        """Put soft inputs into this step's input embeddings; returns (input_ids, inputs_embeds)."""
+        if not self.requests:
+            return input_ids, inputs_embeds
         batch = runner.input_batch
-        rows, positions, mixtures = [], [], []
-        starts = runner.query_start_loc.np
-        for row, req_id in enumerate(batch.req_ids):
-            state = self.requests.get(req_id)
-            if state is None or not state.mixtures:
-                continue
-            computed = int(batch.num_computed_tokens_cpu[row])
-            scheduled = int(starts[row + 1] - starts[row])
-            for position in range(computed, computed + scheduled):
-                mixture = state.mixtures.get(position)
-                if mixture is not None:
-                    rows.append((int(starts[row]) + position - computed, state.params))
-                    mixtures.append(mixture)
-        if not rows:
+        num_reqs = batch.num_reqs
+        slots = self._row_slots(batch.req_ids[:num_reqs])
+        live = slots >= 0
+        if not live.any():
+            return input_ids, inputs_embeds
+        starts = runner.query_start_loc.np[: num_reqs + 1]
+        computed = batch.num_computed_tokens_cpu[:num_reqs].astype(np.int64)
+        end = computed + (starts[1:] - starts[:-1])
+        known = np.maximum(slots, 0)
+        pending = np.where(live, self.pending_position_np[known], -1)
+        fast = live & (pending >= computed) & (pending < end)
+        # Recorded mixtures before the pending one (all of them once thinking ended) are
+        # scheduled again only when a preempted request is recomputed.
+        rebuild_from = np.maximum(computed, self.first_position_np[known])
+        rebuild_to = np.minimum(end, np.where(pending >= 0, pending, self.mixture_end_np[known]))
+        rebuild = np.flatnonzero(live & (rebuild_to > rebuild_from))
+        if not fast.any() and rebuild.size == 0:
             return input_ids, inputs_embeds
         if inputs_embeds is None:
             # Text models take token ids; switch this step to embeddings (eager mode, or
             # prompt embeds enabled, keeps both call forms valid).
             inputs_embeds = runner.model.embed_input_ids(input_ids)
             input_ids = None
-        slots = max(len(ids) for ids, _ in mixtures)
-        device = inputs_embeds.device
-        token_ids = torch.tensor([ids + [0] * (slots - len(ids)) for ids, _ in mixtures], device=device)
-        weights = torch.tensor([ws + [0.0] * (slots - len(ws)) for _, ws in mixtures], device=device)
-        concepts = soft_math.concept_embeddings(token_ids, weights, runner.model.embed_input_ids)
-        for (flat_row, params), concept in zip(rows, concepts):
-            mixed = soft_math.mix_input(params.mode, inputs_embeds[flat_row], concept, params.scale)
-            inputs_embeds[flat_row] = mixed.to(inputs_embeds.dtype)
+        if fast.any():
+            flat = starts[:-1][fast] + pending[fast] - computed[fast]
+            indices = self._upload(np.stack([flat, slots[fast]]))
+            inputs_embeds[indices[0]] = self.pending_SH.index_select(0, indices[1]).to(inputs_embeds.dtype)
+        if rebuild.size:
+            self._rebuild(runner, inputs_embeds, rebuild, starts, computed, rebuild_from, rebuild_to)
         return input_ids, inputs_embeds
 
-    # -- sampling -----------------------------------------------------------------
-
-    def begin_sampling(self, runner) -> bool:
-        """Record which logits rows belong to requests in their soft span."""
-        self._rows = []
-        self._proposals = []
-        for row, req_id in enumerate(runner.input_batch.req_ids):
-            cached = runner.requests.get(req_id)
-            if cached is None:
-                continue
-            state = self.state_for(req_id, cached)
-            if state is not None and state.end_reason is None:
-                self._rows.append((row, req_id))
-        return bool(self._rows)
-
-    def propose(self, logits_BV: torch.Tensor) -> list[tuple[int, int]]:
-        """Soft step for the recorded rows on processed logits (before temperature).
-
-        Returns (row, emitted token) pairs that replace vLLM's samples.
-        """
-        if not self._rows:
-            return []
-        rows = torch.tensor([row for row, _ in self._rows], device=logits_BV.device)
-        knobs = [self.requests[req_id].params for _, req_id in self._rows]
-        device = logits_BV.device
-        dist = soft_math.filter_distribution(
-            logits_BV.index_select(0, rows),
-            torch.tensor([k.temperature for k in knobs], device=device),
-            torch.tensor([k.top_k for k in knobs], device=device),
-            torch.tensor([k.top_p for k in knobs], device=device),
-            torch.tensor([k.min_p for k in knobs], device=device),
-            self._workspace_for(logits_BV, len(self._rows)),
+    def _rebuild(self, runner, inputs_embeds, rows, starts, computed, rebuild_from, rebuild_to) -> None:
+        """Inputs of recorded soft positions scheduled again (a recompute after preemption),
+        from the host records, with the step's own functions. Not on the decode path."""
+        flat, ids, weights, add, scale = [], [], [], [], []
+        for row in rows.tolist():
+            state = self.requests[runner.input_batch.req_ids[row]]
+            first = state.first_soft_position
+            for position in range(int(rebuild_from[row]), int(rebuild_to[row])):
+                token_ids, step_weights = state.mixtures[position - first]
+                flat.append(int(starts[row]) + position - int(computed[row]))
+                ids.append(token_ids)
+                weights.append(step_weights)
+                add.append(state.params.mode == "add")
+                scale.append(state.params.scale)
+        slots = max(map(len, ids))
+        device = inputs_embeds.device
+        ids_BK = torch.tensor([i + [0] * (slots - len(i)) for i in ids], device=device)
+        weights_BK = torch.tensor([w + [0.0] * (slots - len(w)) for w in weights], dtype=torch.float64, device=device)
+        flat_B = torch.tensor(flat, device=device)
+        concept = soft_math.concept_embeddings(ids_BK, weights_BK, runner.model.embed_input_ids)
+        mixed = soft_math.mix_inputs(
+            torch.tensor(add, device=device), inputs_embeds[flat_B], concept, torch.tensor(scale, device=device)
         )
-        # One transfer for the whole batch; the per-row work below is plain Python unless
-        # a row asks for noise or sampled emission. The kept support is always a prefix of
-        # the candidates (every filter cuts the descending list), so it is a count.
-        token_ids = dist.token_ids_BK.tolist()
-        weights = dist.weights_BK.tolist()
-        kept_counts = dist.kept_BK.sum(-1).tolist()
-        entropy = dist.entropy_B.tolist()
-        replacements = []
-        for i, (row, req_id) in enumerate(self._rows):
-            state = self.requests[req_id]
-            knobs = state.params
-            kept = kept_counts[i]
-            ids_K, weights_K = token_ids[i][:kept], weights[i][:kept]
-            generator_state = state.generator.get_state() if state.generator is not None else None
-            base_K = weights_K
-            if knobs.noise != "none":  # float64 weights: their density needs the tiny ones
-                noisy = soft_math.apply_noise(
-                    torch.tensor(weights_K, dtype=torch.float64), knobs.noise, knobs.alpha, knobs.tau, state.generator
-                )
-                weights_K = noisy.tolist()
-            if knobs.emit == "argmax":
-                slot = max(range(kept), key=weights_K.__getitem__)
-            else:
-                slot = soft_math.emit_index(torch.tensor(weights_K), knobs.emit, state.generator)
-            emitted, streak, end_reason = soft_math.thinking_transition(
-                emitted=ids_K[slot],
-                entropy=entropy[i],
-                low_entropy_streak=state.low_entropy_streak,
-                soft_steps_done=state.soft_steps,
-                think_end_id=knobs.think_end_id,
-                entropy_threshold=knobs.entropy_threshold,
-                patience=knobs.patience,
-                max_soft_steps=knobs.max_soft_steps,
-            )
-            # A token forced by cold stop or the budget was no action of the policy: no log-probability.
-            logprob = None if emitted != ids_K[slot] else _step_logprob(base_K, weights_K, slot, knobs)
-            self._proposals.append(
-                SoftProposal(req_id, row, ids_K, weights_K, entropy[i], emitted, logprob, end_reason, streak, generator_state)
-            )
-            replacements.append((row, emitted))
-        return replacements
+        inputs_embeds[flat_B] = mixed.to(inputs_embeds.dtype)
+
+    # -- the step -------------------------------------------------------------------
+
+    def plan(self, runner) -> SoftStepPlan | None:
+        """The soft rows of this step: requests still thinking whose sample vLLM keeps."""
+        if not self.requests:
+            return None
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        slots = self._row_slots(batch.req_ids[:num_reqs])
+        soft = (slots >= 0) & self.thinking_np[np.maximum(slots, 0)] & ~runner.discard_request_mask.np[:num_reqs]
+        rows = np.flatnonzero(soft)
+        if rows.size == 0:
+            return None
+        soft_slots = slots[rows]
+        indices = self._upload(np.stack([rows, soft_slots]))
+        slots_dev = indices[1]
+        progress = self.progress_S2.index_select(0, slots_dev)
+        ints = self.ints_np[soft_slots]
+        noise_names = {code: name for name, code in soft_math.NOISE_CODES.items()}
+        knobs = soft_step.StepKnobs(
+            floats_BF=self.floats_SF.index_select(0, slots_dev),
+            ints_BI=self.ints_SI.index_select(0, slots_dev),
+            soft_steps_done_B=progress[:, 0],
+            low_entropy_streak_B=progress[:, 1],
+            max_k=int(ints[:, soft_step.TOP_K].max()),
+            noise_kinds=frozenset(noise_names[int(c)] for c in np.unique(ints[:, soft_step.NOISE])),
+            any_sample=bool((ints[:, soft_step.EMIT] == soft_math.EMIT_CODES["sample"]).any()),
+            any_add=bool((ints[:, soft_step.MODE] == soft_math.MODE_CODES["add"]).any()),
+        )
+        req_ids = [batch.req_ids[row] for row in rows]
+        return SoftStepPlan(rows.tolist(), req_ids, indices[0], slots_dev, knobs)
+
+    def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
+        """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
+        out = soft_step.soft_step(
+            logits_BV.index_select(0, plan.rows_dev), plan.knobs, embed, self._workspace_for(logits_BV, len(plan.rows))
+        )
+        self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
+        progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
+        self.progress_S2.index_copy_(0, plan.slots_dev, progress)
+        plan.payload, plan.copied = self._to_host(out.packed())
+        return out.emitted_B
+
+    def _to_host(self, payload: torch.Tensor):
+        """Start the step's one device→host copy (pinned, non-blocking on CUDA)."""
+        if self.device.type != "cuda":
+            return payload, None
+        rows, columns = payload.shape
+        if self._pinned is None or self._pinned.numel() < payload.numel():
+            self._pinned = torch.empty(2 * payload.numel(), dtype=payload.dtype, pin_memory=self.pin_memory)
+        host = self._pinned[: payload.numel()].view(rows, columns)
+        host.copy_(payload, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def _workspace_for(self, logits_BV: torch.Tensor, rows: int) -> torch.Tensor:
-        """A float32 (rows, V) scratch buffer for the soft step, kept across steps."""
+        """A float32 (>= rows, V) scratch buffer for the soft step, kept across steps."""
         vocab = logits_BV.shape[1]
         workspace = self._workspace
-        if workspace is None or workspace.shape[0] < rows or workspace.shape[1] != vocab or workspace.device != logits_BV.device:
-            grown = 2 * workspace.shape[0] if workspace is not None else 8  # geometric: few reallocations
-            workspace = torch.empty(max(rows, grown), vocab, dtype=torch.float32, device=logits_BV.device)
+        if workspace is None or workspace.shape[0] < rows or workspace.shape[1] != vocab:
+            workspace = torch.empty(max(rows, self.max_num_reqs), vocab, dtype=torch.float32, device=logits_BV.device)
             self._workspace = workspace
         return workspace
 
-    def commit(self, runner, sampled_token_ids: list[list[int]]) -> dict[str, list[dict]]:
-        """Advance the rows whose sample vLLM kept; return new trace entries by request id."""
+    def commit(self, runner, plan: SoftStepPlan, sampled_token_ids: list[list[int]]) -> dict[str, list[dict]]:
+        """Advance host state after vLLM kept the step's samples; return trace entries by request."""
+        if plan.copied is not None:
+            plan.copied.synchronize()
         new_entries: dict[str, list[dict]] = {}
-        for proposal in self._proposals:
-            state = self.requests[proposal.req_id]
-            if not sampled_token_ids[proposal.row]:  # a partial prefill chunk: vLLM discarded this sample
-                if proposal.generator_state is not None:
-                    state.generator.set_state(proposal.generator_state)
-                continue
-            position = runner.requests[proposal.req_id].num_tokens - 1
+        for row, req_id, values in zip(plan.rows, plan.req_ids, plan.payload.tolist()):
+            assert sampled_token_ids[row], f"vLLM discarded the sample of soft row {row} ({req_id})"
+            state = self.requests[req_id]
+            position = state.first_soft_position + state.soft_steps
+            assert runner.requests[req_id].num_tokens - 1 == position, "soft trace out of step with the sequence"
+            entry = {"position": state.soft_steps, **soft_step.unpack_row(values)}
             state.soft_steps += 1
-            state.low_entropy_streak = proposal.low_entropy_streak
-            state.end_reason = proposal.end_reason
-            if proposal.end_reason is None:
-                state.mixtures[position] = (proposal.token_ids, proposal.weights)
-            entry = {
-                "position": position - state.num_prompt_tokens,
-                "token_ids": proposal.token_ids,
-                "weights": proposal.weights,
-                "entropy": proposal.entropy,
-                "emitted": proposal.emitted,
-                "logprob": proposal.logprob,
-                "end_reason": proposal.end_reason,
-            }
-            new_entries.setdefault(proposal.req_id, []).append(entry)
-        self._proposals = []
-        self._rows = []
+            if entry["end_reason"] is None:
+                state.mixtures.append((entry["token_ids"], entry["weights"]))
+                self.pending_position_np[state.slot] = position
+                self.mixture_end_np[state.slot] = position + 1
+            else:
+                state.thinking = False
+                self.thinking_np[state.slot] = False
+                self.pending_position_np[state.slot] = -1
+            new_entries.setdefault(req_id, []).append(entry)
         return new_entries
 
+    # -- memory profiling -------------------------------------------------------------
 
-def _step_logprob(base_K: list[float], weights_K: list[float], slot: int, knobs: SoftThinkingParams) -> float:
-    """``soft_math.soft_step_logprob`` of one row: log base_y without noise, else the noise density."""
-    if knobs.noise == "none":
-        return math.log(base_K[slot])
-    emitted = torch.zeros(1, len(base_K), dtype=torch.bool)
-    emitted[0, slot] = True
-    logprob = soft_math.soft_step_logprob(
-        torch.tensor([base_K], dtype=torch.float64).log(), torch.tensor([weights_K], dtype=torch.float64),
-        torch.ones_like(emitted), emitted, knobs.noise, knobs.alpha, knobs.tau, knobs.emit,
-    )
-    return float(logprob[0])
+    def profile(self, runner, num_reqs: int) -> None:
+        """Run the soft step once for ``num_reqs`` rows with every branch on (noise, sampled
+        emission, add mode), inside vLLM's memory profiling: its buffers and peak count
+        against the KV-cache budget. Leaves no request state behind."""
+        rows = max(num_reqs, 1)
+        logits = torch.randn(rows, self.vocab_size, device=self.device)
+        slots = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        floats, ints = soft_step.knob_row(SoftThinkingParams(noise="dirichlet", emit="sample", mode="add"), 0)
+        knobs = soft_step.StepKnobs(
+            floats_BF=torch.tensor([floats], dtype=torch.float64, device=self.device).expand(rows, -1),
+            ints_BI=torch.tensor([ints], dtype=torch.int64, device=self.device).expand(rows, -1),
+            soft_steps_done_B=slots,
+            low_entropy_streak_B=slots,
+            max_k=self.defaults.top_k,
+            noise_kinds=frozenset(soft_math.NOISE_CODES),
+            any_sample=True,
+            any_add=True,
+        )
+        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits, rows))
+        out.packed()
+
+
+def _grown(old, shape: tuple[int, ...], fill, dtype: torch.dtype, device) -> torch.Tensor:
+    """A ``shape`` tensor filled with ``fill`` whose leading rows copy ``old`` (a tensor or
+    numpy array, or None)."""
+    new = torch.full(shape, fill, dtype=dtype, device=device)
+    if old is not None:
+        new[: old.shape[0]] = torch.as_tensor(old)
+    return new

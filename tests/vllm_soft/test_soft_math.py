@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, RelaxedOneHotCategorical
 
-from vllm_soft import soft_math
+from vllm_soft import soft_math, stateless_random
 from vllm_soft.params import SoftThinkingParams
 from vllm_soft.reference import predicted_end_step, reference_filter
 
@@ -68,58 +68,63 @@ def test_masked_tokens_never_enter_the_support():
     assert torch.isfinite(dist.entropy_B).all()
 
 
+def _noisy(weights: torch.Tensor, noise: str, alpha: float, tau: float, draws: int, seed: int = 0) -> torch.Tensor:
+    """``draws`` noisy copies of one row of weights, one per soft step of one seed."""
+    rows = weights.expand(draws, -1).double()
+    seed_B, step_B = torch.full((draws,), seed), torch.arange(draws)
+    if noise == "gumbel":
+        return soft_math.gumbel_noise(rows, tau, stateless_random.gumbels(seed_B, step_B, rows.shape[-1]))
+    concentration = torch.where(rows > 0, alpha * rows, 1.0)
+    return soft_math.dirichlet_noise(rows, stateless_random.log_gammas(concentration, seed_B, step_B))
+
+
 @pytest.mark.parametrize("noise", ["dirichlet", "gumbel"])
 def test_noise_stays_on_support_sums_to_one_and_changes_weights(noise):
     weights = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0, 0.0])
-    generator = torch.Generator().manual_seed(0)
-    draws = [soft_math.apply_noise(weights, noise, alpha=1.0, tau=1.0, generator=generator) for _ in range(2000)]
-    for noisy in draws:
-        assert noisy[4:].abs().sum() == 0
-        assert noisy.sum().item() == pytest.approx(1.0, abs=1e-6)
-        assert (noisy >= 0).all()
-    assert all(not torch.allclose(noisy, weights) for noisy in draws)
-    stacked = torch.stack(draws)
+    draws = _noisy(weights, noise, alpha=1.0, tau=1.0, draws=4000)
+    assert draws[:, 4:].abs().sum() == 0
+    torch.testing.assert_close(draws.sum(-1), torch.ones(4000, dtype=torch.float64))
+    assert (draws >= 0).all()
+    assert not torch.isclose(draws, weights.double()).all(-1).any()
     if noise == "dirichlet":  # E[Dirichlet(alpha * w)] = w
-        assert torch.allclose(stacked.mean(0), weights, atol=0.03)
+        assert torch.allclose(draws.mean(0), weights.double(), atol=0.02)
     else:  # the argmax of a Gumbel-perturbed distribution is a sample from it
-        frequencies = torch.bincount(stacked.argmax(-1), minlength=6) / len(draws)
-        assert torch.allclose(frequencies, weights, atol=0.03)
-    again = torch.Generator().manual_seed(0)
-    assert torch.equal(soft_math.apply_noise(weights, noise, 1.0, 1.0, again), draws[0])
+        frequencies = torch.bincount(draws.argmax(-1), minlength=6) / len(draws)
+        assert torch.allclose(frequencies, weights, atol=0.02)
+    torch.testing.assert_close(_noisy(weights, noise, 1.0, 1.0, 4000), draws, rtol=0, atol=0)  # same (seed, step)
+    assert not torch.equal(_noisy(weights, noise, 1.0, 1.0, 4000, seed=1), draws)
 
 
 def test_dirichlet_concentration_controls_spread():
     weights = torch.tensor([0.6, 0.3, 0.1])
-    generator = torch.Generator().manual_seed(0)
-    spread = {
-        alpha: torch.stack([soft_math.dirichlet_noise(weights, alpha, generator) for _ in range(400)]).std(0).mean()
-        for alpha in (0.5, 100.0)
-    }
+    spread = {alpha: _noisy(weights, "dirichlet", alpha, 1.0, 400).std(0).mean() for alpha in (0.5, 100.0)}
     assert spread[100.0] < spread[0.5] / 4
 
 
 def test_tiny_dirichlet_concentration_does_not_underflow():
-    weights = torch.tensor([0.999, 0.001])
-    noisy = soft_math.dirichlet_noise(weights, 1e-3, torch.Generator().manual_seed(0))
-    assert noisy.sum().item() == pytest.approx(1.0)
+    noisy = _noisy(torch.tensor([0.999, 0.001]), "dirichlet", 1e-3, 1.0, 50)
+    torch.testing.assert_close(noisy.sum(-1), torch.ones(50, dtype=torch.float64))
+    assert torch.isfinite(noisy).all()
 
 
-def test_sample_emission_follows_the_weights():
-    weights = torch.tensor([0.7, 0.2, 0.1])
-    generator = torch.Generator().manual_seed(0)
-    counts = torch.bincount(torch.tensor([soft_math.emit_index(weights, "sample", generator) for _ in range(3000)]), minlength=3)
-    assert torch.allclose(counts / 3000, weights, atol=0.03)
-    assert soft_math.emit_index(weights, "argmax", None) == 0
+def test_sampled_slots_follow_the_weights_and_stay_on_the_support():
+    weights = torch.tensor([[0.7, 0.2, 0.1, 0.0]]).expand(6000, -1)
+    uniform = stateless_random.uniforms(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 1, 6000)[0]
+    slots = soft_math.sample_slots(weights, uniform)
+    assert torch.allclose(torch.bincount(slots, minlength=4) / 6000, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.02)
+    edge = soft_math.sample_slots(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([1.0 - 1e-16]))
+    assert edge.tolist() == [1]
 
 
 def test_concept_embedding_and_mixing_modes():
     table = torch.randn(10, 4)
-    ids = torch.tensor([[2, 5, 0]])
-    weights = torch.tensor([[0.75, 0.25, 0.0]])
+    ids = torch.tensor([[2, 5, 0], [3, 0, 0]])
+    weights = torch.tensor([[0.75, 0.25, 0.0], [1.0, 0.0, 0.0]])
     concept = soft_math.concept_embeddings(ids, weights, lambda t: table[t])
     torch.testing.assert_close(concept[0], 0.75 * table[2] + 0.25 * table[5])
-    assert torch.equal(soft_math.mix_input("replace", table[2], concept[0], 0.5), concept[0])
-    torch.testing.assert_close(soft_math.mix_input("add", table[2], concept[0], 0.5), table[2] + 0.5 * concept[0])
+    mixed = soft_math.mix_inputs(torch.tensor([False, True]), table[[2, 3]], concept, torch.tensor([0.5, 0.5]))
+    assert torch.equal(mixed[0], concept[0])
+    torch.testing.assert_close(mixed[1], table[3] + 0.5 * concept[1])
 
 
 def _transition(**overrides):
@@ -127,7 +132,13 @@ def _transition(**overrides):
         emitted=5, entropy=1.0, low_entropy_streak=0, soft_steps_done=0, think_end_id=9,
         entropy_threshold=0.1, patience=3, max_soft_steps=None,
     )
-    return soft_math.thinking_transition(**{**args, **overrides})
+    args.update(overrides)
+    emitted, streak, end_code = soft_math.thinking_transition(
+        torch.tensor([args["emitted"]]), torch.tensor([args["entropy"]]), torch.tensor([args["low_entropy_streak"]]),
+        torch.tensor([args["soft_steps_done"]]), torch.tensor([-1 if args["think_end_id"] is None else args["think_end_id"]]),
+        torch.tensor([args["entropy_threshold"]]), torch.tensor([args["patience"]]), torch.tensor([args["max_soft_steps"] or 0]),
+    )
+    return int(emitted), int(streak), soft_math.END_REASONS[int(end_code)]
 
 
 def test_thinking_transition_rules():
@@ -154,9 +165,7 @@ ALL_VALID = torch.ones(1, 4, dtype=torch.bool)
 
 @pytest.mark.parametrize("tau", [0.3, 1.0, 3.0])
 def test_gumbel_softmax_density_equals_torch_relaxed_one_hot_categorical(tau):
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(5):
-        noisy = soft_math.gumbel_noise(BASE, tau, generator)
+    for noisy in _noisy(BASE, "gumbel", 1.0, tau, 5, seed=1):
         expected = RelaxedOneHotCategorical(torch.tensor(tau, dtype=torch.float64), probs=BASE).log_prob(noisy)
         mine = soft_math.concrete_log_density(BASE.log()[None], noisy[None], ALL_VALID, tau)
         torch.testing.assert_close(mine[0], expected, rtol=1e-9, atol=1e-9)
@@ -164,17 +173,14 @@ def test_gumbel_softmax_density_equals_torch_relaxed_one_hot_categorical(tau):
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 20.0])
 def test_dirichlet_density_equals_torch_dirichlet(alpha):
-    generator = torch.Generator().manual_seed(2)
-    for _ in range(5):
-        noisy = soft_math.dirichlet_noise(BASE, alpha, generator)
+    for noisy in _noisy(BASE, "dirichlet", alpha, 1.0, 5, seed=2):
         mine = soft_math.dirichlet_log_density(BASE.log()[None], noisy[None], ALL_VALID, alpha)
         torch.testing.assert_close(mine[0], Dirichlet(alpha * BASE).log_prob(noisy), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("noise", ["none", "gumbel", "dirichlet"])
 def test_soft_step_logprob_ignores_padding_and_is_zero_for_a_single_token_support(noise):
-    generator = torch.Generator().manual_seed(3)
-    noisy = soft_math.apply_noise(BASE, noise, 2.0, 0.5, generator)
+    noisy = BASE if noise == "none" else _noisy(BASE, noise, 2.0, 0.5, 1, seed=3)[0]
     emitted = torch.tensor([[False, True, False, False]])
     args = (noise, 2.0, 0.5, "sample")
     whole = soft_math.soft_step_logprob(BASE.log()[None], noisy[None], ALL_VALID, emitted, *args)

@@ -1,26 +1,27 @@
-"""Worker patches: the soft step inside vLLM's V1 model runner and sampler.
+"""Worker patch: the soft step inside vLLM's V1 model runner and sampler.
 
 Why: vLLM has no hook to read a request's processed logits and feed an arbitrary
 embedding back as its next input. What: wraps ``GPUModelRunner`` (which the CPU runner
 subclasses, so one patch covers both) ``__init__``, ``_update_states``, ``_preprocess``,
-``_sample`` and ``sample_tokens``, and ``Sampler.sample``; the logic lives in
-``vllm_soft.worker``. When it can go: once vLLM offers per-request input-embedding and
-logits hooks in the decode loop.
-
-Also ``_bookkeeping_sync``, for a vLLM bug on CPU: when a seeded request's sample is
-discarded (a partial prefill chunk), vLLM rewinds its generator with ``set_offset``,
-which CPU generators do not have, and the engine dies. Rollouts are seeded and chunked,
-so soft-thinking engines snapshot those generators before sampling and restore them
-instead. When it can go: once vLLM rewinds CPU generators itself.
+``_sample``, ``sample_tokens`` and ``_dummy_sampler_run``, and ``Sampler.sample``; the
+logic lives in ``vllm_soft.worker``. Only the V1 runner has the soft step: soft-thinking
+engines select it (``patches/engine.py``). When it can go: once vLLM offers per-request
+input-embedding and logits hooks in the decode loop; the long-term home is Model Runner
+V2 (what a port needs: the same five hooks in ``vllm/v1/worker/gpu/model_runner.py`` —
+request registration in its ``RequestState``, input embeddings before the forward, the
+processed logits inside its sampler, the sampled-token write-back, and its memory
+profile — plus per-request trace output; V2 keeps its inputs in persistent GPU buffers
+and samples with Triton kernels, so the soft step would write into those buffers).
 """
 
 import functools
 
 from vllm_soft.params import engine_defaults
-from vllm_soft.worker import SoftThinkingRunner
+from vllm_soft.worker import ACTIVE_STEP, SoftThinkingRunner
 
 
 def _check_supported(runner) -> None:
+    """Start-up checks of what the soft step needs from the engine; each names the setting."""
     from vllm.config.compilation import CompilationMode, CUDAGraphMode
 
     config = runner.vllm_config
@@ -29,7 +30,10 @@ def _check_supported(runner) -> None:
     if config.parallel_config.pipeline_parallel_size != 1:
         raise ValueError("soft thinking needs pipeline_parallel_size=1")
     if getattr(runner, "use_async_scheduling", False):
-        raise ValueError("soft thinking needs synchronous scheduling; pass --no-async-scheduling")
+        raise ValueError(
+            "soft thinking needs synchronous scheduling, but this runner schedules asynchronously; "
+            "pass --no-async-scheduling (async_scheduling=False)"
+        )
     compilation = config.compilation_config
     compiled = compilation.mode != CompilationMode.NONE or compilation.cudagraph_mode != CUDAGraphMode.NONE
     if compiled and not runner.enable_prompt_embeds:
@@ -39,17 +43,6 @@ def _check_supported(runner) -> None:
         )
 
 
-def _snapshot_discarded_cpu_generators(runner) -> dict:
-    """Row -> state of each CPU generator whose sample this step will discard."""
-    rows = runner.discard_request_mask.np[: runner.input_batch.num_reqs].nonzero()[0]
-    generators = runner.input_batch.generators
-    return {
-        int(row): generators[int(row)].get_state()
-        for row in rows
-        if int(row) in generators and generators[int(row)].device.type == "cpu"
-    }
-
-
 def apply() -> None:
     from vllm.v1.outputs import ModelRunnerOutput
     from vllm.v1.sample.sampler import Sampler
@@ -57,22 +50,26 @@ def apply() -> None:
 
     init, update_states = GPUModelRunner.__init__, GPUModelRunner._update_states
     preprocess, sample, sample_tokens = GPUModelRunner._preprocess, GPUModelRunner._sample, GPUModelRunner.sample_tokens
-    bookkeeping_sync = GPUModelRunner._bookkeeping_sync
+    dummy_sampler_run = GPUModelRunner._dummy_sampler_run
     sampler_sample = Sampler.sample
 
     @functools.wraps(init)
     def __init__(self, vllm_config, *args, **kwargs):
         init(self, vllm_config, *args, **kwargs)
         defaults = engine_defaults(vllm_config.additional_config)
-        self.vllm_soft = None if defaults is None else SoftThinkingRunner(defaults)
+        self.vllm_soft = None if defaults is None else SoftThinkingRunner(defaults, self)
         if self.vllm_soft is not None:
             _check_supported(self)
 
     @functools.wraps(update_states)
     def _update_states(self, scheduler_output, *args, **kwargs):
         result = update_states(self, scheduler_output, *args, **kwargs)
-        if self.vllm_soft is not None:
-            self.vllm_soft.forget(scheduler_output.finished_req_ids)
+        soft = self.vllm_soft
+        if soft is not None:
+            soft.forget(scheduler_output.finished_req_ids)
+            for new_request in scheduler_output.scheduled_new_reqs:
+                cached = self.requests[new_request.req_id]
+                soft.register(new_request.req_id, cached.sampling_params, cached.num_prompt_tokens)
         return result
 
     @functools.wraps(preprocess)
@@ -84,45 +81,49 @@ def apply() -> None:
 
     @functools.wraps(sample)
     def _sample(self, logits, *args, **kwargs):
-        if self.vllm_soft is not None:
-            self.vllm_soft_saved_generators = _snapshot_discarded_cpu_generators(self)
-        if self.vllm_soft is None or not self.vllm_soft.begin_sampling(self):
+        plan = self.vllm_soft.plan(self) if self.vllm_soft is not None else None
+        if plan is None:
             return sample(self, logits, *args, **kwargs)
-        self.sampler.vllm_soft = self.vllm_soft
+        plan.run = functools.partial(self.vllm_soft.run, plan, embed=self.model.embed_input_ids)
+        token = ACTIVE_STEP.set(plan)
         try:
-            return sample(self, logits, *args, **kwargs)
+            output = sample(self, logits, *args, **kwargs)
         finally:
-            self.sampler.vllm_soft = None
+            ACTIVE_STEP.reset(token)
+        if plan.payload is None:  # never decode a soft row as a plain token silently
+            raise RuntimeError(
+                f"vLLM sampled {len(plan.rows)} soft-thinking rows without calling Sampler.sample, "
+                "so the soft step did not run; this sampling path is not supported with soft thinking"
+            )
+        self.vllm_soft.current_plan = plan
+        return output
 
     @functools.wraps(sample_tokens)
     def sample_tokens_(self, *args, **kwargs):
         output = sample_tokens(self, *args, **kwargs)
-        if self.vllm_soft is not None and isinstance(output, ModelRunnerOutput):
-            entries = self.vllm_soft.commit(self, output.sampled_token_ids)
-            if entries:
-                output.vllm_soft_trace = entries
+        soft = self.vllm_soft
+        plan = soft.current_plan if soft is not None else None
+        if plan is not None:
+            soft.current_plan = None
+            assert isinstance(output, ModelRunnerOutput), "soft thinking runs with synchronous scheduling only"
+            output.vllm_soft_trace = soft.commit(self, plan, output.sampled_token_ids)
         return output
 
-    @functools.wraps(bookkeeping_sync)
-    def _bookkeeping_sync(self, *args, **kwargs):
-        saved = getattr(self, "vllm_soft_saved_generators", None) or {}
-        generators = self.input_batch.generators
-        hidden = {row: generators.pop(row) for row in saved}  # vLLM would call set_offset on them
-        try:
-            return bookkeeping_sync(self, *args, **kwargs)
-        finally:
-            for row, generator in hidden.items():
-                generator.set_state(saved[row])
-                generators[row] = generator
-            self.vllm_soft_saved_generators = None
+    @functools.wraps(dummy_sampler_run)
+    def _dummy_sampler_run(self, hidden_states, *args, **kwargs):
+        output = dummy_sampler_run(self, hidden_states, *args, **kwargs)
+        if self.vllm_soft is not None:
+            self.vllm_soft.profile(self, hidden_states.shape[0])
+        return output
 
     @functools.wraps(sampler_sample)
     def Sampler_sample(self, logits, *args, **kwargs):
-        soft = getattr(self, "vllm_soft", None)
-        replacements = soft.propose(logits) if soft is not None else []
+        plan = ACTIVE_STEP.get()
+        if plan is None:
+            return sampler_sample(self, logits, *args, **kwargs)
+        emitted = plan.run(logits)  # before vLLM's sampling, which may scale logits in place
         sampled, processed_logprobs = sampler_sample(self, logits, *args, **kwargs)
-        for row, token_id in replacements:
-            sampled[row] = token_id
+        sampled[plan.rows_dev] = emitted.to(sampled.dtype)
         return sampled, processed_logprobs
 
     GPUModelRunner.__init__ = __init__
@@ -130,5 +131,5 @@ def apply() -> None:
     GPUModelRunner._preprocess = _preprocess
     GPUModelRunner._sample = _sample
     GPUModelRunner.sample_tokens = sample_tokens_
-    GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
+    GPUModelRunner._dummy_sampler_run = _dummy_sampler_run
     Sampler.sample = Sampler_sample

@@ -1,0 +1,134 @@
+"""The engine's batched soft step, driven directly (no engine): rows are independent of
+the batch they are in, and every output is what the row's knobs say."""
+
+import math
+
+import pytest
+import torch
+
+from vllm_soft import soft_math, soft_step
+from vllm_soft.params import SoftThinkingParams
+
+VOCAB, HIDDEN = 300, 16
+TABLE = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(0))
+
+
+def embed(ids: torch.Tensor) -> torch.Tensor:
+    return TABLE[ids]
+
+
+def knobs_for(rows: list[tuple[SoftThinkingParams, int, int]]) -> soft_step.StepKnobs:
+    """StepKnobs for (params, seed, soft steps done) rows, as the worker gathers them."""
+    floats, ints = zip(*(soft_step.knob_row(params, seed) for params, seed, _ in rows))
+    params = [p for p, _, _ in rows]
+    return soft_step.StepKnobs(
+        floats_BF=torch.tensor(floats, dtype=torch.float64),
+        ints_BI=torch.tensor(ints, dtype=torch.int64),
+        soft_steps_done_B=torch.tensor([step for _, _, step in rows]),
+        low_entropy_streak_B=torch.zeros(len(rows), dtype=torch.long),
+        max_k=max(p.top_k for p in params),
+        noise_kinds=frozenset(p.noise for p in params),
+        any_sample=any(p.emit == "sample" for p in params),
+        any_add=any(p.mode == "add" for p in params),
+    )
+
+
+MIXED = [
+    SoftThinkingParams(),
+    SoftThinkingParams(top_k=3, noise="gumbel", tau=0.5, emit="sample"),
+    SoftThinkingParams(top_k=40, top_p=1.0, min_p=0.0, noise="dirichlet", alpha=2.0, mode="add", scale=0.5),
+    SoftThinkingParams(top_k=1),
+    SoftThinkingParams(top_k=8, temperature=1.3, emit="sample", mode="add"),
+    SoftThinkingParams(top_k=20, noise="gumbel", tau=2.0),
+]
+
+
+def _logits(rows: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(rows, VOCAB, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_each_row_is_the_same_alone_and_inside_a_batch():
+    """Same support, draws and emission; weights equal to float32 rounding (the filter
+    normalises over the batch's widest support, so sums run over other paddings)."""
+    rows = [(params, 1000 + i, 3 * i) for i, params in enumerate(MIXED * 3)]
+    logits = _logits(len(rows))
+    batch = soft_step.soft_step(logits, knobs_for(rows), embed)
+    for i, row in enumerate(rows):
+        alone = soft_step.soft_step(logits[i : i + 1], knobs_for([row]), embed)
+        kept = int(alone.kept_B[0])
+        assert int(batch.kept_B[i]) == kept
+        assert torch.equal(batch.token_ids_BK[i, :kept], alone.token_ids_BK[0, :kept])
+        torch.testing.assert_close(batch.weights_BK[i, :kept], alone.weights_BK[0, :kept], rtol=1e-6, atol=1e-7)
+        assert int(batch.emitted_B[i]) == int(alone.emitted_B[0])
+        torch.testing.assert_close(batch.logprob_B[i], alone.logprob_B[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.next_inputs_BH[i], alone.next_inputs_BH[0], rtol=1e-6, atol=1e-6)
+
+
+def test_draws_depend_on_seed_and_step():
+    params = SoftThinkingParams(top_k=10, top_p=1.0, noise="gumbel", emit="sample")
+    logits = _logits(1).expand(4, -1)
+    out = soft_step.soft_step(logits, knobs_for([(params, 1, 0), (params, 1, 0), (params, 1, 1), (params, 2, 0)]), embed)
+    assert torch.equal(out.weights_BK[0], out.weights_BK[1])
+    assert not torch.equal(out.weights_BK[0], out.weights_BK[2])
+    assert not torch.equal(out.weights_BK[0], out.weights_BK[3])
+
+
+def test_top_k_1_without_noise_is_greedy():
+    logits = _logits(8)
+    out = soft_step.soft_step(logits, knobs_for([(SoftThinkingParams(top_k=1), i, 0) for i in range(8)]), embed)
+    assert torch.equal(out.emitted_B, logits.argmax(-1))
+    assert torch.equal(out.next_inputs_BH, TABLE[logits.argmax(-1)])
+    assert torch.equal(out.logprob_B, torch.zeros(8, dtype=torch.float64))
+    assert out.end_code_B.tolist() == [0] * 8
+
+
+def test_logprob_is_soft_step_logprob_of_each_row():
+    rows = [(params, 7 + i, i) for i, params in enumerate(MIXED)]
+    logits = _logits(len(rows), seed=3)
+    out = soft_step.soft_step(logits, knobs_for(rows), embed)
+    for i, (params, _, _) in enumerate(rows):
+        kept = int(out.kept_B[i])
+        dist = soft_math.filter_distribution(
+            logits[i : i + 1], torch.tensor([params.temperature]), torch.tensor([params.top_k]),
+            torch.tensor([params.top_p]), torch.tensor([params.min_p]),
+        )
+        base = dist.weights_BK[:, :kept].double()
+        emitted = (dist.token_ids_BK[:, :kept] == out.emitted_B[i]).reshape(1, kept)
+        expected = soft_math.soft_step_logprob(
+            base.log(), out.weights_BK[i : i + 1, :kept], torch.ones_like(emitted), emitted,
+            params.noise, params.alpha, params.tau, params.emit,
+        )
+        torch.testing.assert_close(out.logprob_B[i : i + 1], expected, rtol=1e-5, atol=1e-5)  # float32 filter
+
+
+def test_next_inputs_are_the_mixtures_of_the_fed_back_weights():
+    rows = [(params, i, 0) for i, params in enumerate(MIXED)]
+    out = soft_step.soft_step(_logits(len(rows), seed=4), knobs_for(rows), embed)
+    for i, (params, _, _) in enumerate(rows):
+        kept = int(out.kept_B[i])
+        concept = (out.weights_BK[i, :kept].float().unsqueeze(-1) * TABLE[out.token_ids_BK[i, :kept]]).sum(0)
+        expected = concept if params.mode == "replace" else TABLE[out.emitted_B[i]] + params.scale * concept
+        torch.testing.assert_close(out.next_inputs_BH[i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cold_stop_forces_think_end_without_a_logprob():
+    params = SoftThinkingParams(entropy_threshold=100.0, patience=1, think_end=5, think_end_id=5)
+    budget = SoftThinkingParams(max_soft_steps=4, think_end=6, think_end_id=6)
+    out = soft_step.soft_step(_logits(2, seed=5), knobs_for([(params, 0, 0), (budget, 0, 3)]), embed)
+    assert out.emitted_B.tolist() == [5, 6]
+    assert [soft_math.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
+    assert torch.isnan(out.logprob_B).all()
+
+
+def test_packed_rows_unpack_to_trace_entries():
+    rows = [(params, i, 0) for i, params in enumerate(MIXED)]
+    out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed)
+    for i, values in enumerate(out.packed().tolist()):
+        entry = soft_step.unpack_row(values)
+        kept = int(out.kept_B[i])
+        assert entry["token_ids"] == out.token_ids_BK[i, :kept].tolist()
+        assert entry["weights"] == out.weights_BK[i, :kept].tolist()
+        assert entry["emitted"] == int(out.emitted_B[i])
+        assert entry["logprob"] == pytest.approx(float(out.logprob_B[i]))
+        assert entry["end_reason"] is None
+        assert math.isclose(sum(entry["weights"]), 1.0, rel_tol=1e-6)

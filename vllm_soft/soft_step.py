@@ -1,0 +1,193 @@
+"""One soft step for every soft row of an engine step, as batched tensor work.
+
+Imports only torch (and the pure modules beside it), so it runs, and is tested, without
+an engine. The worker (``vllm_soft.worker``) gathers each row's knobs and progress from
+its slot tables, calls ``soft_step`` on the processed logits, writes the next inputs back
+by slot and copies ``SoftStepOutput.packed()`` to the host once.
+
+    knobs (gathered by slot) ─┐
+    logits_BV ──filter──► weights_BK ──noise(seed, step)──► fed-back weights_BK
+                  │                                              │
+                  └─ entropy_B     emission(seed, step) ◄────────┤
+                                   cold stop / budget ──► emitted_B, end_code_B
+                                   concept + mixing ─────► next_inputs_BH
+                                   rollout log-prob ─────► logprob_B
+
+Nothing here reads a value back to the host: the caller passes what the host already
+knows (the largest top-k, which noise kinds and emissions occur) as plain Python values.
+
+Shape suffixes: B soft rows, V vocabulary, K support slots, H hidden size.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vllm_soft import soft_math, stateless_random
+from vllm_soft.params import SoftThinkingParams
+
+# Column layout of the per-request knob rows (``knob_row``) and of the gathered tensors.
+FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "alpha", "tau", "scale", "entropy_threshold")
+INT_COLUMNS = ("top_k", "noise", "emit", "mode", "think_end_id", "patience", "max_soft_steps", "seed")
+(TEMPERATURE, TOP_P, MIN_P, ALPHA, TAU, SCALE, ENTROPY_THRESHOLD) = range(len(FLOAT_COLUMNS))
+(TOP_K, NOISE, EMIT, MODE, THINK_END_ID, PATIENCE, MAX_SOFT_STEPS, SEED) = range(len(INT_COLUMNS))
+
+
+def knob_row(params: SoftThinkingParams, seed: int) -> tuple[list[float], list[int]]:
+    """A request's knobs as one float row and one int row (``FLOAT_COLUMNS``, ``INT_COLUMNS``);
+    absent think-end token: -1, no budget: 0; ``seed``: the request's 64-bit soft-step seed."""
+    floats = [params.temperature, params.top_p, params.min_p, params.alpha, params.tau, params.scale, params.entropy_threshold]
+    ints = [
+        params.top_k,
+        soft_math.NOISE_CODES[params.noise],
+        soft_math.EMIT_CODES[params.emit],
+        soft_math.MODE_CODES[params.mode],
+        -1 if params.think_end_id is None else params.think_end_id,
+        params.patience,
+        params.max_soft_steps or 0,
+        stateless_random.as_int64(seed),
+    ]
+    return floats, ints
+
+
+@dataclass
+class StepKnobs:
+    """The knobs and progress of the soft rows of one step, on the logits' device."""
+
+    floats_BF: torch.Tensor
+    """float64, columns ``FLOAT_COLUMNS``."""
+    ints_BI: torch.Tensor
+    """int64, columns ``INT_COLUMNS``."""
+    soft_steps_done_B: torch.Tensor
+    """int64: soft steps each request took before this one (the random draws' counter)."""
+    low_entropy_streak_B: torch.Tensor
+    """int64: consecutive low-entropy steps before this one (cold stop)."""
+    max_k: int
+    """The largest top_k among the rows (known on the host)."""
+    noise_kinds: frozenset[str]
+    """Noise kinds among the rows ('none', 'dirichlet', 'gumbel')."""
+    any_sample: bool
+    """Whether some row samples its emitted token."""
+    any_add: bool
+    """Whether some row mixes in mode 'add'."""
+
+
+@dataclass
+class SoftStepOutput:
+    """The soft step of every soft row; all tensors on the logits' device."""
+
+    token_ids_BK: torch.Tensor
+    """Candidate ids by descending probability (int64); the first ``kept_B`` are the support."""
+    weights_BK: torch.Tensor
+    """Weights fed back (after noise), float64, 0 off the support."""
+    kept_B: torch.Tensor
+    """Size of the support (int64)."""
+    entropy_B: torch.Tensor
+    """Entropy (nats) of the tempered full distribution (float32)."""
+    emitted_B: torch.Tensor
+    """The token the text shows (int64), after cold-stop / budget forcing."""
+    logprob_B: torch.Tensor
+    """Rollout log-probability of the step's action (float64); NaN for a forced token."""
+    end_code_B: torch.Tensor
+    """0: thinking goes on; else an index into ``soft_math.END_REASONS`` (int64)."""
+    low_entropy_streak_B: torch.Tensor
+    """The cold-stop streak after this step (int64)."""
+    next_inputs_BH: torch.Tensor
+    """The input embedding of the emitted token's position (float32); meaningful only for
+    rows whose thinking goes on."""
+
+    def packed(self) -> torch.Tensor:
+        """Everything the host needs, as one float64 (B, 2K + 5) tensor, for one transfer:
+        ids (exact in float64), weights, support size, entropy, emitted, logprob, end code."""
+        columns = (self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.end_code_B)
+        return torch.cat(
+            (self.token_ids_BK.double(), self.weights_BK, torch.stack([c.double() for c in columns], dim=-1)), dim=-1
+        )
+
+
+def unpack_row(values: list[float]) -> dict:
+    """One row of ``SoftStepOutput.packed()`` (as a list) as a trace entry without position."""
+    slots = (len(values) - 5) // 2
+    kept, entropy, emitted, logprob, end_code = values[2 * slots :]
+    kept = int(kept)
+    return {
+        "token_ids": [int(t) for t in values[:kept]],
+        "weights": values[slots : slots + kept],
+        "entropy": entropy,
+        "emitted": int(emitted),
+        "logprob": None if logprob != logprob else logprob,  # NaN: a forced token
+        "end_reason": soft_math.END_REASONS[int(end_code)],
+    }
+
+
+def soft_step(
+    logits_BV: torch.Tensor,
+    knobs: StepKnobs,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    workspace: torch.Tensor | None = None,
+) -> SoftStepOutput:
+    """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
+
+    ``logits_BV``: processed logits of the soft rows (before temperature); ``embed`` maps
+    token ids to input embeddings (the model's own embedding, so tensor-parallel shards
+    and untied heads are handled by the model).
+    """
+    floats, ints = knobs.floats_BF, knobs.ints_BI
+    dist = soft_math.filter_distribution(
+        logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k
+    )
+    base_BK = dist.weights_BK.double()
+    seed_B, step_B = ints[:, SEED], knobs.soft_steps_done_B
+    noise_B, slots = ints[:, NOISE], base_BK.shape[-1]
+
+    weights_BK = base_BK
+    if "gumbel" in knobs.noise_kinds:
+        gumbel_BK = stateless_random.gumbels(seed_B, step_B, slots)
+        perturbed = soft_math.gumbel_noise(base_BK, floats[:, TAU], gumbel_BK)
+        weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["gumbel"]).unsqueeze(-1), perturbed, weights_BK)
+    if "dirichlet" in knobs.noise_kinds:
+        concentration_BK = torch.where(dist.kept_BK, floats[:, ALPHA].unsqueeze(-1) * base_BK, 1.0)
+        perturbed = soft_math.dirichlet_noise(base_BK, stateless_random.log_gammas(concentration_BK, seed_B, step_B))
+        weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["dirichlet"]).unsqueeze(-1), perturbed, weights_BK)
+
+    sample_B = ints[:, EMIT] == soft_math.EMIT_CODES["sample"]
+    slot_B = weights_BK.argmax(-1)
+    if knobs.any_sample:
+        uniform_B = stateless_random.uniforms(seed_B, step_B, stateless_random.EMIT, 1)[:, 0]
+        slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, uniform_B), slot_B)
+    chosen_B = dist.token_ids_BK.gather(-1, slot_B.unsqueeze(-1)).squeeze(-1)
+
+    emitted_B, streak_B, end_code_B = soft_math.thinking_transition(
+        chosen_B, dist.entropy_B, knobs.low_entropy_streak_B, step_B, ints[:, THINK_END_ID],
+        floats[:, ENTROPY_THRESHOLD], ints[:, PATIENCE], ints[:, MAX_SOFT_STEPS],
+    )
+
+    emitted_slot_BK = torch.arange(slots, device=slot_B.device).unsqueeze(0) == slot_B.unsqueeze(-1)
+    logprob_B = soft_math.mixed_step_logprob(
+        base_BK.log(), weights_BK, dist.kept_BK, emitted_slot_BK, noise_B, floats[:, ALPHA], floats[:, TAU],
+        sample_B, set(knobs.noise_kinds),
+    )
+    # A token forced by cold stop or the budget was no action of the policy: no log-probability.
+    logprob_B = torch.where(emitted_B == chosen_B, logprob_B, float("nan"))
+
+    rows = logits_BV.shape[0]
+    ids = torch.cat((dist.token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else dist.token_ids_BK.reshape(-1)
+    embeds = embed(ids)
+    concept_BH = soft_math.weighted_embeddings(weights_BK, embeds[: rows * slots].reshape(rows, slots, -1))
+    next_inputs_BH = concept_BH
+    if knobs.any_add:
+        add_B = ints[:, MODE] == soft_math.MODE_CODES["add"]
+        next_inputs_BH = soft_math.mix_inputs(add_B, embeds[rows * slots :], concept_BH, floats[:, SCALE])
+
+    return SoftStepOutput(
+        token_ids_BK=dist.token_ids_BK,
+        weights_BK=weights_BK,
+        kept_B=dist.kept_BK.sum(-1),
+        entropy_B=dist.entropy_B,
+        emitted_B=emitted_B,
+        logprob_B=logprob_B,
+        end_code_B=end_code_B,
+        low_entropy_streak_B=streak_B,
+        next_inputs_BH=next_inputs_BH,
+    )
