@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/soft_decode.py [--batches 1 8 32 128] [--max-tokens 64] [--rounds 3]
 
-On the same prompts (bf16, eager, ignore_eos), for each batch size:
+On the same prompts (eager, ignore_eos; --dtype auto: bf16 where the CPU has bf16 units
+or on CUDA, float32 elsewhere), for each batch size:
   plain   - plain greedy requests on an engine with soft thinking enabled
   soft    - the same engine, every request soft (replace, top_k 10, built-in knobs otherwise)
+  soft_noisy - every request soft with Gumbel noise (tau 0.5) and sampled emission, seeded
   hf_soft - a transformers decode loop with a KV cache running the same soft step
             (vllm_soft.soft_math), as research code does today
   stock   - (once, at the largest batch) plain requests on an engine without soft
             thinking: what the patches cost a plain request
-vLLM rows are the median of --rounds interleaved runs. Prints a Markdown table and writes
+vLLM rows are the median of --rounds runs, the three kinds interleaved within each round. Prints a Markdown table and writes
 JSON and a PNG into --out.
 """
 
@@ -78,7 +80,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     batches = sorted(int(b) for b in results["tokens_per_s"])
-    series = ["plain", "soft", "hf_soft"]
+    series = ["plain", "soft", "soft_noisy", "hf_soft"]
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(series)
     for i, name in enumerate(series):
@@ -99,14 +101,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--dtype", default="auto", help="auto: bf16 with bf16 units (or CUDA), else float32")
     parser.add_argument("--hf-max-batch", type=int, default=32, help="largest batch for the transformers loop")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
     from vllm_soft.models import resolve_model
-    from vllm_soft.runtime import configure_cpu_threads
+    from vllm_soft.runtime import auto_dtype, configure_cpu_threads
 
     configure_cpu_threads()
+    dtype = auto_dtype() if args.dtype == "auto" else args.dtype
+    print(f"dtype: {dtype}", flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import LLM, SamplingParams
@@ -114,13 +119,17 @@ def main() -> None:
     model_path = resolve_model(args.model)
     largest = max(args.batches)
     engine = dict(
-        model=model_path, dtype="bfloat16", enforce_eager=True, max_model_len=1024,
+        model=model_path, dtype=dtype, enforce_eager=True, max_model_len=1024,
         gpu_memory_utilization=0.3, seed=0, max_num_seqs=max(largest, 32),
     )
     plain = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     soft = SamplingParams(
         temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
         extra_args={"soft_thinking": {"top_k": args.top_k}},
+    )
+    soft_noisy = SamplingParams(
+        temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, seed=0,
+        extra_args={"soft_thinking": {"top_k": args.top_k, "noise": "gumbel", "tau": 0.5, "emit": "sample"}},
     )
     tokens_per_s: dict[str, dict[str, float]] = {str(b): {} for b in args.batches}
 
@@ -134,10 +143,11 @@ def main() -> None:
     llm.chat(make_prompts(2), soft, use_tqdm=False)
     for batch in args.batches:
         prompts = make_prompts(batch)
-        runs = {"plain": [], "soft": []}
+        runs = {"plain": [], "soft": [], "soft_noisy": []}
         for _ in range(args.rounds):
             runs["plain"].append(vllm_tokens_per_second(llm, prompts, plain))
             runs["soft"].append(vllm_tokens_per_second(llm, prompts, soft))
+            runs["soft_noisy"].append(vllm_tokens_per_second(llm, prompts, soft_noisy))
         for name, values in runs.items():
             tokens_per_s[str(batch)][name] = statistics.median(values)
         print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in tokens_per_s[str(batch)].items()), flush=True)
@@ -145,7 +155,7 @@ def main() -> None:
     del llm
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    hf_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).eval()
+    hf_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
     hf_soft_tokens_per_second(hf_model, tokenizer, make_prompts(2), 4, args.top_k)  # warm-up
     for batch in args.batches:
         if batch <= args.hf_max_batch:
@@ -154,7 +164,7 @@ def main() -> None:
             print(f"batch {batch}: hf_soft {value:.1f}", flush=True)
 
     results = {
-        "model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds, "top_k": args.top_k,
+        "model": args.model, "dtype": dtype, "max_tokens": args.max_tokens, "rounds": args.rounds, "top_k": args.top_k,
         "stock_plain_at_largest_batch": round(stock, 1),
         "tokens_per_s": {b: {k: round(v, 1) for k, v in row.items()} for b, row in tokens_per_s.items()},
     }
@@ -164,13 +174,14 @@ def main() -> None:
 
     print(f"\nstock vLLM (no soft thinking) plain at batch {largest}: {stock:.1f} tokens/s "
           f"(patched engine plain: {tokens_per_s[str(largest)]['plain']:.1f})")
-    print("\n| batch | plain tok/s | soft tok/s | soft/plain | transformers soft tok/s | soft/transformers |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| batch | plain tok/s | soft tok/s | soft/plain | noisy soft tok/s | noisy/plain | transformers soft tok/s | soft/transformers |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch in args.batches:
         row = tokens_per_s[str(batch)]
         hf = row.get("hf_soft")
         hf_cells = f"{hf:.1f} | {row['soft'] / hf:.2f}x" if hf else "- | -"
-        print(f"| {batch} | {row['plain']:.1f} | {row['soft']:.1f} | {row['soft'] / row['plain']:.2f}x | {hf_cells} |")
+        noisy = f"{row['soft_noisy']:.1f} | {row['soft_noisy'] / row['plain']:.2f}x"
+        print(f"| {batch} | {row['plain']:.1f} | {row['soft']:.1f} | {row['soft'] / row['plain']:.2f}x | {noisy} | {hf_cells} |")
     print(f"\nwrote {args.out / 'soft_decode.json'} and {args.out / 'soft_decode.png'}")
 
 

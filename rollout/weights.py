@@ -9,12 +9,18 @@ Names are Hugging Face parameter names; vLLM's own loader maps them onto its fus
 joins them first: one reload per push).
 
 ``weights_checksum`` is the same function on both sides (``parameter_checksum``): per
-parameter value sums in float64, each tensor once. Fused layers keep the multiset of
-values, tied embeddings count once, so engine and learner agree exactly when their
-weights do. vLLM's CPU backend packs linear weights into oneDNN handles and empties the
-parameter; ``engine_weights`` reads such a layer back by running it on the identity
-(exact: every output is one product by 1), so the checksum covers the weights the
-engine computes with.
+parameter value sums in float64, each tensor once, in chunks (no float64 copy of a whole
+tensor). Fused layers keep the multiset of values, tied embeddings count once, so engine
+and learner agree exactly when their weights do. vLLM's CPU backend packs linear weights
+into oneDNN handles and empties the parameter; ``engine_weight_roles`` reads such a layer back
+by running it on the identity (exact: every output is one product by 1), so the checksum
+covers the weights the engine computes with.
+
+Under tensor parallelism each worker holds shards. Each worker reports its shards' sums
+and its replicated parameters' sums apart (``engine_weight_roles``: what vLLM's parallel
+layers split, which rows are vocabulary padding, which key/value heads are copies), and
+``combine_rank_checksums`` adds the shards of all ranks to one copy of the replicated
+part, so a TP-2 engine has the checksum of the same weights at TP 1.
 """
 
 import math
@@ -30,14 +36,35 @@ SHARED_MEMORY = "/dev/shm"
 ALIGN = 64
 
 
-def parameter_checksum(parameters: Iterable[torch.Tensor]) -> tuple[int, float, float]:
+CHECKSUM_CHUNK = 1 << 20
+"""Values per float64 chunk: bounds the checksum's extra memory (8 MiB) on any tensor."""
+
+Checksum = tuple[int, float, float]
+"""(number of values, sum, sum of squares)."""
+
+
+def parameter_checksum(parameters: Iterable[torch.Tensor]) -> Checksum:
     """(number of values, sum, sum of squares) in float64; callers pass each tensor once."""
     count, total, squares = 0, 0.0, 0.0
     for tensor in parameters:
-        values = tensor.detach().double()
-        count += values.numel()
-        total += float(values.sum())
-        squares += float((values * values).sum())
+        flat = tensor.detach().reshape(-1)
+        count += flat.numel()
+        for chunk in flat.split(CHECKSUM_CHUNK):
+            values = chunk.double()
+            total += float(values.sum())
+            squares += float(values.square().sum())
+    return count, total, squares
+
+
+def combine_rank_checksums(per_rank: list[tuple[Checksum, Checksum]]) -> Checksum:
+    """The model's checksum from each tensor-parallel rank's (sharded, replicated) parts:
+    every rank's shards plus one copy of the replicated parameters, which must agree."""
+    replicated = per_rank[0][1]
+    if any(rank_replicated != replicated for _, rank_replicated in per_rank):
+        raise ValueError(f"replicated weights differ between tensor-parallel ranks: {[r for _, r in per_rank]}")
+    count, total, squares = replicated
+    for (shard_count, shard_total, shard_squares), _ in per_rank:
+        count, total, squares = count + shard_count, total + shard_total, squares + shard_squares
     return count, total, squares
 
 
@@ -82,19 +109,44 @@ def _free_bytes(folder: str) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def engine_weights(model: torch.nn.Module) -> Iterable[torch.Tensor]:
-    """Every weight of a vLLM model as it is used, packed CPU linear layers included."""
+def _packed_cpu_weight(module: torch.nn.Module, parameter: torch.Tensor) -> torch.Tensor:
+    """A CPU-packed linear weight read back by running the layer on the identity (W transposed)."""
+    identity = torch.eye(module.input_size_per_partition, dtype=parameter.dtype)
+    return module.cpu_linear(identity, parameter, None)
+
+
+def engine_weight_roles(model: torch.nn.Module) -> Iterable[tuple[torch.Tensor, bool]]:
+    """(weight as used, sharded?) for every weight of a vLLM model, each once: vocabulary
+    padding rows and copies of replicated key/value heads left out; ``sharded`` False for
+    parameters every tensor-parallel rank holds whole."""
+    from vllm.model_executor.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
     seen = set()
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if id(parameter) in seen:
                 continue
             seen.add(id(parameter))
+            tensor = parameter
             if name == "weight" and parameter.numel() == 0 and hasattr(module, "cpu_linear"):
-                identity = torch.eye(module.input_size_per_partition, dtype=parameter.dtype)
-                yield module.cpu_linear(identity, parameter, None)  # W transposed
+                tensor = _packed_cpu_weight(module, parameter).t()  # back to (out, in)
+            if isinstance(module, VocabParallelEmbedding):
+                # A shard's rows: its original-vocabulary rows, padding, then added-vocabulary rows.
+                indices = module.shard_indices
+                added_start = indices.num_org_elements_padded
+                yield tensor[: indices.num_org_elements], module.tp_size > 1
+                yield tensor[added_start : added_start + indices.num_added_elements], module.tp_size > 1
+            elif isinstance(module, QKVParallelLinear) and module.num_kv_head_replicas > 1 and name in ("weight", "bias"):
+                # Key/value heads are copied on num_kv_head_replicas ranks: count the first copy.
+                query_rows = module.num_heads * module.head_size
+                yield tensor[:query_rows], True
+                if module.tp_rank % module.num_kv_head_replicas == 0:
+                    yield tensor[query_rows:], True
+            elif isinstance(module, ColumnParallelLinear) or (isinstance(module, RowParallelLinear) and name == "weight"):
+                yield tensor, module.tp_size > 1
             else:
-                yield parameter
+                yield tensor, False
 
 
 class WeightSync:
@@ -102,15 +154,20 @@ class WeightSync:
 
     def load_weights_file(self, path: str, layout: list) -> int:
         """Load ``write_weights_file`` output (Hugging Face names) into the model in place;
-        returns how many tensors. Goes through vLLM's in-place reload, which re-runs the
+        returns how many tensors. Goes through the worker's own ``reload_weights`` (it sets
+        vLLM's config context) and so vLLM's in-place reload, which re-runs the
         post-loading processing (e.g. the CPU backend's prepacked GEMM weights)."""
         named_tensors = read_weights_file(path, layout)
-        self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
+        self.reload_weights(weights_iterator=iter(named_tensors))
         count = len(named_tensors)
         del named_tensors
         release_freed_memory(collect_cycles=False)
         return count
 
     @torch.no_grad()
-    def weights_checksum(self) -> tuple[int, float, float]:
-        return parameter_checksum(engine_weights(self.model_runner.model))
+    def weights_checksum(self) -> tuple[Checksum, Checksum]:
+        """This rank's (sharded, replicated) checksums; ``combine_rank_checksums`` joins ranks."""
+        roles = list(engine_weight_roles(self.model_runner.model))
+        sharded = parameter_checksum(tensor for tensor, is_sharded in roles if is_sharded)
+        replicated = parameter_checksum(tensor for tensor, is_sharded in roles if not is_sharded)
+        return sharded, replicated

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rollout.rewards import RewardSpec, Scorer
 from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
-from rollout.weights import write_weights_file
+from rollout.weights import combine_rank_checksums, write_weights_file
 from vllm_soft import soft_trace
 from vllm_soft.runtime import DIE_WITH_PARENT_ENV, release_freed_memory
 
@@ -179,8 +179,9 @@ class RolloutWorker:
         return version
 
     def weights_checksum(self) -> tuple[int, float, float]:
+        """The engine's weights checksum, combined over its tensor-parallel ranks."""
         with self._lock:
-            return self.llm.collective_rpc("weights_checksum")[0]
+            return combine_rank_checksums(self.llm.collective_rpc("weights_checksum"))
 
     def shutdown(self) -> None:
         self._scorer.close()

@@ -15,9 +15,9 @@ Run it before widening the supported vLLM range (it is not part of CI)::
 Prints a Markdown table (one column per version) and NOTE lines; exits 1 if any check fails.
 """
 
-
 import argparse
 import ast
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -47,6 +47,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """True when the check passed."""
         return self.status == OK
 
 
@@ -130,15 +131,40 @@ def find_def(body: list[ast.stmt], name: str) -> ast.FunctionDef | ast.AsyncFunc
     return defs[-1] if defs else None
 
 
+def is_property(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """True when the def is decorated with ``@property``."""
+    return any(isinstance(d, ast.Name) and d.id == "property" for d in fn.decorator_list)
+
+
+def env_keys(tree: SourceTree) -> set[str]:
+    """String keys of the ``environment_variables`` dict literal in ``vllm/envs.py``."""
+    envs = tree.module("vllm.envs")
+    for node in envs.body if envs else ():
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(getattr(x, "id", None) == "environment_variables" for x in targets) \
+                and isinstance(node.value, ast.Dict):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return set()
+
+
+def assigns_self_attr(body: list[ast.stmt], attr: str) -> bool:
+    """Does any statement under ``body`` assign ``self.<attr>`` (plain, annotated or augmented)?"""
+    for node in (sub for stmt in body for sub in ast.walk(stmt)):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        else:
+            continue
+        if any(is_self_attr(sub, attr) for target in targets for sub in ast.walk(target)):
+            return True
+    return False
+
+
 def check_target(tree: SourceTree, t: Target) -> str:
-    """``ok``, ``MISSING ...`` or ``SIGNATURE (actual: ...)`` for one Target."""
+    """``ok``, ``MISSING ...``, ``KIND ...`` or ``SIGNATURE (actual: ...)`` for one Target."""
     if t.kind == "env":
-        envs = tree.module(t.module)
-        keys = {k.value for n in (envs.body if envs else ()) if isinstance(n, (ast.Assign, ast.AnnAssign))
-                and any(getattr(x, "id", None) == "environment_variables"
-                        for x in (n.targets if isinstance(n, ast.Assign) else [n.target]))
-                and isinstance(n.value, ast.Dict) for k in n.value.keys if isinstance(k, ast.Constant)}
-        return OK if t.attribute in keys else "MISSING (not a key of environment_variables)"
+        return OK if t.attribute in env_keys(tree) else "MISSING (not a key of environment_variables)"
     if t.owner is None:
         mod = tree.module(t.module)
         if mod is None:
@@ -148,24 +174,18 @@ def check_target(tree: SourceTree, t: Target) -> str:
         classes = tree.find_class(t.module, t.owner)
         if not classes:
             return f"MISSING (no class {t.owner} in {t.module})"
-        bodies = [cls.body for _, cls in classes]
+        bodies = [cls.body for _, cls in classes]  # the class first, then its bases
     for body in bodies:
         if t.kind == "field":
-            if any(isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == t.attribute for n in body):
+            if any(isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == t.attribute
+                   for n in body):
                 return OK
         elif t.kind == "instance_attribute":
-            for node in ast.walk(ast.Module(body=body, type_ignores=[])):
-                targets = (node.targets if isinstance(node, ast.Assign)
-                           else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
-                if any(is_self_attr(sub, t.attribute) for tgt in targets for sub in ast.walk(tgt)):
-                    return OK
-        else:
-            fn = find_def(body, t.attribute)
-            if fn is None:
-                continue
-            is_property = any(isinstance(d, ast.Name) and d.id == "property" for d in fn.decorator_list)
-            if (t.kind == "property") != is_property:
-                return f"KIND (expected {t.kind}, found {'property' if is_property else 'plain def'})"
+            if assigns_self_attr(body, t.attribute):
+                return OK
+        elif (fn := find_def(body, t.attribute)) is not None:
+            if (t.kind == "property") != is_property(fn):
+                return f"KIND (expected {t.kind}, found {'property' if is_property(fn) else 'plain def'})"
             names, shown = signature_of(fn)
             return OK if names[: len(t.params)] == list(t.params) else f"SIGNATURE (actual: {shown})"
     return "MISSING"
@@ -177,6 +197,7 @@ Outcome = tuple[str, list[str]]
 
 
 def _class(tree: SourceTree, module: str, name: str) -> ast.ClassDef:
+    """Top-level class ``name`` of ``module``; LookupError (reported as MISSING) if absent."""
     classes = tree.find_class(module, name)
     if not classes or classes[0][0] != module:
         raise LookupError(f"no class {name} in {module}")
@@ -185,11 +206,13 @@ def _class(tree: SourceTree, module: str, name: str) -> ast.ClassDef:
 
 def _builds_outside_v2_branch(tree: SourceTree, module: str, cls: ast.ClassDef, runner_mod: str,
                               runner: str) -> bool:
-    """Does ``cls`` call ``runner`` (imported from ``runner_mod``) outside ``if self.use_v2_model_runner:``?"""
+    """Does ``cls`` call ``runner`` (imported from ``runner_mod``, in the module or the class)
+    anywhere except inside the body of an ``if self.use_v2_model_runner:``?"""
     imports = {**imported_names(tree.module(module)), **imported_names(cls)}
     aliases = {local for local, src in imports.items() if src == (runner_mod, runner)}
-    in_v2 = {id(sub) for node in ast.walk(cls) if isinstance(node, ast.If)
-             and is_self_attr(node.test, "use_v2_model_runner") for stmt in node.body for sub in ast.walk(stmt)}
+    in_v2 = {id(sub) for node in ast.walk(cls)
+             if isinstance(node, ast.If) and is_self_attr(node.test, "use_v2_model_runner")
+             for stmt in node.body for sub in ast.walk(stmt)}
     return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in aliases
                and id(n) not in in_v2 for n in ast.walk(cls))
 
@@ -197,7 +220,7 @@ def _builds_outside_v2_branch(tree: SourceTree, module: str, cls: ast.ClassDef, 
 def check_v2_property_reads_env(tree: SourceTree) -> Outcome:
     """VllmConfig.use_v2_model_runner is a property reading envs.VLLM_USE_V2_MODEL_RUNNER."""
     fn = find_def(_class(tree, "vllm.config.vllm", "VllmConfig").body, "use_v2_model_runner")
-    if fn is None or not any(getattr(d, "id", None) == "property" for d in fn.decorator_list):
+    if fn is None or not is_property(fn):
         return "MISSING (no property use_v2_model_runner)", []
     reads = any(isinstance(n, ast.Attribute) and n.attr == "VLLM_USE_V2_MODEL_RUNNER"
                 and getattr(n.value, "id", None) == "envs" for n in ast.walk(fn))
@@ -283,7 +306,8 @@ EXTRA_CHECKS = (
                check_gpu_worker_selects_v1),
     ExtraCheck("cpu_runner_is_v1_subclass", "CPUWorker builds CPUModelRunner(GPUModelRunner) when not V2",
                check_cpu_runner_is_v1_subclass),
-    ExtraCheck("async_default_only_when_unset", "async_scheduling = True only under `async_scheduling is None`",
+    ExtraCheck("async_default_only_when_unset",
+               "async_scheduling = True only under `async_scheduling is None`",
                check_async_default_only_when_unset),
     ExtraCheck("sampler_forward_calls_sample", "Sampler.forward calls self.sample(...)",
                check_sampler_forward_calls_sample),
@@ -314,8 +338,9 @@ def download_sources(version: str, workdir: Path) -> Path:
     dest = workdir / version
     start = time.monotonic()
     print(f"downloading vllm=={version} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                    f"vllm=={version}", "--dest", str(dest / "wheel")], check=True, stdout=subprocess.DEVNULL)
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:"]
+    subprocess.run([*pip, f"vllm=={version}", "--dest", str(dest / "wheel")], check=True,
+                   stdout=subprocess.DEVNULL)
     wheel = next((dest / "wheel").glob("vllm-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         members = [m for m in zf.namelist() if m.startswith("vllm/") and m.endswith(".py")]
@@ -350,23 +375,22 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the downloaded sources")
     args = parser.parse_args()
     by_version: dict[str, list[Result]] = {}
-    tmp = None if args.wheel_dir else tempfile.TemporaryDirectory(prefix="check_vllm_builds_")
-    try:
+    with contextlib.ExitStack() as cleanup:
+        if args.wheel_dir:
+            workdir = None
+        elif args.keep:
+            workdir = Path(tempfile.mkdtemp(prefix="check_vllm_builds_"))
+            print(f"sources kept in {workdir}")
+        else:  # removed on leaving the block, also on errors
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="check_vllm_builds_")))
         for version in args.versions:
-            if args.wheel_dir:
+            if workdir is None:
                 vllm_dir = args.wheel_dir / version / "vllm"
                 if not vllm_dir.is_dir():
                     parser.error(f"no sources at {vllm_dir}")
             else:
-                vllm_dir = download_sources(version, Path(tmp.name))
+                vllm_dir = download_sources(version, workdir)
             by_version[version] = check_source_tree(vllm_dir)
-    finally:
-        if tmp is not None:
-            if args.keep:
-                tmp._finalizer.detach()  # leave the directory in place
-                print(f"sources kept in {tmp.name}")
-            else:
-                tmp.cleanup()
     print(render(args.versions, by_version))
     return 0 if all(r.ok for results in by_version.values() for r in results) else 1
 

@@ -54,3 +54,22 @@ def release_freed_memory(collect_cycles: bool = True) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:  # not glibc (e.g. musl): nothing to trim
             pass
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16); without them vLLM's
+    and torch's bf16 kernels run several times slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def auto_dtype() -> str:
+    """The dtype this machine runs a model well in: bf16 on CUDA or on CPUs with bf16 units,
+    float32 elsewhere."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16_units() else "float32"

@@ -101,8 +101,10 @@ def log_gammas(concentration_BK: torch.Tensor, seed_B: torch.Tensor, step_B: tor
     chosen = torch.zeros_like(shape_BK)
     accepted = torch.zeros_like(shape_BK, dtype=torch.bool)
     for attempt in range(GAMMA_ATTEMPTS):
-        draws = uniforms(seed_B, step_B, DIRICHLET_NORMAL + attempt, 3 * count)
-        u1, u2, u_accept = draws[:, :count], draws[:, count : 2 * count], draws[:, 2 * count :]
+        # Slot-major (draws 3k, 3k+1, 3k+2 belong to slot k): a slot's draws do not depend
+        # on how many slots the batch has.
+        draws = uniforms(seed_B, step_B, DIRICHLET_NORMAL + attempt, 3 * count).reshape(-1, count, 3)
+        u1, u2, u_accept = draws.unbind(-1)
         normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)  # Box-Muller
         v = (1.0 + c * normal) ** 3
         positive = v > 0

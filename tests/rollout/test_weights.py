@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from rollout.weights import read_weights_file, write_weights_file
@@ -26,3 +27,26 @@ def test_weights_file_round_trip_is_exact():
     for (_, expected), (_, got) in zip(pairs, loaded):
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert torch.equal(got, expected)
+
+
+def test_checksum_is_chunked_and_exact():
+    from rollout.weights import CHECKSUM_CHUNK, parameter_checksum
+
+    big = torch.linspace(-1, 1, 3 * CHECKSUM_CHUNK + 17, dtype=torch.float32)
+    count, total, squares = parameter_checksum([big, torch.ones(2, 3, dtype=torch.bfloat16)])
+    assert count == big.numel() + 6
+    assert total == pytest.approx(float(big.double().sum()) + 6, rel=1e-12, abs=1e-9)
+    assert squares == pytest.approx(float(big.double().square().sum()) + 6, rel=1e-12)
+
+
+def test_rank_checksums_add_shards_and_count_replicas_once():
+    from rollout.weights import combine_rank_checksums, parameter_checksum
+
+    weight, norm = torch.randn(8, 4), torch.randn(4)
+    whole = parameter_checksum([weight, norm])
+    ranks = [(parameter_checksum([shard]), parameter_checksum([norm])) for shard in weight.chunk(2)]
+    combined = combine_rank_checksums(ranks)
+    assert combined[0] == whole[0]
+    assert combined[1:] == pytest.approx(whole[1:], rel=1e-12)
+    with pytest.raises(ValueError, match="replicated weights differ"):
+        combine_rank_checksums([ranks[0], (ranks[1][0], parameter_checksum([norm + 1]))])

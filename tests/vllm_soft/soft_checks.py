@@ -1,5 +1,6 @@
 """Checks shared by the engine tests: prompts, generation, teacher-forced replay."""
 
+import pytest
 from vllm import SamplingParams, TokensPrompt
 
 from vllm_soft.params import SoftThinkingParams
@@ -88,3 +89,42 @@ def assert_equal_unless_near_tie(batched, alone):
             assert top2[0] - top2[1] < NEAR_TIE, f"diverged at step {step} without a near-tie"
             return
     assert len(batched.token_ids) == len(alone.token_ids)
+
+
+SAMPLE_NEAR_TIE = 1e-3
+
+
+def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingParams, seed: int) -> int:
+    """Teacher-forced check that soft step t of a seeded request used exactly the draws of
+    (seed, t): the reference's noise-free weights, perturbed with ``stateless_random``'s
+    draws for (seed, t), are the trace's weights, and the emitted token is the sample those
+    draws pick. Returns how many steps were checked: all of them, or up to a sampling
+    near-tie (the uniform within ``SAMPLE_NEAR_TIE`` of a CDF boundary, where float32
+    noise in the logits may flip the sample and the trajectory)."""
+    import torch
+
+    from vllm_soft import soft_math, stateless_random
+
+    trace = soft_trace(completion)
+    expected = replay_trace(model, prompt_ids, list(completion.token_ids), trace, knobs)
+    seed_B = torch.tensor([stateless_random.as_int64(seed)])
+    for step, (entry, reference) in enumerate(zip(trace, expected)):
+        assert entry["token_ids"] == reference.token_ids, step
+        base = torch.tensor([reference.weights], dtype=torch.float64)
+        step_B = torch.tensor([step])
+        if knobs.noise == "gumbel":
+            weights = soft_math.gumbel_noise(base, knobs.tau, stateless_random.gumbels(seed_B, step_B, base.shape[1]))
+        elif knobs.noise == "dirichlet":
+            weights = soft_math.dirichlet_noise(base, stateless_random.log_gammas(knobs.alpha * base, seed_B, step_B))
+        else:
+            weights = base
+        assert entry["weights"] == pytest.approx(weights[0].tolist(), abs=1e-3), f"step {step}: not the draws of (seed, step)"
+        if knobs.emit == "sample" and entry["end_reason"] is None:
+            uniform = float(stateless_random.uniforms(seed_B, step_B, stateless_random.EMIT, 1)[0, 0])
+            cdf = torch.cumsum(torch.tensor(entry["weights"], dtype=torch.float64), 0)
+            boundaries = (cdf[:-1] / cdf[-1]).tolist()
+            if any(abs(b - uniform) < SAMPLE_NEAR_TIE for b in boundaries):
+                return step
+            slot = int(soft_math.sample_slots(torch.tensor([entry["weights"]]), torch.tensor([uniform]))[0])
+            assert entry["emitted"] == entry["token_ids"][slot], step
+    return len(trace)

@@ -7,6 +7,7 @@ import pytest
 
 from vllm_soft import plugin
 from vllm_soft.patches import all_patches
+from vllm_soft.patches.targets import PATCH_TARGETS, patch_names
 from vllm_soft.compat import SUPPORTED_VLLM_SERIES, check_vllm_version
 
 
@@ -56,37 +57,19 @@ def test_vllm_loads_plugin_in_its_worker_process(tiny_engine):
     assert states == [{"loaded": True, "patches": [name for name, _ in all_patches()]}]
 
 
-PATCHED_ATTRIBUTES = [
-    ("vllm.engine.arg_utils", "EngineArgs", "add_cli_args"),
-    ("vllm.engine.arg_utils", "EngineArgs", "from_cli_args"),
-    ("vllm.sampling_params", "SamplingParams", "_verify_extra_args"),
-    ("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs"),
-    ("vllm.v1.engine.output_processor", "RequestState", "make_request_output"),
-    ("vllm.v1.engine.output_processor", "RequestState", "_new_completion_output"),
-    ("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", "request_output_to_completion_response"),
-    ("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat", "chat_completion_full_generator"),
-    ("vllm.v1.core.kv_cache_utils", None, "generate_block_hash_extra_keys"),
-    ("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output"),
-    ("vllm.v1.core.sched.scheduler", "Scheduler", "_free_request"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "__init__"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_update_states"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_preprocess"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_sample"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "sample_tokens"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_bookkeeping_sync"),
-    ("vllm.v1.sample.sampler", "Sampler", "sample"),
-]
-
-
-@pytest.mark.parametrize("module, owner, attribute", PATCHED_ATTRIBUTES)
-def test_every_patched_attribute_exists_and_is_wrapped(module, owner, attribute):
+@pytest.mark.parametrize("target", PATCH_TARGETS, ids=lambda t: f"{t.owner or t.module}.{t.attribute}")
+def test_every_patched_attribute_exists_and_is_wrapped(target):
     """Guards upgrades: each patch target is still in vLLM, and our wrapper is installed."""
     import importlib
 
     plugin.register()
-    target = importlib.import_module(module)
-    if owner is not None:
-        target = getattr(target, owner)
-    value = getattr(target, attribute)
-    wrapped = getattr(value, "__func__", value)
-    assert hasattr(wrapped, "__wrapped__"), f"{module}.{owner}.{attribute} is not patched"
+    owner = importlib.import_module(target.module)
+    if target.owner is not None:
+        owner = getattr(owner, target.owner)
+    value = getattr(owner, target.attribute)
+    wrapped = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+    assert hasattr(wrapped, "__wrapped__"), f"{target.module}.{target.owner}.{target.attribute} is not patched"
+
+
+def test_patch_targets_name_the_applied_patches():
+    assert patch_names() == [name for name, _ in all_patches()]

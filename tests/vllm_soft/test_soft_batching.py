@@ -3,7 +3,8 @@
 import pytest
 from vllm import SamplingParams, TokensPrompt
 
-from soft_checks import check_mixed_batch, generate, soft_params
+from soft_checks import assert_draws_follow_seed, chat_prompts, check_mixed_batch, generate, soft_params
+from vllm_soft.params import SoftThinkingParams
 from vllm_soft.trace import soft_trace
 
 pytestmark = pytest.mark.slow
@@ -125,3 +126,80 @@ def assert_same_trace(trace, other, tolerance=1e-4):
     ]
     for entry, other_entry in zip(trace, other):
         assert entry["weights"] == pytest.approx(other_entry["weights"], abs=tolerance)
+
+
+SEEDED_SOFT_KNOBS = [
+    {"noise": "gumbel", "tau": 0.5, "emit": "sample"},
+    {"noise": "dirichlet", "alpha": 1.0, "emit": "sample"},
+    {"emit": "sample", "temperature": 1.0, "mode": "add", "scale": 0.5},
+]
+
+
+def _mixed_params(count: int, max_tokens: int) -> tuple[list[SamplingParams], list[int]]:
+    """Seeded soft requests (every 4th; noise and sampled emission) among plain greedy,
+    seeded plain sampling and unseeded noisy soft requests. Returns params and the seeded indices."""
+    params, seeded = [], []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            knobs = SEEDED_SOFT_KNOBS[(i // 4) % len(SEEDED_SOFT_KNOBS)]
+            params.append(SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, seed=1000 + i,
+                                         extra_args={"soft_thinking": knobs}))
+            seeded.append(i)
+        elif kind == 1:
+            params.append(SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+        elif kind == 2:
+            params.append(SamplingParams(temperature=0.8, max_tokens=max_tokens, ignore_eos=True, seed=i))
+        else:
+            params.append(soft_params(max_tokens, noise="dirichlet", emit="sample"))
+    return params, seeded
+
+
+def _check_seeded(model, prompts, params, seeded, completions, alone_engine) -> None:
+    """Each seeded soft request used the draws of (its seed, step) at every step, and gives
+    alone the tokens it gave in the batch (up to a sampling near-tie, after which free
+    trajectories may part)."""
+    for i in seeded:
+        knobs = SoftThinkingParams().with_overrides(params[i].extra_args["soft_thinking"])
+        checked = assert_draws_follow_seed(model, prompts[i], completions[i], knobs, params[i].seed)
+        (alone,) = generate(alone_engine, [prompts[i]], params[i])
+        checked = min(checked, assert_draws_follow_seed(model, prompts[i], alone, knobs, params[i].seed))
+        assert list(completions[i].token_ids)[: checked + 1] == list(alone.token_ids)[: checked + 1]
+        assert_same_trace(soft_trace(completions[i])[:checked], soft_trace(alone)[:checked], tolerance=1e-3)
+
+
+def test_seeded_soft_draws_are_the_same_alone_and_in_a_batch_of_64(default_engine, default_hf_model, default_tokenizer):
+    """Noise and sampled emission of soft step t depend only on (seed, t), checked against
+    the draws themselves, inside a batch of 64 mixed requests and alone. Weights agree to
+    1e-3, not bit for bit: batch composition changes float32 logits in their last digits,
+    free-running steps feed that back and Gumbel noise at tau 0.5 doubles it (measured up
+    to 1.5e-4); another draw would move them by ~0.1."""
+    prompts = chat_prompts(default_tokenizer, 64)
+    params, seeded = _mixed_params(64, 24)
+    completions = generate(default_engine, prompts, params)
+    _check_seeded(default_hf_model, prompts, params, seeded, completions, default_engine)
+
+
+def test_seeded_soft_draws_survive_preemption(preempting_engine, default_hf_model, default_tokenizer):
+    """The same after the scheduler preempts and recomputes requests (their soft positions
+    rebuilt from the records): the draws continue from the recorded step count."""
+    prompts = chat_prompts(default_tokenizer, 24)
+    params, seeded = _mixed_params(24, 40)
+    before = _preemptions(preempting_engine)
+    completions = generate(preempting_engine, prompts, params)
+    assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
+    _check_seeded(default_hf_model, prompts, params, seeded, completions, preempting_engine)
+
+
+def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_engine):
+    """vLLM sizes the KV cache from the peak of its profiling run: the soft step runs there
+    for max_num_seqs rows, and its buffers stay (no request state is left behind)."""
+    core = inprocess_tiny_engine.llm_engine.engine_core.engine_core
+    runner = core.model_executor.driver_worker.worker.model_runner
+    soft = runner.vllm_soft
+    soft._workspace = None
+    runner.profile_run()
+    assert soft._workspace is not None and soft._workspace.shape[0] >= runner.max_num_reqs
+    assert soft.pending_SH.shape[0] >= runner.max_num_reqs
+    assert not soft.requests
+    assert len(generate(inprocess_tiny_engine, [[5, 6, 7]], soft_params(4))[0].token_ids) == 4

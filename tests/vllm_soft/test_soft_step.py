@@ -40,6 +40,7 @@ MIXED = [
     SoftThinkingParams(top_k=1),
     SoftThinkingParams(top_k=8, temperature=1.3, emit="sample", mode="add"),
     SoftThinkingParams(top_k=20, noise="gumbel", tau=2.0),
+    SoftThinkingParams(top_k=5, top_p=1.0, noise="dirichlet", alpha=0.5, emit="sample"),
 ]
 
 

@@ -52,6 +52,14 @@ def test_a_draw_depends_only_on_seed_step_purpose_and_index():
     assert not torch.equal(batch[0], stateless_random.uniforms(seeds[:1], steps[:1], 3, 9)[0])  # other purpose
 
 
+def test_a_slots_gamma_draw_does_not_depend_on_the_number_of_slots():
+    """The batch's widest support sets the slot count; a row's draws must not move with it."""
+    seeds, steps = torch.tensor([3, 4]), torch.tensor([0, 9])
+    wide = torch.rand(2, 12, dtype=torch.float64) * 3
+    assert torch.equal(stateless_random.log_gammas(wide, seeds, steps)[:, :5], stateless_random.log_gammas(wide[:, :5], seeds, steps))
+    assert torch.equal(stateless_random.gumbels(seeds, steps, 12)[:, :5], stateless_random.gumbels(seeds, steps, 5))
+
+
 @pytest.mark.parametrize("shape", [0.005, 0.3, 1.0, 4.0, 50.0])
 def test_log_gamma_draws_have_the_gamma_moments(shape):
     count = 20_000

@@ -29,7 +29,7 @@ class Target:
     """Name of the method, property, function, field or ``self.<name>`` instance attribute."""
     kind: Literal["method", "property", "function", "field", "instance_attribute", "env"]
     """method/property/function: a def with ``params``; field: a class-level annotated field;
-    instance_attribute: assigned as ``self.<attribute> = ...`` in the owner's ``__init__``;
+    instance_attribute: assigned as ``self.<attribute> = ...`` in one of the owner's methods;
     env: a key of the ``environment_variables`` table in ``vllm.envs``."""
     params: tuple[str, ...] = ()
     """Parameter names in order (callables only)."""
