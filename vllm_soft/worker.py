@@ -30,6 +30,10 @@ import torch
 from vllm_soft import soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
 
+WORKSPACE_ROWS = 256
+"""Most rows the soft step's vocabulary-sized scratch holds (2 x 256 x 152k float32 = 311 MB
+for Qwen's vocabulary); bigger batches run their vocabulary pass 256 rows at a time."""
+
 ACTIVE_STEP: ContextVar["SoftStepPlan | None"] = ContextVar("vllm_soft_active_step", default=None)
 """The plan of the soft step the sampler must run now (set around ``GPUModelRunner._sample``)."""
 
@@ -55,6 +59,8 @@ class SoftStepPlan:
 
     rows: list[int]
     req_ids: list[str]
+    all_rows: bool
+    """Every row of the logits is soft (no row selection needed)."""
     rows_dev: torch.Tensor
     slots_dev: torch.Tensor
     knobs: soft_step.StepKnobs
@@ -247,13 +253,12 @@ class SoftThinkingRunner:
             any_add=bool((ints[:, soft_step.MODE] == soft_math.MODE_CODES["add"]).any()),
         )
         req_ids = [batch.req_ids[row] for row in rows]
-        return SoftStepPlan(rows.tolist(), req_ids, indices[0], slots_dev, knobs)
+        return SoftStepPlan(rows.tolist(), req_ids, rows.size == num_reqs, indices[0], slots_dev, knobs)
 
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
         """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
-        out = soft_step.soft_step(
-            logits_BV.index_select(0, plan.rows_dev), plan.knobs, embed, self._workspace_for(logits_BV, len(plan.rows))
-        )
+        soft_logits = logits_BV if plan.all_rows else logits_BV.index_select(0, plan.rows_dev)
+        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV))
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
         self.progress_S2.index_copy_(0, plan.slots_dev, progress)
@@ -273,12 +278,14 @@ class SoftThinkingRunner:
         event.record()
         return host, event
 
-    def _workspace_for(self, logits_BV: torch.Tensor, rows: int) -> torch.Tensor:
-        """A float32 (>= rows, V) scratch buffer for the soft step, kept across steps."""
+    def _workspace_for(self, logits_BV: torch.Tensor) -> torch.Tensor:
+        """The float32 (2, R, V) scratch buffer of ``filter_distribution``, kept across steps:
+        R = max_num_seqs rows, at most ``WORKSPACE_ROWS`` (larger batches go R at a time)."""
         vocab = logits_BV.shape[1]
         workspace = self._workspace
-        if workspace is None or workspace.shape[0] < rows or workspace.shape[1] != vocab:
-            workspace = torch.empty(max(rows, self.max_num_reqs), vocab, dtype=torch.float32, device=logits_BV.device)
+        if workspace is None or workspace.shape[2] != vocab:
+            size = min(self.max_num_reqs, WORKSPACE_ROWS)
+            workspace = torch.empty(2, size, vocab, dtype=torch.float32, device=logits_BV.device)
             self._workspace = workspace
         return workspace
 
@@ -325,7 +332,7 @@ class SoftThinkingRunner:
             any_sample=True,
             any_add=True,
         )
-        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits, rows))
+        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits))
         out.packed()
 
 
