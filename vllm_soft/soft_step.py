@@ -141,21 +141,30 @@ def soft_step(
     seed_B, step_B = ints[:, SEED], knobs.soft_steps_done_B
     noise_B, slots = ints[:, NOISE], base_BK.shape[-1]
 
+    # Every draw of the step in one Philox evaluation, each kind in its own lane.
+    lanes = []
+    if "gumbel" in knobs.noise_kinds:
+        lanes.append((stateless_random.GUMBEL, slots))
+    if "dirichlet" in knobs.noise_kinds:
+        lanes += stateless_random.gamma_lanes(slots)
+    if knobs.any_sample:
+        lanes.append((stateless_random.EMIT, 1))
+    draws = iter(stateless_random.draw(seed_B, step_B, lanes) if lanes else [])
+
     weights_BK = base_BK
     if "gumbel" in knobs.noise_kinds:
-        gumbel_BK = stateless_random.gumbels(seed_B, step_B, slots)
-        perturbed = soft_math.gumbel_noise(base_BK, floats[:, TAU], gumbel_BK)
+        perturbed = soft_math.gumbel_noise(base_BK, floats[:, TAU], stateless_random.gumbel(next(draws)))
         weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["gumbel"]).unsqueeze(-1), perturbed, weights_BK)
     if "dirichlet" in knobs.noise_kinds:
         concentration_BK = torch.where(dist.kept_BK, floats[:, ALPHA].unsqueeze(-1) * base_BK, 1.0)
-        perturbed = soft_math.dirichlet_noise(base_BK, stateless_random.log_gammas(concentration_BK, seed_B, step_B))
+        log_gamma_BK = stateless_random.log_gammas(concentration_BK, next(draws), next(draws))
+        perturbed = soft_math.dirichlet_noise(base_BK, log_gamma_BK)
         weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["dirichlet"]).unsqueeze(-1), perturbed, weights_BK)
 
     sample_B = ints[:, EMIT] == soft_math.EMIT_CODES["sample"]
     slot_B = weights_BK.argmax(-1)
     if knobs.any_sample:
-        uniform_B = stateless_random.uniforms(seed_B, step_B, stateless_random.EMIT, 1)[:, 0]
-        slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, uniform_B), slot_B)
+        slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, next(draws)[:, 0]), slot_B)
     chosen_B = dist.token_ids_BK.gather(-1, slot_B.unsqueeze(-1)).squeeze(-1)
 
     emitted_B, streak_B, end_code_B = soft_math.thinking_transition(

@@ -1,5 +1,5 @@
 """Counter-based randomness for the soft step: every draw is a pure function of
-(request seed, soft step, purpose, slot), computed for a whole batch in tensor ops.
+(request seed, soft step, purpose, index), computed for a whole batch in tensor ops.
 
 Why not ``torch.Generator``: a generator is state. Its draws depend on how often it was
 called before (so on chunking, preemption and discarded samples), one generator per
@@ -14,10 +14,13 @@ ops. Products of two 32-bit words are formed from 16-bit limbs so that no interm
 exceeds 2**50: int64 never overflows, and the result is bit-identical on every device.
 
     key     = (seed mod 2**32, seed >> 32 mod 2**32)          one per row
-    counter = (slot pair, soft step, purpose, 0)              one per 2 draws
+    counter = (pair index, soft step, purpose, 0)             one per 2 draws
     philox4x32_10(counter, key) -> 4 words -> 2 uniforms of 53 bits each, in (0, 1)
 
-Shape suffixes: B rows, N draws per row.
+Every draw a step needs is made in one Philox evaluation (``draw``): on CPU its cost is
+the ~200 tensor operations of ten rounds, whatever the batch.
+
+Shape suffixes: B rows, N draws per row, K slots.
 """
 
 import hashlib
@@ -25,8 +28,8 @@ import hashlib
 import torch
 
 MASK32 = 0xFFFFFFFF
-_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
-_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 _PHILOX_ROUNDS = 10
 
 # Purposes: each kind of draw has its own counter lane, so adding draws of one kind never
@@ -34,89 +37,115 @@ _PHILOX_ROUNDS = 10
 GUMBEL = 0
 EMIT = 1
 DIRICHLET_BOOST = 2
-DIRICHLET_NORMAL = 3  # 3, 4, ...: one lane per rejection-sampling attempt (two normals' uniforms each)
+DIRICHLET_PROPOSALS = 3
 GAMMA_ATTEMPTS = 8
 """Marsaglia-Tsang attempts per gamma draw; each accepts with probability >= 0.95 (shape >= 1),
 so all eight fail with probability < 4e-11 (then the last proposal is used)."""
-
-
-def _mulhilo32(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) 32-bit words of a * b for 32-bit a (int64 tensor) and 32-bit constant b."""
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    b_hi, b_lo = b >> 16, b & 0xFFFF
-    lo_lo = a_lo * b_lo
-    cross = a_hi * b_lo + a_lo * b_hi + (lo_lo >> 16)  # < 2**34
-    low = ((cross & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
-    high = a_hi * b_hi + (cross >> 16)
-    return high & MASK32, low
+GAMMA_DRAWS_PER_SLOT = 3 * GAMMA_ATTEMPTS
+"""Uniforms per slot in the DIRICHLET_PROPOSALS lane: (normal u1, normal u2, accept u) per attempt."""
 
 
 def philox4x32_10(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Philox4x32 with 10 rounds on int64 tensors holding 32-bit words (broadcasting)."""
-    c0, c1, c2, c3 = counter
-    k0, k1 = key
+    """Philox4x32 with 10 rounds on int64 tensors holding 32-bit words (broadcasting).
+
+    The two multiplications of a round run as one (the words and multipliers stacked).
+    """
+    c0, c1, c2, c3 = torch.broadcast_tensors(*counter, key[0], key[1])[:4]
+    device = c0.device
+    shape = (2,) + (1,) * c0.dim()
+    multiplier = torch.tensor(_PHILOX_M, dtype=torch.int64, device=device).view(shape)
+    m_hi, m_lo = multiplier >> 16, multiplier & 0xFFFF
+    bump = torch.tensor(_PHILOX_W, dtype=torch.int64, device=device).view(shape)
+    keys = torch.stack(torch.broadcast_tensors(key[0], key[1])).expand(2, *c0.shape)
+    even, odd = torch.stack((c0, c2)), torch.stack((c1, c3))  # multiplied / xored words
     for round_index in range(_PHILOX_ROUNDS):
         if round_index:
-            k0 = (k0 + _PHILOX_W0) & MASK32
-            k1 = (k1 + _PHILOX_W1) & MASK32
-        hi0, lo0 = _mulhilo32(c0, _PHILOX_M0)
-        hi1, lo1 = _mulhilo32(c2, _PHILOX_M1)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+            keys = (keys + bump) & MASK32
+        a_hi, a_lo = even >> 16, even & 0xFFFF
+        lo_lo = a_lo * m_lo
+        cross = a_hi * m_lo + a_lo * m_hi + (lo_lo >> 16)  # < 2**34
+        low = ((cross & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
+        high = (a_hi * m_hi + (cross >> 16)) & MASK32
+        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
+        even, odd = high.flip(0) ^ odd ^ keys, low.flip(0)
+    return even[0], odd[0], even[1], odd[1]
 
 
-def uniforms(seed_B: torch.Tensor, step_B: torch.Tensor, purpose: int, count: int) -> torch.Tensor:
-    """(B, count) float64 uniforms in the open interval (0, 1): draw n of row b depends only
-    on (seed_B[b], step_B[b], purpose, n)."""
+def draw(seed_B: torch.Tensor, step_B: torch.Tensor, lanes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Uniforms in the open interval (0, 1), float64, for each (purpose, count) lane: a
+    (B, count) tensor each, from one Philox evaluation. Draw n of a lane depends only on
+    (seed_B[b], step_B[b], purpose, n): not on the other lanes, nor on the counts."""
     device = seed_B.device
+    pairs, purposes = [], []
+    for purpose, count in lanes:
+        size = (count + 1) // 2
+        pairs.append(torch.arange(size, device=device, dtype=torch.int64))
+        purposes.append(torch.full((size,), purpose, device=device, dtype=torch.int64))
+    pair_N, purpose_N = torch.cat(pairs).unsqueeze(0), torch.cat(purposes).unsqueeze(0)
     seed = seed_B.to(torch.int64).unsqueeze(-1)
     key = (seed & MASK32, (seed >> 32) & MASK32)
-    pairs = torch.arange((count + 1) // 2, device=device, dtype=torch.int64).unsqueeze(0)
-    pairs, step = torch.broadcast_tensors(pairs, step_B.to(torch.int64).unsqueeze(-1) & MASK32)
-    zero = torch.zeros_like(pairs)
-    w0, w1, w2, w3 = philox4x32_10((pairs, step, zero + purpose, zero), key)
+    step = step_B.to(torch.int64).unsqueeze(-1) & MASK32
+    w0, w1, w2, w3 = philox4x32_10((pair_N, step, purpose_N, torch.zeros_like(pair_N)), key)
     # 53 random bits per uniform (27 + 26), offset by half a unit: never exactly 0 or 1.
     first = ((w0 >> 5) * 67108864 + (w1 >> 6)).double()
     second = ((w2 >> 5) * 67108864 + (w3 >> 6)).double()
-    bits = torch.stack((first, second), dim=-1).reshape(seed_B.shape[0], -1)[:, :count]
-    return (bits + 0.5) * (1.0 / 9007199254740992.0)
+    values = (torch.stack((first, second), dim=-1).reshape(seed_B.shape[0], -1) + 0.5) * (1.0 / 9007199254740992.0)
+    out, start = [], 0
+    for _, count in lanes:
+        size = 2 * ((count + 1) // 2)
+        out.append(values[:, start : start + count])
+        start += size
+    return out
 
 
-def gumbels(seed_B: torch.Tensor, step_B: torch.Tensor, count: int) -> torch.Tensor:
-    """(B, count) standard Gumbel draws, float64."""
-    return -torch.log(-torch.log(uniforms(seed_B, step_B, GUMBEL, count)))
+def uniforms(seed_B: torch.Tensor, step_B: torch.Tensor, purpose: int, count: int) -> torch.Tensor:
+    """(B, count) uniforms of one lane (see ``draw``)."""
+    return draw(seed_B, step_B, [(purpose, count)])[0]
 
 
-def log_gammas(concentration_BK: torch.Tensor, seed_B: torch.Tensor, step_B: torch.Tensor) -> torch.Tensor:
-    """log of Gamma(concentration, 1) draws, float64, for concentrations > 0 (any size).
+def gumbel(uniform_BN: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel draws from uniforms in (0, 1)."""
+    return -torch.log(-torch.log(uniform_BN))
+
+
+def gamma_lanes(count: int) -> list[tuple[int, int]]:
+    """The ``draw`` lanes ``log_gammas`` needs for ``count`` slots: proposals, then boosts."""
+    return [(DIRICHLET_PROPOSALS, GAMMA_DRAWS_PER_SLOT * count), (DIRICHLET_BOOST, count)]
+
+
+def log_gammas(concentration_BK: torch.Tensor, proposals_BN: torch.Tensor, boost_BK: torch.Tensor) -> torch.Tensor:
+    """log of Gamma(concentration, 1) draws, float64, for concentrations > 0 (any size),
+    from the uniforms of ``gamma_lanes`` (slot-major: slot k's draws do not depend on K).
 
     Marsaglia and Tsang (2000) for shape a + 1 >= 1, then the boost
     Gamma(a) = Gamma(a + 1) * U**(1/a), taken in log space so tiny shapes do not underflow.
-    Attempts run in parallel; each slot takes its first accepted proposal.
+    All attempts are evaluated at once; each slot takes its first accepted proposal.
     """
     shape_BK = concentration_BK.double()
-    count = shape_BK.shape[-1]
-    d = shape_BK + 1.0 - 1.0 / 3.0
+    rows, slots = shape_BK.shape
+    u = proposals_BN.reshape(rows, slots, GAMMA_ATTEMPTS, 3)
+    d = (shape_BK + 1.0 - 1.0 / 3.0).unsqueeze(-1)
     c = 1.0 / torch.sqrt(9.0 * d)
-    chosen = torch.zeros_like(shape_BK)
-    accepted = torch.zeros_like(shape_BK, dtype=torch.bool)
-    for attempt in range(GAMMA_ATTEMPTS):
-        # Slot-major (draws 3k, 3k+1, 3k+2 belong to slot k): a slot's draws do not depend
-        # on how many slots the batch has.
-        draws = uniforms(seed_B, step_B, DIRICHLET_NORMAL + attempt, 3 * count).reshape(-1, count, 3)
-        u1, u2, u_accept = draws.unbind(-1)
-        normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)  # Box-Muller
-        v = (1.0 + c * normal) ** 3
-        positive = v > 0
-        log_v = torch.log(torch.where(positive, v, 1.0))
-        ok = positive & (torch.log(u_accept) < 0.5 * normal * normal + d - d * v + d * log_v)
-        take = ok & ~accepted
-        last = attempt == GAMMA_ATTEMPTS - 1
-        proposal = torch.log(d) + log_v if not last else torch.log(d) + torch.where(positive, log_v, 0.0)
-        chosen = torch.where(take | (last & ~accepted), proposal, chosen)
-        accepted |= ok
-    boost = torch.log(uniforms(seed_B, step_B, DIRICHLET_BOOST, count)) / shape_BK
-    return chosen + boost
+    normal = torch.sqrt(-2.0 * torch.log(u[..., 0])) * torch.cos(2.0 * torch.pi * u[..., 1])  # Box-Muller
+    v = (1.0 + c * normal) ** 3
+    positive = v > 0
+    log_v = torch.log(torch.where(positive, v, 1.0))
+    accepted = positive & (torch.log(u[..., 2]) < 0.5 * normal * normal + d - d * v + d * log_v)
+    accepted[..., -1] = True  # never reached in practice (< 4e-11): the last proposal stands
+    first = accepted.to(torch.int8).argmax(-1, keepdim=True)
+    log_gamma_plus_one = (torch.log(d) + log_v).gather(-1, first).squeeze(-1)
+    return log_gamma_plus_one + torch.log(boost_BK) / shape_BK
+
+
+def gumbels(seed_B: torch.Tensor, step_B: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count) Gumbel draws of the GUMBEL lane, as the soft step makes them."""
+    return gumbel(uniforms(seed_B, step_B, GUMBEL, count))
+
+
+def gamma_draws(concentration_BK: torch.Tensor, seed_B: torch.Tensor, step_B: torch.Tensor) -> torch.Tensor:
+    """``log_gammas`` with the draws of (seed, step), as the soft step makes them."""
+    proposals, boost = draw(seed_B, step_B, gamma_lanes(concentration_BK.shape[-1]))
+    return log_gammas(concentration_BK, proposals, boost)
 
 
 def request_seed(seed: int | None, engine_seed: int | None, request_id: str) -> int:

@@ -115,7 +115,7 @@ def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingP
         if knobs.noise == "gumbel":
             weights = soft_math.gumbel_noise(base, knobs.tau, stateless_random.gumbels(seed_B, step_B, base.shape[1]))
         elif knobs.noise == "dirichlet":
-            weights = soft_math.dirichlet_noise(base, stateless_random.log_gammas(knobs.alpha * base, seed_B, step_B))
+            weights = soft_math.dirichlet_noise(base, stateless_random.gamma_draws(knobs.alpha * base, seed_B, step_B))
         else:
             weights = base
         assert entry["weights"] == pytest.approx(weights[0].tolist(), abs=1e-3), f"step {step}: not the draws of (seed, step)"

@@ -75,7 +75,7 @@ def _noisy(weights: torch.Tensor, noise: str, alpha: float, tau: float, draws: i
     if noise == "gumbel":
         return soft_math.gumbel_noise(rows, tau, stateless_random.gumbels(seed_B, step_B, rows.shape[-1]))
     concentration = torch.where(rows > 0, alpha * rows, 1.0)
-    return soft_math.dirichlet_noise(rows, stateless_random.log_gammas(concentration, seed_B, step_B))
+    return soft_math.dirichlet_noise(rows, stateless_random.gamma_draws(concentration, seed_B, step_B))
 
 
 @pytest.mark.parametrize("noise", ["dirichlet", "gumbel"])

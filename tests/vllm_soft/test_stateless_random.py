@@ -48,6 +48,9 @@ def test_a_draw_depends_only_on_seed_step_purpose_and_index():
         alone = stateless_random.uniforms(seeds[row : row + 1], steps[row : row + 1], 2, 9)
         assert torch.equal(alone[0], batch[row])
         assert torch.equal(stateless_random.uniforms(seeds[row : row + 1], steps[row : row + 1], 2, 4)[0], batch[row, :4])
+    together = stateless_random.draw(seeds, steps, [(0, 3), (2, 9), (5, 1)])
+    assert torch.equal(together[1], batch)  # a lane's draws do not depend on the other lanes
+    assert torch.equal(together[0], stateless_random.uniforms(seeds, steps, 0, 3))
     assert not torch.equal(batch[0], batch[3])  # next step
     assert not torch.equal(batch[0], stateless_random.uniforms(seeds[:1], steps[:1], 3, 9)[0])  # other purpose
 
@@ -56,7 +59,7 @@ def test_a_slots_gamma_draw_does_not_depend_on_the_number_of_slots():
     """The batch's widest support sets the slot count; a row's draws must not move with it."""
     seeds, steps = torch.tensor([3, 4]), torch.tensor([0, 9])
     wide = torch.rand(2, 12, dtype=torch.float64) * 3
-    assert torch.equal(stateless_random.log_gammas(wide, seeds, steps)[:, :5], stateless_random.log_gammas(wide[:, :5], seeds, steps))
+    assert torch.equal(stateless_random.gamma_draws(wide, seeds, steps)[:, :5], stateless_random.gamma_draws(wide[:, :5], seeds, steps))
     assert torch.equal(stateless_random.gumbels(seeds, steps, 12)[:, :5], stateless_random.gumbels(seeds, steps, 5))
 
 
@@ -64,13 +67,13 @@ def test_a_slots_gamma_draw_does_not_depend_on_the_number_of_slots():
 def test_log_gamma_draws_have_the_gamma_moments(shape):
     count = 20_000
     concentration = torch.full((count, 1), shape, dtype=torch.float64)
-    draws = stateless_random.log_gammas(concentration, torch.full((count,), 3), torch.arange(count)).exp().flatten()
+    draws = stateless_random.gamma_draws(concentration, torch.full((count,), 3), torch.arange(count)).exp().flatten()
     # Gamma(k, 1): mean k, variance k. Standard errors: sqrt(k / n) for the mean, and
     # sqrt((mu4 - k^2) / n) = sqrt((2k^2 + 6k) / n) for the variance; allow 5 of each.
     assert float(draws.mean()) == pytest.approx(shape, abs=5 * math.sqrt(shape / count))
     assert float(draws.var()) == pytest.approx(shape, abs=5 * math.sqrt((2 * shape**2 + 6 * shape) / count))
     if shape < 0.1:  # tiny shapes live in log space: E[log G] = digamma(k) is hugely negative
-        logs = stateless_random.log_gammas(concentration, torch.full((count,), 3), torch.arange(count)).flatten()
+        logs = stateless_random.gamma_draws(concentration, torch.full((count,), 3), torch.arange(count)).flatten()
         assert float(logs.mean()) == pytest.approx(float(torch.digamma(torch.tensor(shape))), rel=0.05)
 
 
