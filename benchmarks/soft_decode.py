@@ -86,7 +86,7 @@ def plot(results: dict, path: Path) -> None:
     for i, name in enumerate(series):
         values = [results["tokens_per_s"][str(b)].get(name, 0.0) for b in batches]
         ax.bar([j + i * width for j in range(len(batches))], values, width, label=name)
-    ax.set_xticks([j + width for j in range(len(batches))], [f"batch {b}" for b in batches])
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
     ax.set_ylabel("tokens/s")
     ax.set_title(f"soft vs plain decode, {results['model']}, {results['max_tokens']} new tokens")
     ax.legend()

@@ -42,6 +42,19 @@ def soft_params(max_tokens: int, **knobs) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, extra_args={"soft_thinking": knobs})
 
 
+def check_top_k_1_is_greedy(llm, tokenizer) -> None:
+    """32 prompts x 64 tokens: soft decoding with top_k = 1 and no noise is greedy decoding."""
+    from vllm_soft.trace import soft_summary
+
+    prompts = chat_prompts(tokenizer, 32)
+    greedy = generate(llm, prompts, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
+    soft = generate(llm, prompts, soft_params(64, top_k=1))
+    for plain, soft_completion in zip(greedy, soft):
+        assert list(soft_completion.token_ids) == list(plain.token_ids)
+        assert soft_summary(soft_completion)["num_soft_steps"] == 64
+        assert soft_trace(plain) == []
+
+
 def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
     """Teacher-forced check of one soft completion against the reference."""
     trace = soft_trace(completion)
@@ -98,9 +111,10 @@ def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingP
     """Teacher-forced check that soft step t of a seeded request used exactly the draws of
     (seed, t): the reference's noise-free weights, perturbed with ``stateless_random``'s
     draws for (seed, t), are the trace's weights, and the emitted token is the sample those
-    draws pick. Returns how many steps were checked: all of them, or up to a sampling
-    near-tie (the uniform within ``SAMPLE_NEAR_TIE`` of a CDF boundary, where float32
-    noise in the logits may flip the sample and the trajectory)."""
+    draws pick. Returns how many steps were checked: all of them, or up to a near-tie
+    where float32 noise in the logits may change the trajectory: the uniform within
+    ``SAMPLE_NEAR_TIE`` of a CDF boundary, or two candidates' probabilities that close
+    (their order, which assigns each its draws, may swap)."""
     import torch
 
     from vllm_soft import soft_math, stateless_random
@@ -110,6 +124,8 @@ def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingP
     seed_B = torch.tensor([stateless_random.as_int64(seed)])
     for step, (entry, reference) in enumerate(zip(trace, expected)):
         assert entry["token_ids"] == reference.token_ids, step
+        if any(a - b < SAMPLE_NEAR_TIE for a, b in zip(reference.weights, reference.weights[1:])):
+            return step
         base = torch.tensor([reference.weights], dtype=torch.float64)
         step_B = torch.tensor([step])
         if knobs.noise == "gumbel":

@@ -12,9 +12,9 @@ import pytest
 import torch
 from vllm import SamplingParams
 
-from soft_checks import assert_replays, chat_prompts, generate, soft_params
+from soft_checks import assert_replays, chat_prompts, check_top_k_1_is_greedy, generate, soft_params
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.trace import soft_summary, soft_trace
+from vllm_soft.trace import soft_trace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -59,12 +59,7 @@ def test_cuda_engine_runs_the_soft_step_in_the_v1_runner_synchronously(eager_eng
 
 
 def test_top_k_1_is_greedy_on_cuda(eager_engine, default_tokenizer):
-    prompts = chat_prompts(default_tokenizer, 32)
-    greedy = generate(eager_engine, prompts, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
-    soft = generate(eager_engine, prompts, soft_params(64, top_k=1))
-    for plain, soft_completion in zip(greedy, soft):
-        assert list(soft_completion.token_ids) == list(plain.token_ids)
-        assert soft_summary(soft_completion)["num_soft_steps"] == 64
+    check_top_k_1_is_greedy(eager_engine, default_tokenizer)
 
 
 @pytest.mark.parametrize("mode", ["replace", "add"])

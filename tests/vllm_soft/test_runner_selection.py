@@ -1,7 +1,6 @@
 """Which runner and scheduling a soft-thinking engine gets, on a vLLM made to believe
 Triton works (as on any CUDA machine, where vLLM would build Model Runner V2)."""
 
-import os
 
 import pytest
 

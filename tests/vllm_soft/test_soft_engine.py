@@ -8,7 +8,7 @@ trace and must find, at every soft step, the same support and weights.
 import pytest
 from vllm import SamplingParams, TokensPrompt
 
-from soft_checks import assert_replays, chat_prompts, check_mixed_batch, generate, soft_params
+from soft_checks import assert_replays, chat_prompts, check_mixed_batch, check_top_k_1_is_greedy, generate, soft_params
 from vllm_soft.params import SoftThinkingParams
 from vllm_soft.reference import predicted_end_step
 from vllm_soft.trace import soft_summary, soft_trace
@@ -17,15 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("engine_name", ["tiny_engine", "default_engine"])
 def test_top_k_1_is_greedy(engine_name, request, default_tokenizer):
-    """32 prompts x 64 tokens: soft decoding with top_k = 1 and no noise is greedy decoding."""
-    llm = request.getfixturevalue(engine_name)
-    prompts = chat_prompts(default_tokenizer, 32)
-    greedy = generate(llm, prompts, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
-    soft = generate(llm, prompts, soft_params(64, top_k=1))
-    for plain, soft_completion in zip(greedy, soft):
-        assert list(soft_completion.token_ids) == list(plain.token_ids)
-        assert soft_summary(soft_completion)["num_soft_steps"] == 64
-        assert soft_trace(plain) == []
+    check_top_k_1_is_greedy(request.getfixturevalue(engine_name), default_tokenizer)
 
 
 @pytest.mark.parametrize("mode", ["replace", "add"])

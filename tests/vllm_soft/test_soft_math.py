@@ -204,3 +204,14 @@ def test_noisy_step_logprob_rises_when_the_policy_moves_toward_the_drawn_weights
     logits = BASE.log()[None].clone().requires_grad_(True)
     soft_math.concrete_log_density(torch.log_softmax(logits, -1), noisy, ALL_VALID, 0.5).sum().backward()
     assert int(logits.grad.argmax()) == 1
+
+
+@pytest.mark.parametrize("vocab", [49152, 151936, 50257, 300])
+@pytest.mark.parametrize("k", [1, 10, 15, 64])
+def test_block_top_k_is_torch_top_k(vocab, k):
+    values = torch.randn(16, vocab, generator=torch.Generator().manual_seed(vocab + k))
+    values[0, -3:] = 10.0 + torch.arange(3.0)  # the largest entries in the last, partial block
+    top, ids = soft_math.block_top_k(values, k)
+    expected_top, expected_ids = values.topk(k, dim=-1, sorted=True)
+    assert torch.equal(top, expected_top)
+    assert torch.equal(ids, expected_ids)

@@ -26,6 +26,9 @@ def _engine(path, tensor_parallel_size: int) -> LLM:
 
 
 def test_tensor_parallel_2_gives_the_traces_and_checksum_of_one_rank(tiny_model_path, monkeypatch):
+    import vllm.envs as envs
+
+    envs.disable_envs_cache()  # an engine started earlier in this process froze vLLM's view of the environment
     first, second = sorted(os.sched_getaffinity(0))[:2]
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{first}|{second}")  # one core per rank
     two = _engine(tiny_model_path, 2)
