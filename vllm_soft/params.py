@@ -156,9 +156,14 @@ def request_overrides(extra_args: dict[str, Any] | None) -> dict[str, Any] | Non
     )
 
 
+def soft_thinking_on(additional_config: dict[str, Any] | None) -> bool:
+    """Whether an engine's ``additional_config`` turns soft thinking on (cheap: no validation)."""
+    return isinstance(additional_config, dict) and additional_config.get(EXTRA_ARGS_KEY) is not None
+
+
 def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingParams | None:
     """Engine-wide defaults from ``additional_config['soft_thinking']``; None when soft thinking is off."""
-    if not additional_config or additional_config.get(EXTRA_ARGS_KEY) is None:
+    if not soft_thinking_on(additional_config):
         return None
     config = additional_config[EXTRA_ARGS_KEY]
     if not isinstance(config, dict):

@@ -72,6 +72,43 @@ class StepKnobs:
     any_add: bool
     """Whether some row mixes in mode 'add'."""
 
+    @classmethod
+    def from_rows(
+        cls,
+        floats_BF: torch.Tensor,
+        ints_BI: torch.Tensor,
+        host_ints_BI: torch.Tensor,
+        soft_steps_done_B: torch.Tensor,
+        low_entropy_streak_B: torch.Tensor,
+    ) -> "StepKnobs":
+        """Knobs of gathered rows; the host flags are read from ``host_ints_BI``, the same
+        int rows held on the CPU (so deciding them never waits on the device)."""
+        noise_names = {code: name for name, code in soft_math.NOISE_CODES.items()}
+        return cls(
+            floats_BF=floats_BF,
+            ints_BI=ints_BI,
+            soft_steps_done_B=soft_steps_done_B,
+            low_entropy_streak_B=low_entropy_streak_B,
+            max_k=int(host_ints_BI[:, TOP_K].max()),
+            noise_kinds=frozenset(noise_names[code] for code in host_ints_BI[:, NOISE].unique().tolist()),
+            any_sample=bool((host_ints_BI[:, EMIT] == soft_math.EMIT_CODES["sample"]).any()),
+            any_add=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["add"]).any()),
+        )
+
+    @classmethod
+    def for_requests(cls, rows: list[tuple[SoftThinkingParams, int, int]], device="cpu") -> "StepKnobs":
+        """Knobs of (params, seed, soft steps done) rows, streaks 0: for a step without slot
+        tables (memory profiling, tests)."""
+        floats, ints = zip(*(knob_row(params, seed) for params, seed, _ in rows))
+        host_ints = torch.tensor(ints, dtype=torch.int64)
+        return cls.from_rows(
+            torch.tensor(floats, dtype=torch.float64, device=device),
+            host_ints.to(device),
+            host_ints,
+            torch.tensor([steps for _, _, steps in rows], dtype=torch.int64, device=device),
+            torch.zeros(len(rows), dtype=torch.int64, device=device),
+        )
+
 
 @dataclass
 class SoftStepOutput:

@@ -47,7 +47,6 @@ class SoftRequestState:
     first_soft_position: int
     """Absolute position of the first generated token: soft step k emits position first + k."""
     soft_steps: int = 0
-    thinking: bool = True
     mixtures: list[tuple[list[int], list[float]]] = field(default_factory=list)
     """(token ids, weights) of soft step k, the input at ``first_soft_position + k``, for
     every step after which thinking went on: what a recompute after preemption rebuilds."""
@@ -240,17 +239,12 @@ class SoftThinkingRunner:
         indices = self._upload(np.stack([rows, soft_slots]))
         slots_dev = indices[1]
         progress = self.progress_S2.index_select(0, slots_dev)
-        ints = self.ints_np[soft_slots]
-        noise_names = {code: name for name, code in soft_math.NOISE_CODES.items()}
-        knobs = soft_step.StepKnobs(
-            floats_BF=self.floats_SF.index_select(0, slots_dev),
-            ints_BI=self.ints_SI.index_select(0, slots_dev),
-            soft_steps_done_B=progress[:, 0],
-            low_entropy_streak_B=progress[:, 1],
-            max_k=int(ints[:, soft_step.TOP_K].max()),
-            noise_kinds=frozenset(noise_names[int(c)] for c in np.unique(ints[:, soft_step.NOISE])),
-            any_sample=bool((ints[:, soft_step.EMIT] == soft_math.EMIT_CODES["sample"]).any()),
-            any_add=bool((ints[:, soft_step.MODE] == soft_math.MODE_CODES["add"]).any()),
+        knobs = soft_step.StepKnobs.from_rows(
+            self.floats_SF.index_select(0, slots_dev),
+            self.ints_SI.index_select(0, slots_dev),
+            torch.from_numpy(self.ints_np[soft_slots]),
+            progress[:, 0],
+            progress[:, 1],
         )
         req_ids = [batch.req_ids[row] for row in rows]
         return SoftStepPlan(rows.tolist(), req_ids, rows.size == num_reqs, indices[0], slots_dev, knobs)
@@ -306,7 +300,6 @@ class SoftThinkingRunner:
                 self.pending_position_np[state.slot] = position
                 self.mixture_end_np[state.slot] = position + 1
             else:
-                state.thinking = False
                 self.thinking_np[state.slot] = False
                 self.pending_position_np[state.slot] = -1
             new_entries.setdefault(req_id, []).append(entry)
@@ -320,18 +313,12 @@ class SoftThinkingRunner:
         against the KV-cache budget. Leaves no request state behind."""
         rows = max(num_reqs, 1)
         logits = torch.randn(rows, self.vocab_size, device=self.device)
-        slots = torch.zeros(rows, dtype=torch.int64, device=self.device)
-        floats, ints = soft_step.knob_row(SoftThinkingParams(noise="dirichlet", emit="sample", mode="add"), 0)
-        knobs = soft_step.StepKnobs(
-            floats_BF=torch.tensor([floats], dtype=torch.float64, device=self.device).expand(rows, -1),
-            ints_BI=torch.tensor([ints], dtype=torch.int64, device=self.device).expand(rows, -1),
-            soft_steps_done_B=slots,
-            low_entropy_streak_B=slots,
-            max_k=self.defaults.top_k,
-            noise_kinds=frozenset(soft_math.NOISE_CODES),
-            any_sample=True,
-            any_add=True,
-        )
+        branches = [
+            SoftThinkingParams(top_k=self.defaults.top_k, noise="dirichlet", emit="sample", mode="add"),
+            SoftThinkingParams(top_k=self.defaults.top_k, noise="gumbel"),
+            SoftThinkingParams(top_k=self.defaults.top_k),
+        ]
+        knobs = soft_step.StepKnobs.for_requests([(branches[i % 3], 0, 0) for i in range(rows)], self.device)
         out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits))
         out.packed()
 

@@ -18,19 +18,8 @@ def embed(ids: torch.Tensor) -> torch.Tensor:
 
 
 def knobs_for(rows: list[tuple[SoftThinkingParams, int, int]]) -> soft_step.StepKnobs:
-    """StepKnobs for (params, seed, soft steps done) rows, as the worker gathers them."""
-    floats, ints = zip(*(soft_step.knob_row(params, seed) for params, seed, _ in rows))
-    params = [p for p, _, _ in rows]
-    return soft_step.StepKnobs(
-        floats_BF=torch.tensor(floats, dtype=torch.float64),
-        ints_BI=torch.tensor(ints, dtype=torch.int64),
-        soft_steps_done_B=torch.tensor([step for _, _, step in rows]),
-        low_entropy_streak_B=torch.zeros(len(rows), dtype=torch.long),
-        max_k=max(p.top_k for p in params),
-        noise_kinds=frozenset(p.noise for p in params),
-        any_sample=any(p.emit == "sample" for p in params),
-        any_add=any(p.mode == "add" for p in params),
-    )
+    """StepKnobs for (params, seed, soft steps done) rows."""
+    return soft_step.StepKnobs.for_requests(rows)
 
 
 MIXED = [

@@ -24,16 +24,11 @@ When it can go: once the soft step runs in Model Runner V2 and under async sched
 import functools
 import logging
 
-from vllm_soft.params import EXTRA_ARGS_KEY, engine_defaults
+from vllm_soft.params import engine_defaults, soft_thinking_on
 
 logger = logging.getLogger("vllm_soft")
 
 V2_ENV = "VLLM_USE_V2_MODEL_RUNNER"
-
-
-def soft_thinking_on(additional_config) -> bool:
-    """Whether an engine's ``additional_config`` turns soft thinking on (cheap: no validation)."""
-    return isinstance(additional_config, dict) and additional_config.get(EXTRA_ARGS_KEY) is not None
 
 
 def _refuse_v2_requests(config) -> None:
