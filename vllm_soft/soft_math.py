@@ -44,26 +44,33 @@ def filter_distribution(
     min_p_B: torch.Tensor,
     workspace: torch.Tensor | None = None,
     max_k: int | None = None,
+    statistics: Callable | None = None,
 ) -> FilteredDistribution:
     """softmax(z / T), keep the top-k, then the shortest prefix reaching top-p, then drop
     p < min_p * p_max; renormalise over what is kept.
 
-    ``workspace``: optional contiguous float32 buffer of shape (2, R, V), overwritten;
-    passing the same one every step spares vocabulary-sized allocations (most of this
-    function's cost at large batch on CPU), and more than R rows are processed R at a
-    time, which bounds the memory. ``max_k``: ``top_k_B.max()`` when the caller knows it
-    on the host (reading it from a device tensor would block on the device).
+    The vocabulary-wide work runs one of two ways. ``statistics``: a compiled
+    ``vocabulary_statistics`` (the engine passes one on CPU), which reads the logits a few
+    times and writes nothing vocabulary-sized. Otherwise eager kernels: ``workspace`` is an
+    optional contiguous float32 buffer of shape (2, R, V), overwritten; passing the same
+    one every step spares vocabulary-sized allocations (most of the eager cost at large
+    batch on CPU), and more than R rows are processed R at a time, which bounds the
+    memory. ``max_k``: ``top_k_B.max()`` when the caller knows it on the host (reading it
+    from a device tensor would block on the device).
     """
     rows, vocab = logits_BV.shape
-    if workspace is None:
-        workspace = torch.empty(2, rows, vocab, dtype=torch.float32, device=logits_BV.device)
     max_k = int(top_k_B.max()) if max_k is None else max_k
-    chunk = workspace.shape[1]
-    parts = [
-        _vocabulary_pass(logits_BV[start : start + chunk], temperature_B[start : start + chunk], max_k, workspace)
-        for start in range(0, rows, chunk)
-    ]
-    top_probs_BK, token_ids_BK, entropy_B = (torch.cat(part) if len(parts) > 1 else part[0] for part in zip(*parts))
+    if statistics is not None:
+        top_probs_BK, token_ids_BK, entropy_B = _statistics_pass(logits_BV, temperature_B, max_k, statistics)
+    else:
+        if workspace is None:
+            workspace = torch.empty(2, rows, vocab, dtype=torch.float32, device=logits_BV.device)
+        chunk = workspace.shape[1]
+        parts = [
+            _vocabulary_pass(logits_BV[start : start + chunk], temperature_B[start : start + chunk], max_k, workspace)
+            for start in range(0, rows, chunk)
+        ]
+        top_probs_BK, token_ids_BK, entropy_B = (torch.cat(part) if len(parts) > 1 else part[0] for part in zip(*parts))
     rank_K = torch.arange(max_k, device=logits_BV.device)
     kept = rank_K.unsqueeze(0) < top_k_B.unsqueeze(-1)
     # Top-p on the original probabilities: keep entry i while the mass before it is
@@ -83,24 +90,33 @@ TOP_K_BLOCK = 128
 """Block width of ``block_top_k``; 128 divides the vocabularies of Llama, SmolLM2 and Qwen."""
 
 
-def block_top_k(values_BV: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def block_maxima(values_BV: torch.Tensor) -> torch.Tensor:
+    """Maximum of each block of ``TOP_K_BLOCK`` columns (the last block may be partial)."""
+    rows, vocab = values_BV.shape
+    blocks = vocab // TOP_K_BLOCK
+    maxima = values_BV[:, : blocks * TOP_K_BLOCK].view(rows, blocks, TOP_K_BLOCK).amax(-1)
+    if vocab > blocks * TOP_K_BLOCK:
+        maxima = torch.cat((maxima, values_BV[:, blocks * TOP_K_BLOCK :].amax(-1, keepdim=True)), dim=1)
+    return maxima
+
+
+def block_top_k(values_BV: torch.Tensor, k: int, maxima_BN: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``values.topk(k, dim=-1, sorted=True)`` for k much smaller than V, reading the
     values about once instead of selecting over the whole row.
 
     The k largest entries lie in the k blocks (of ``TOP_K_BLOCK`` columns) with the largest
     maxima: a block holding one of them has a maximum >= the k-th largest entry, and at
-    most k blocks do. So: block maxima, the top k blocks, then top-k among their entries.
-    Ties between equal values may be broken otherwise than ``torch.topk`` breaks them.
+    most k blocks do. So: block maxima (``maxima_BN`` when the caller has them), the top k
+    blocks, then top-k among their entries. Ties between equal values may be broken
+    otherwise than ``torch.topk`` breaks them.
     """
     rows, vocab = values_BV.shape
     blocks = vocab // TOP_K_BLOCK
     if k * 8 > blocks:  # few blocks: nothing to gain
         return values_BV.topk(k, dim=-1, sorted=True)
     main_BNW = values_BV[:, : blocks * TOP_K_BLOCK].view(rows, blocks, TOP_K_BLOCK)
-    maxima = main_BNW.amax(-1)
+    maxima = block_maxima(values_BV) if maxima_BN is None else maxima_BN
     remainder = vocab - blocks * TOP_K_BLOCK
-    if remainder:  # a last, partial block
-        maxima = torch.cat((maxima, values_BV[:, blocks * TOP_K_BLOCK :].amax(-1, keepdim=True)), dim=1)
     chosen_BK = maxima.topk(k, dim=-1, sorted=False).indices
     candidates = main_BNW.gather(1, chosen_BK.clamp(max=blocks - 1).unsqueeze(-1).expand(rows, k, TOP_K_BLOCK))
     if remainder:
@@ -112,7 +128,8 @@ def block_top_k(values_BV: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _vocabulary_pass(logits_CV: torch.Tensor, temperature_C: torch.Tensor, max_k: int, workspace: torch.Tensor):
-    """(top-k probabilities, their ids, entropy) of p = softmax(s), s = z / T, for up to R rows.
+    """(top-k probabilities, their ids, entropy) of p = softmax(s), s = z / T, for up to R
+    rows, with eager kernels.
 
     The only work over the whole vocabulary: scale, softmax, top-k (``block_top_k``), then the entropy without
     a log per entry. With log p_i = s_i - s_max + log p_max (the top-1 entry fixes the
@@ -130,6 +147,36 @@ def _vocabulary_pass(logits_CV: torch.Tensor, temperature_C: torch.Tensor, max_k
     spread_C = torch.mul(probs_CV, scaled_CV, out=scaled_CV).nansum(-1)
     entropy_C = (-torch.log(top_probs_CK[:, 0]) - spread_C).clamp_min(0.0)  # rounding: never below 0
     return top_probs_CK, token_ids_CK, entropy_C
+
+
+def vocabulary_statistics(logits_CV: torch.Tensor, temperature_C: torch.Tensor):
+    """Every whole-vocabulary quantity the soft step needs, as one expression that
+    ``torch.compile`` fuses into a few reads of the logits with no vocabulary-sized
+    temporaries (eagerly it would allocate several; ``filter_distribution`` then uses the
+    eager pass instead).
+
+    Returns the logits' block maxima (``block_maxima``; softmax keeps their order), the
+    row maximum z_max, the normaliser Z = Σ e_i and the entropy of softmax(z / T), where
+    d_i = (z_i - z_max) / T <= 0 and e_i = exp(d_i) <= 1: H = log Z - Σ e_i d_i / Z, two
+    terms >= 0, so no cancellation. Masked tokens (z = -inf) have e = 0 and are skipped.
+    """
+    maxima_CN = block_maxima(logits_CV)
+    max_C1 = maxima_CN.amax(-1, keepdim=True)
+    shifted_CV = (logits_CV - max_C1) * temperature_C.float().reciprocal().unsqueeze(-1)
+    exp_CV = shifted_CV.exp()
+    total_C = exp_CV.sum(-1)
+    spread_C = torch.where(exp_CV > 0, exp_CV * shifted_CV, 0.0).sum(-1)
+    entropy_C = total_C.log() - spread_C / total_C
+    return maxima_CN, max_C1.squeeze(-1), total_C, entropy_C
+
+
+def _statistics_pass(logits_BV: torch.Tensor, temperature_B: torch.Tensor, max_k: int, statistics: Callable):
+    """``_vocabulary_pass``'s results from (compiled) ``vocabulary_statistics``: the top-k
+    of the logits from their block maxima, their probabilities from z_max and Z."""
+    maxima_BN, max_B, total_B, entropy_B = statistics(logits_BV, temperature_B)
+    top_logits_BK, token_ids_BK = block_top_k(logits_BV, max_k, maxima_BN)
+    shifted_BK = (top_logits_BK - max_B.unsqueeze(-1)) / temperature_B.float().unsqueeze(-1)
+    return shifted_BK.exp() / total_B.unsqueeze(-1), token_ids_BK, entropy_B
 
 
 NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}

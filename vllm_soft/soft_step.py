@@ -22,6 +22,7 @@ Shape suffixes: B soft rows, V vocabulary, K support slots, H hidden size.
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vllm_soft import soft_math, stateless_random
@@ -77,12 +78,13 @@ class StepKnobs:
         cls,
         floats_BF: torch.Tensor,
         ints_BI: torch.Tensor,
-        host_ints_BI: torch.Tensor,
+        host_ints_BI: np.ndarray,
         soft_steps_done_B: torch.Tensor,
         low_entropy_streak_B: torch.Tensor,
     ) -> "StepKnobs":
         """Knobs of gathered rows; the host flags are read from ``host_ints_BI``, the same
-        int rows held on the CPU (so deciding them never waits on the device)."""
+        int rows held on the host as numpy (so deciding them never waits on the device,
+        and costs microseconds)."""
         noise_names = {code: name for name, code in soft_math.NOISE_CODES.items()}
         return cls(
             floats_BF=floats_BF,
@@ -90,7 +92,7 @@ class StepKnobs:
             soft_steps_done_B=soft_steps_done_B,
             low_entropy_streak_B=low_entropy_streak_B,
             max_k=int(host_ints_BI[:, TOP_K].max()),
-            noise_kinds=frozenset(noise_names[code] for code in host_ints_BI[:, NOISE].unique().tolist()),
+            noise_kinds=frozenset(noise_names[code] for code in np.unique(host_ints_BI[:, NOISE]).tolist()),
             any_sample=bool((host_ints_BI[:, EMIT] == soft_math.EMIT_CODES["sample"]).any()),
             any_add=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["add"]).any()),
         )
@@ -100,10 +102,10 @@ class StepKnobs:
         """Knobs of (params, seed, soft steps done) rows, streaks 0: for a step without slot
         tables (memory profiling, tests)."""
         floats, ints = zip(*(knob_row(params, seed) for params, seed, _ in rows))
-        host_ints = torch.tensor(ints, dtype=torch.int64)
+        host_ints = np.array(ints, dtype=np.int64)
         return cls.from_rows(
             torch.tensor(floats, dtype=torch.float64, device=device),
-            host_ints.to(device),
+            torch.from_numpy(host_ints).to(device),
             host_ints,
             torch.tensor([steps for _, _, steps in rows], dtype=torch.int64, device=device),
             torch.zeros(len(rows), dtype=torch.int64, device=device),
@@ -158,22 +160,60 @@ def unpack_row(values: list[float]) -> dict:
     }
 
 
+class CompiledStatistics:
+    """``soft_math.vocabulary_statistics`` compiled once, at construction, for any number of
+    rows: the soft step's whole-vocabulary work in a few fused reads of the logits (on a
+    2-core CPU at batch 128 over 49k tokens, about 1.4 ms against 3.8 ms of eager kernels).
+
+    Every row gets the values it would get in any batch: a lone row runs as two (the
+    compiler splits a single row's sums across threads, which changes their rounding).
+    Inputs are brought to the form the graph was compiled for (float32, contiguous,
+    inference tensors) so that no call compiles again mid-serving; should one still need
+    to, it runs the same function eagerly instead of stalling the engine.
+    """
+
+    def __init__(self, vocab_size: int, device: torch.device):
+        self._compiled = torch.compile(soft_math.vocabulary_statistics, dynamic=False, fullgraph=True)
+        with torch.inference_mode():  # the engine's steps run in inference mode
+            self._run(torch.zeros(2, vocab_size, device=device), torch.ones(2, device=device))
+
+    def _run(self, logits_CV: torch.Tensor, temperature_C: torch.Tensor):
+        torch._dynamo.maybe_mark_dynamic(logits_CV, 0)
+        torch._dynamo.maybe_mark_dynamic(temperature_C, 0)
+        return self._compiled(logits_CV, temperature_C)
+
+    def __call__(self, logits_CV: torch.Tensor, temperature_C: torch.Tensor):
+        if logits_CV.shape[0] == 1:
+            pair = self(logits_CV.expand(2, -1), temperature_C.expand(2))
+            return tuple(value[:1] for value in pair)
+        with torch.inference_mode(), torch.compiler.set_stance("eager_on_recompile"):
+            return self._run(_compiled_form(logits_CV), _compiled_form(temperature_C))
+
+
+def _compiled_form(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a contiguous float32 inference tensor (itself when it is one already)."""
+    if tensor.dtype == torch.float32 and tensor.is_contiguous() and torch.is_inference(tensor):
+        return tensor
+    return tensor.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+
 def soft_step(
     logits_BV: torch.Tensor,
     knobs: StepKnobs,
     embed: Callable[[torch.Tensor], torch.Tensor],
     workspace: torch.Tensor | None = None,
+    statistics: CompiledStatistics | None = None,
 ) -> SoftStepOutput:
     """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
 
     ``logits_BV``: processed logits of the soft rows (before temperature); ``embed`` maps
     token ids to input embeddings (the model's own embedding, so tensor-parallel shards
-    and untied heads are handled by the model).
+    and untied heads are handled by the model). ``statistics`` (the engine's, on CPU) runs
+    the vocabulary-wide work fused; ``workspace`` serves the eager pass otherwise.
     """
     floats, ints = knobs.floats_BF, knobs.ints_BI
-    dist = soft_math.filter_distribution(
-        logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k
-    )
+    filter_args = (logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k)
+    dist = soft_math.filter_distribution(*filter_args, statistics=statistics)
     base_BK = dist.weights_BK.double()
     seed_B, step_B = ints[:, SEED], knobs.soft_steps_done_B
     noise_B, slots = ints[:, NOISE], base_BK.shape[-1]

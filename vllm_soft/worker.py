@@ -21,6 +21,7 @@ mirrors. A request keeps its slot until vLLM reports it finished, so a preempted
 keeps its state. Randomness is ``stateless_random``: a function of (seed, soft step).
 """
 
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ import torch
 
 from vllm_soft import soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
+
+logger = logging.getLogger("vllm_soft")
 
 WORKSPACE_ROWS = 256
 """Most rows the soft step's vocabulary-sized scratch holds (2 x 256 x 152k float32 = 311 MB
@@ -88,6 +91,7 @@ class SoftThinkingRunner:
         self._capacity = 0
         self._grow(self.max_num_reqs)
         self._workspace: torch.Tensor | None = None
+        self.statistics = _compiled_statistics(self.vocab_size, self.device)
         self._pinned: torch.Tensor | None = None
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
@@ -242,7 +246,7 @@ class SoftThinkingRunner:
         knobs = soft_step.StepKnobs.from_rows(
             self.floats_SF.index_select(0, slots_dev),
             self.ints_SI.index_select(0, slots_dev),
-            torch.from_numpy(self.ints_np[soft_slots]),
+            self.ints_np[soft_slots],
             progress[:, 0],
             progress[:, 1],
         )
@@ -252,7 +256,7 @@ class SoftThinkingRunner:
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
         """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
         soft_logits = logits_BV if plan.all_rows else logits_BV.index_select(0, plan.rows_dev)
-        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV))
+        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.statistics)
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
         self.progress_S2.index_copy_(0, plan.slots_dev, progress)
@@ -272,9 +276,12 @@ class SoftThinkingRunner:
         event.record()
         return host, event
 
-    def _workspace_for(self, logits_BV: torch.Tensor) -> torch.Tensor:
-        """The float32 (2, R, V) scratch buffer of ``filter_distribution``, kept across steps:
-        R = max_num_seqs rows, at most ``WORKSPACE_ROWS`` (larger batches go R at a time)."""
+    def _workspace_for(self, logits_BV: torch.Tensor) -> torch.Tensor | None:
+        """The float32 (2, R, V) scratch buffer of the eager vocabulary pass, kept across
+        steps: R = max_num_seqs rows, at most ``WORKSPACE_ROWS`` (larger batches go R at a
+        time). None with the compiled pass, which needs none."""
+        if self.statistics is not None:
+            return None
         vocab = logits_BV.shape[1]
         workspace = self._workspace
         if workspace is None or workspace.shape[2] != vocab:
@@ -319,8 +326,22 @@ class SoftThinkingRunner:
             SoftThinkingParams(top_k=self.defaults.top_k),
         ]
         knobs = soft_step.StepKnobs.for_requests([(branches[i % 3], 0, 0) for i in range(rows)], self.device)
-        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits))
+        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits), self.statistics)
         out.packed()
+
+
+def _compiled_statistics(vocab_size: int, device: torch.device) -> soft_step.CompiledStatistics | None:
+    """On CPU, the soft step's vocabulary pass compiled now, at start-up (a few seconds; the
+    compiler caches across processes). On CUDA the eager kernels stay: there they cost a
+    small fraction of a decode step. Without a working compiler: the eager pass, said once."""
+    if device.type != "cpu":
+        return None
+    try:
+        return soft_step.CompiledStatistics(vocab_size, device)
+    except Exception as error:  # e.g. no C++ compiler: torch.compile fails in many ways
+        logger.warning("vllm-soft: could not compile the soft step's vocabulary pass (%s: %s); using eager kernels, "
+                       "about 2.5x slower for that part on CPU", type(error).__name__, error)
+        return None
 
 
 def _grown(old, shape: tuple[int, ...], fill, dtype: torch.dtype, device) -> torch.Tensor:

@@ -122,3 +122,49 @@ def test_packed_rows_unpack_to_trace_entries():
         assert entry["logprob"] == pytest.approx(float(out.logprob_B[i]))
         assert entry["end_reason"] is None
         assert math.isclose(sum(entry["weights"]), 1.0, rel_tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def compiled_statistics():
+    return soft_step.CompiledStatistics(VOCAB, torch.device("cpu"))
+
+
+def test_compiled_vocabulary_pass_gives_the_eager_step(compiled_statistics):
+    """The engine's compiled pass (CPU) and the eager one agree on every output, masked
+    tokens included, and a row's vocabulary statistics do not depend on the batch it is
+    in (bitwise; weights as in the eager step, to the rounding of sums over padding)."""
+    rows = [(params, 50 + i, i) for i, params in enumerate(MIXED * 3)]
+    with torch.inference_mode():
+        logits = _logits(len(rows), seed=7)
+        logits[2, :150] = float("-inf")
+        eager = soft_step.soft_step(logits, knobs_for(rows), embed)
+        fused = soft_step.soft_step(logits, knobs_for(rows), embed, statistics=compiled_statistics)
+        assert torch.equal(fused.kept_B, eager.kept_B)
+        assert torch.equal(fused.token_ids_BK, eager.token_ids_BK)
+        assert torch.equal(fused.emitted_B, eager.emitted_B)
+        torch.testing.assert_close(fused.weights_BK, eager.weights_BK, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(fused.entropy_B, eager.entropy_B, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused.logprob_B, eager.logprob_B, rtol=1e-5, atol=1e-5, equal_nan=True)
+        for i in (0, 2, len(rows) - 1):
+            alone = soft_step.soft_step(logits[i : i + 1], knobs_for([rows[i]]), embed, statistics=compiled_statistics)
+            kept = int(alone.kept_B[0])
+            assert torch.equal(alone.token_ids_BK[0, :kept], fused.token_ids_BK[i, :kept])
+            torch.testing.assert_close(alone.weights_BK[0, :kept], fused.weights_BK[i, :kept], rtol=1e-6, atol=1e-7)
+            assert torch.equal(alone.entropy_B[0], fused.entropy_B[i])
+
+
+def test_compiled_vocabulary_pass_takes_any_input_form_without_compiling_again(compiled_statistics):
+    from torch._dynamo.utils import counters
+
+    with torch.inference_mode():
+        logits = _logits(6, seed=8)
+        temperature = torch.full((6,), 0.6)
+        expected = compiled_statistics(logits, temperature)
+    compiled_before = counters["stats"]["unique_graphs"]
+    wide = torch.zeros(6, 2 * VOCAB, dtype=torch.float64)
+    wide[:, ::2] = logits.double()
+    for form in (logits.clone(), logits.double(), wide[:, ::2], logits[:3], logits[:1]):  # not inference tensors
+        got = compiled_statistics(form, temperature[: form.shape[0]].double())
+        for value, want in zip(got, expected):
+            assert torch.equal(value, want[: form.shape[0]])
+    assert counters["stats"]["unique_graphs"] == compiled_before
