@@ -150,6 +150,7 @@ def main() -> None:
             runs["soft_noisy"].append(vllm_tokens_per_second(llm, prompts, soft_noisy))
         for name, values in runs.items():
             tokens_per_s[str(batch)][name] = statistics.median(values)
+            print(f"batch {batch} {name} rounds: " + " ".join(f"{v:.1f}" for v in values), flush=True)
         print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in tokens_per_s[str(batch)].items()), flush=True)
     llm.llm_engine.engine_core.shutdown()
     del llm

@@ -4,8 +4,8 @@ import pytest
 from vllm import SamplingParams, TokensPrompt
 
 from soft_checks import assert_draws_follow_seed, chat_prompts, check_mixed_batch, generate, soft_params
+from vllm_soft import soft_step
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.worker import WORKSPACE_ROWS
 from vllm_soft.trace import soft_trace
 
 pytestmark = pytest.mark.slow
@@ -198,16 +198,21 @@ def test_seeded_soft_draws_survive_preemption(preempting_engine, default_hf_mode
     _check_seeded(default_hf_model, prompts, params, seeded, completions, preempting_engine)
 
 
-def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_engine):
+def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_engine, monkeypatch):
     """vLLM sizes the KV cache from the peak of its profiling run: the soft step runs there
-    for max_num_seqs rows, and its buffers stay (no request state is left behind)."""
+    for max_num_seqs rows, and its buffers stay (no request state is left behind). On CPU
+    the vocabulary pass is compiled and needs no vocabulary-sized workspace."""
     core = inprocess_tiny_engine.llm_engine.engine_core.engine_core
     runner = core.model_executor.driver_worker.worker.model_runner
     soft = runner.vllm_soft
     soft._workspace = None
     held = dict(soft.requests)  # a request finished by an earlier test is freed at the next step
+    step, rows = soft_step.soft_step, []
+    monkeypatch.setattr(soft_step, "soft_step", lambda logits, *args: rows.append(len(logits)) or step(logits, *args))
     runner.profile_run()
-    assert soft._workspace is not None and soft._workspace.shape[1] == min(runner.max_num_reqs, WORKSPACE_ROWS)
+    assert rows == [runner.max_num_reqs]
+    assert soft.statistics is not None, "the compiled vocabulary pass is in use on CPU"
+    assert soft._workspace is None
     assert soft.pending_SH.shape[0] >= runner.max_num_reqs
     assert soft.requests == held
     assert len(generate(inprocess_tiny_engine, [[5, 6, 7]], soft_params(4))[0].token_ids) == 4
