@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rollout.sample import Sample
 from rollout.settings import EngineConfig, PoolConfig, SamplingConfig
+from rollout.transport import TRANSPORTS
 from rollout.worker import GroupRequest, RolloutWorker, engine_environment
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ class RolloutPool:
         if not ray.is_initialized():
             ray.init()
         self.engine, self.rewards, self.config = engine, rewards, pool
-        self._weights: tuple[ray.ObjectRef, int] | None = None
+        self.transport = TRANSPORTS[pool.weight_transport]()
+        self._weights: tuple[object, int] | None = None
+        """The last push: (transport handle, version), for workers that start later."""
         self.workers = [self._start_worker(i) for i in range(pool.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
         self.restarts = 0
@@ -56,7 +59,7 @@ class RolloutPool:
             runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker)},
             name=f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}-{index}",  # findable: ray list actors
         )
-        worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index)
+        worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index, config.weight_transport)
         if self._weights is not None:
             worker.load_weights.remote(*self._weights)  # runs before any generate call it gets
         return worker
@@ -117,13 +120,14 @@ class RolloutPool:
             raise RuntimeError(f"rollout worker {index} died and restart_dead_workers is off") from error
 
     def update_weights(self, named_tensors, version: int) -> float:
-        """Load weights into every worker; returns seconds. ``named_tensors``: a list of
-        (name, tensor), its ObjectRef, or a list of ObjectRefs of such lists (buckets).
+        """Load weights into every worker through the pool's transport; returns seconds.
+        ``named_tensors``: a list of (name, tensor), or what the transport accepts (for
+        ``object_store``: its ObjectRef, or a list of ObjectRefs of such lists, buckets).
         A worker that dies meanwhile is replaced; the replacement loads these weights."""
         start = time.perf_counter()
-        ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
-        self._weights = (ref, version)
-        self._on_every_worker(lambda worker: worker.load_weights.remote(ref, version))
+        handle = self.transport.publish(named_tensors)
+        self._weights = (handle, version)
+        self._on_every_worker(lambda worker: worker.load_weights.remote(handle, version))
         return time.perf_counter() - start
 
     def weights_checksums(self) -> list[tuple[int, float, float]]:

@@ -17,7 +17,6 @@ or returns a non-finite number scores 0 and counts as an error; nothing here rai
 bad response.
 """
 
-import atexit
 import contextlib
 import functools
 import importlib
@@ -425,21 +424,3 @@ class Scorer:
         self._process.join()
         self._process.close()
         self._process = self._conn = None
-
-
-@functools.cache
-def _shared_scorer() -> Scorer:
-    scorer = Scorer()
-    atexit.register(scorer.close)
-    return scorer
-
-
-def score(
-    response: str,
-    answer: str | None,
-    entry: dict | None,
-    spec: RewardSpec,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> RewardResult:
-    """Reward of one response, scored by a process-wide ``Scorer`` (closed at exit)."""
-    return _shared_scorer().score(response, answer, entry, spec, timeout_s)

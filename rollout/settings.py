@@ -76,8 +76,17 @@ class PoolConfig:
     restart_dead_workers: bool = True
     """Start a replacement for a worker that died (it loads the current weights first)."""
     reward_timeout_s: float = 5.0
+    """Seconds each reward check of each response may take; one that hangs scores 0."""
+    weight_transport: str = "object_store"
+    """How weight pushes reach the engines (``rollout.transport.TRANSPORTS``):
+    ``object_store``, Ray's object store to each worker, then one shared-memory file to the
+    processes of its engine."""
 
     def __post_init__(self):
+        from rollout.transport import TRANSPORTS
+
+        if self.weight_transport not in TRANSPORTS:
+            raise ValueError(f"weight_transport must be one of {', '.join(TRANSPORTS)} (got {self.weight_transport!r})")
         for name in ("num_workers", "num_cpus_per_worker", "groups_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")

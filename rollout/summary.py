@@ -5,15 +5,26 @@ import statistics
 from rollout.sample import Sample
 
 ACCURACY_TERMS = ("correct", "choice", "reasoning_gym")
-"""Reward parts that mean "the answer is right", first found wins."""
+"""Reward parts that check the answer, first found wins."""
+
+
+def is_correct(sample: Sample, term: str | None = None) -> bool:
+    """The one definition of a right answer (training logs, the trainer's held-out
+    evaluation and ``vllm-soft eval``): ``term`` (or the first of ``ACCURACY_TERMS``
+    present) scores full marks; partial credit is not correct."""
+    terms = (term,) if term is not None else ACCURACY_TERMS
+    for name in terms:
+        if name in sample.reward_parts:
+            return sample.reward_parts[name] >= 1.0
+    raise ValueError(f"sample has no answer-checking reward term {terms}; it has {list(sample.reward_parts)}")
 
 
 def accuracy(samples: list[Sample]) -> float | None:
-    """Mean score of the first answer-checking reward term present; None if there is none."""
-    for term in ACCURACY_TERMS:
-        if samples and term in samples[0].reward_parts:
-            return statistics.fmean(s.reward_parts[term] for s in samples)
-    return None
+    """Share of ``samples`` that are correct (``is_correct``); None without samples or
+    without an answer-checking reward term."""
+    if not samples or not any(term in samples[0].reward_parts for term in ACCURACY_TERMS):
+        return None
+    return statistics.fmean(is_correct(s) for s in samples)
 
 
 def summarize(samples: list[Sample], seconds: float) -> dict:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from rollout.rewards import RewardSpec, Scorer
 from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
-from rollout.weights import combine_rank_checksums, write_weights_file
+from rollout.transport import TRANSPORTS
+from rollout.weights import combine_rank_checksums
 from vllm_soft import soft_trace
 from vllm_soft.runtime import DIE_WITH_PARENT_ENV, release_freed_memory
 
@@ -76,11 +77,12 @@ class RolloutWorker:
     """A vLLM engine plus a reward scorer; ``generate(groups) -> samples per group``."""
 
     def __init__(self, engine: EngineConfig, rewards: dict[str, float], reward_timeout_s: float = 5.0,
-                 worker_index: int = 0):
+                 worker_index: int = 0, weight_transport: str = "object_store"):
         from vllm import LLM
 
         from vllm_soft.models import resolve_model
 
+        self.transport = TRANSPORTS[weight_transport]()
         self.reward_spec = RewardSpec(rewards)
         self.reward_timeout_s = reward_timeout_s
         self.worker_index = worker_index
@@ -158,23 +160,14 @@ class RolloutWorker:
             sample.metadata["reward_errors"] = result.errors + result.timeouts
         return [samples[i * group_size : (i + 1) * group_size] for i in range(len(groups))]
 
-    def load_weights(self, named_tensors: list, version: int) -> int:
-        """Load new weights in place, drop prefix-cache entries made with the old ones.
-
-        ``named_tensors``: (name, tensor) pairs, or Ray object refs of lists of them (buckets)."""
-        if named_tensors and not isinstance(named_tensors[0], tuple):
-            import ray
-
-            named_tensors = [pair for bucket in ray.get(list(named_tensors)) for pair in bucket]
-        path, layout = write_weights_file(named_tensors)
-        del named_tensors
-        try:
-            with self._lock:
-                self.llm.collective_rpc("load_weights_file", args=(path, layout))
-                self.llm.reset_prefix_cache()
-                self.weight_version = version
-        finally:
-            os.remove(path)
+    def load_weights(self, handle, version: int) -> int:
+        """Load a push's weights in place through the transport (``handle``: what its
+        ``publish`` made), drop prefix-cache entries made with the old ones."""
+        with self._lock:
+            self.transport.deliver(self.llm, handle)
+            del handle
+            self.llm.reset_prefix_cache()
+            self.weight_version = version
         release_freed_memory(collect_cycles=False)
         return version
 

@@ -126,10 +126,9 @@ def grpo_loss(
     micro-batches, and over ranks under data parallelism if their gradients are summed):
     the micro-batch losses then add up to the full-batch token mean.
 
-    Metrics: ``clip_fraction`` (share of real tokens where the clipped term won the min
-    and differed), ``ratio_mean/max/min``, ``kl`` (token mean, 0 without a reference),
-    ``tis_weight_mean`` (1 without TIS), ``pg_loss`` (the policy-gradient part of the loss,
-    normalised like the loss). All but ``pg_loss`` are means over this call's real tokens.
+    Metrics, over this call's real tokens: ``clip_fraction`` (share where the clipped term
+    won the min and differed), ``ratio_mean``, ``ratio_max``, ``kl`` (mean, 0 without a
+    reference), ``tis_weight_mean`` (1 without TIS).
     """
     if config.beta > 0 and ref_logprobs_BT is None:
         raise ValueError(f"beta={config.beta} needs ref_logprobs_BT; pass the reference log-probs or set beta=0")
@@ -151,10 +150,9 @@ def grpo_loss(
     if rollout_logprobs_BT is not None and config.tis_cap is not None:
         log_weight_BT = torch.where(real_BT, old_logprobs_BT - rollout_logprobs_BT.detach(), 0.0)
         weight_BT = log_weight_BT.exp().clamp(max=config.tis_cap)
-    pg_loss = torch.where(real_BT, -weight_BT * objective_BT, 0.0).sum() / denominator
+    loss = torch.where(real_BT, -weight_BT * objective_BT, 0.0).sum() / denominator
 
     kl = logprobs_BT.new_zeros(())
-    loss = pg_loss
     if ref_logprobs_BT is not None:
         log_ref_ratio_BT = torch.where(real_BT, ref_logprobs_BT - logprobs_BT, 0.0)
         kl_BT = log_ref_ratio_BT.exp() - log_ref_ratio_BT - 1.0
@@ -167,9 +165,7 @@ def grpo_loss(
         "clip_fraction": masked_mean((clipped_BT < unclipped_BT).to(ratio_BT.dtype), real_BT),
         "ratio_mean": masked_mean(ratio_BT, real_BT),
         "ratio_max": torch.where(has_tokens, ratio_BT.masked_fill(~real_BT, -math.inf).max(), one),
-        "ratio_min": torch.where(has_tokens, ratio_BT.masked_fill(~real_BT, math.inf).min(), one),
         "kl": kl,
         "tis_weight_mean": torch.where(has_tokens, masked_mean(weight_BT, real_BT), one),
-        "pg_loss": pg_loss,
     }
     return loss, {name: value.detach() for name, value in metrics.items()}

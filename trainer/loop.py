@@ -23,6 +23,9 @@ import torch
 from tqdm import tqdm
 
 from rollout.config import save_config
+from rollout.eval.modes import MODES
+from rollout.eval.results import summarize_mode
+from rollout.eval.run import sample_mode
 from rollout.pool import RolloutPool
 from rollout.prompts import format_prompt, load_prompts
 from rollout.settings import SamplingConfig
@@ -201,25 +204,26 @@ def _checksums_match(learner: tuple, engines: list[tuple]) -> bool:
 
 
 def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
-    """Greedy accuracy on held-out prompts: plain decoding (the same evaluation for every
-    mode) and, for soft modes, also soft thinking with argmax emission and no noise."""
+    """Held-out accuracy with the evaluation harness's modes and definition of correct
+    (``rollout.eval``): greedy token decoding (the same for every training mode) and, for
+    soft modes, noise-free soft thinking with the run's knobs and argmax emission."""
     if config.eval.num_prompts == 0:
         return None
     source = dataclasses.replace(config.prompts, seed=config.eval.seed, size=config.eval.num_prompts)
     items = load_prompts(source)
     groups = [GroupRequest(group_id=-1 - i, prompt=format_prompt(item, tokenizer, config.format), answer=item.answer,
                            entry=item.entry) for i, item in enumerate(items)]
-    modes = {"eval_accuracy": None}
+    modes = {"eval_accuracy": MODES["greedy"]}
     knobs = soft_knobs(config)
     if knobs is not None:
-        modes["eval_soft_accuracy"] = {**knobs, "emit": "argmax", "noise": "none"}
+        overrides = {f"soft_thinking.{knob}": value for knob, value in {**knobs, "emit": "argmax", "noise": "none"}.items()}
+        modes["eval_soft_accuracy"] = MODES["soft"].with_overrides(overrides)
 
     def evaluate() -> dict:
         results = {}
-        for name, knobs in modes.items():
-            greedy = SamplingConfig(group_size=1, temperature=0.0, max_tokens=config.eval.max_tokens, soft_thinking=knobs)
-            samples = [s for group in pool.generate(groups, greedy, progress=False) for s in group]
-            results[name] = summarize(samples, 1.0)["accuracy"]
+        for name, mode in modes.items():
+            sampled = sample_mode(pool, groups, mode, 1, config.eval.max_tokens, config.eval.seed, progress=False)
+            results[name] = summarize_mode(sampled, 0.0)["pass@1"]
         return results
 
     return evaluate

@@ -1,12 +1,21 @@
-"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it, ``serve`` it, ``eval`` it."""
+"""The ``vllm-soft`` command: ``fetch`` a model, ``generate`` with it, ``serve`` it, and the
+commands other packages add (``eval``, from ``rollout``).
+
+Commands from other packages come through the ``vllm_soft.commands`` entry-point group, so
+this package never imports the floors built on it (``rollout``, ``trainer``).
+"""
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 
 from vllm_soft import models
-from vllm_soft.eval.cli import build_parser as build_eval_parser
-from vllm_soft.eval.cli import run as run_eval
 from vllm_soft.generate import add_generate_args, run_generate
+
+COMMANDS_GROUP = "vllm_soft.commands"
+"""Entry-point group of further subcommands: each entry is a function taking argparse's
+subparsers; it adds its command and sets the default ``run`` (a function of the parsed
+arguments) on it."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     models.add_fetch_command(commands)
     add_generate_args(commands.add_parser("generate", help="answer prompts with vLLM and print the answers"))
     commands.add_parser("serve", help="vLLM's OpenAI server: vllm-soft serve MODEL [--soft-thinking] [vllm serve flags]")
-    build_eval_parser(commands.add_parser("eval", help="accuracy, pass@k and length per decoding mode (python -m vllm_soft.eval)"))
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return models.run_fetch(args.name)
-    if args.command == "eval":
-        run_eval(args)
+    if args.command == "generate":
+        run_generate(args)
         return 0
-    run_generate(args)
+    args.run(args)
     return 0
 
 

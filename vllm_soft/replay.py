@@ -23,7 +23,7 @@ numerical noise.
 
 import torch
 
-from vllm_soft.soft_math import soft_step_logprob
+from vllm_soft.soft_math import MODE_CODES, concept_embeddings, mix_inputs, soft_step_logprob
 
 
 def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,12 +69,15 @@ def soft_inputs_embeds(
                 columns.append(start + step["position"])
     if not fed_back:
         return inputs_BTH
-    if mode not in ("replace", "add"):
-        raise ValueError(f"mode must be replace or add (got {mode!r})")
+    if mode not in MODE_CODES:
+        raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
     token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
-    concept_SH = (weights_SK.float().unsqueeze(-1) * embedding_VH[token_ids_SK].float()).sum(1)
+    # The engine's own functions (soft_step.soft_step), with the table as the embedding.
+    concept_SH = concept_embeddings(token_ids_SK, weights_SK, embedding_VH.__getitem__)
     index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
-    mixed_SH = concept_SH if mode == "replace" else inputs_BTH[index].float() + scale * concept_SH
+    steps = len(fed_back)
+    add_S = torch.full((steps,), mode == "add", device=device)
+    mixed_SH = mix_inputs(add_S, inputs_BTH[index], concept_SH, torch.full((steps,), scale, device=device))
     return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
 
 

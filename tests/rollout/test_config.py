@@ -196,3 +196,12 @@ def test_arg_parser_reads_config_and_overrides():
     assert args.config == Path("configs/x.yaml") and args.overrides == ["a.b=1", "c=-2"]
     args = parser.parse_args([])
     assert args.config is None and args.overrides == []
+
+
+def test_weight_transport_is_one_the_pool_knows():
+    from rollout.settings import PoolConfig
+    from rollout.transport import TRANSPORTS
+
+    assert PoolConfig().weight_transport in TRANSPORTS
+    with pytest.raises(ValueError, match="^weight_transport must be one of object_store \\(got 'nccl'\\)$"):
+        PoolConfig(weight_transport="nccl")

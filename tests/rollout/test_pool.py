@@ -1,9 +1,6 @@
 """The rollout pool on a real local Ray cluster: 2 workers, tiny model."""
 
 import dataclasses
-import threading
-import time
-
 import math
 
 import pytest
@@ -90,17 +87,21 @@ def test_weight_push_same_keeps_outputs_perturbed_equals_fresh_engine(tiny_pool,
     tiny_pool.update_weights(list(state.items()), version=3)  # leave the shared pool as it was
 
 
-def test_killed_worker_loses_and_duplicates_no_group(tiny_pool, ray_cluster):
+def test_killed_worker_loses_and_duplicates_no_group(tiny_pool, ray_cluster, monkeypatch):
     sampling = SamplingConfig(group_size=4, max_tokens=256)
     requests = groups(32, offset=200)
-    result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("groups", tiny_pool.generate(requests, sampling, progress=False)))
-    runner.start()
-    time.sleep(2)  # chunks are in flight on both workers
-    ray_cluster.kill(tiny_pool.workers[0])
-    runner.join(timeout=600)
-    assert not runner.is_alive()
-    returned = result["groups"]
+    fill, fills = tiny_pool._fill, []
+
+    def fill_then_kill(queue, in_flight, sampling):
+        fill(queue, in_flight, sampling)
+        fills.append({index for index, _ in in_flight.values()})
+        if len(fills) == 2:  # a chunk came back, both workers hold work: kill one now
+            assert fills[-1] == {0, 1}, fills
+            ray_cluster.kill(tiny_pool.workers[0])
+
+    monkeypatch.setattr(tiny_pool, "_fill", fill_then_kill)
+    returned = tiny_pool.generate(requests, sampling, progress=False)
+    assert len(fills) > 2, "the kill happened while groups were left"
     assert [group[0].group_id for group in returned] == [r.group_id for r in requests]
     assert all(len(group) == 4 for group in returned)
     assert tiny_pool.restarts == 1

@@ -27,7 +27,10 @@ def test_rollout_command_writes_samples_and_summary(tmp_path, tiny_model_path):
     assert all(s.soft_steps for s in samples)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 6 and summary["groups"] == 3
-    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["soft_step_fraction"] > 0
+    # Accuracy is the share of fully correct answers (the config's answer check: `correct`).
+    assert summary["accuracy"] == pytest.approx(sum(s.reward_parts["correct"] >= 1.0 for s in samples) / 6)
+    assert summary["soft_step_fraction"] == pytest.approx(
+        sum(len(s.soft_steps) for s in samples) / sum(len(s.response_token_ids) for s in samples))
     assert "prompts" in (out / "config.yaml").read_text()
 
 

@@ -61,10 +61,8 @@ def _reference_loss(logprobs, old, advantages, mask, config, ref=None, rollout=N
         "clip_fraction": clipped / count,
         "ratio_mean": ratio_sum / count,
         "ratio_max": max(ratios),
-        "ratio_min": min(ratios),
         "kl": kl_sum / count,
         "tis_weight_mean": weight_sum / count,
-        "pg_loss": pg_sum / denominator,
     }
     return (pg_sum + kl_loss_sum) / denominator, metrics
 
@@ -153,7 +151,6 @@ def test_tokens_outside_the_clip_band_get_no_gradient_and_count_as_clipped():
     torch.testing.assert_close(logprobs.grad[2:, 0], torch.tensor([-0.5 / 4, -1.0 / 4], dtype=torch.float64))
     assert metrics["clip_fraction"].item() == pytest.approx(0.5)
     assert metrics["ratio_max"].item() == pytest.approx(1.5)
-    assert metrics["ratio_min"].item() == pytest.approx(0.5)
 
 
 def test_micro_batch_losses_with_num_tokens_add_up_to_full_batch():

@@ -20,6 +20,16 @@ def test_report_draws_each_run_and_the_comparison(tmp_path, capsys):
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--compare", str(tmp_path / "both.png")])
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "a" / "curves.png"), str(tmp_path / "b" / "curves.png"), str(tmp_path / "both.png")]
-    for path in printed:
-        with open(path, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    import numpy as np
+
+    def has_colour(image, hex_colour):
+        rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        return bool((np.abs(image[..., :3] - rgb).max(-1) < 0.02).any())
+
+    # matplotlib's cycle: C0 blue, C1 orange, C2 green, C3 red: one curve each.
+    curves = matplotlib.image.imread(printed[0])
+    assert curves.shape[:2] == (990, 1320)  # 12 x 9 in at 110 dpi
+    assert has_colour(curves, "#1f77b4") and has_colour(curves, "#ff7f0e"), "plain and soft held-out curves"
+    both = matplotlib.image.imread(printed[2])
+    assert all(has_colour(both, c) for c in ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")), "2 runs x 2 curves"

@@ -36,7 +36,8 @@ def test_smoke_run_trains_pushes_and_checkpoints(smoke_run):
     metrics = read_metrics(smoke_run)
     assert [m["step"] for m in metrics] == [0, 1, 2]
     for evaluated in (metrics[0], metrics[2]):  # before training, and every eval.every steps
-        assert 0 <= evaluated["eval_accuracy"] <= 1 and 0 <= evaluated["eval_soft_accuracy"] <= 1
+        for key in ("eval_accuracy", "eval_soft_accuracy"):  # pass@1 of one greedy answer per prompt
+            assert evaluated[key] * 4 == pytest.approx(round(evaluated[key] * 4)) and 0 <= evaluated[key] <= 1
     assert "eval_accuracy" not in metrics[1]
     first = metrics[1]
     assert first["logprob_gap"] <= 1e-3, "at step 1 the learner holds the rollout weights"

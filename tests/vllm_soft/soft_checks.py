@@ -4,7 +4,7 @@ import pytest
 from vllm import SamplingParams, TokensPrompt
 
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.reference import replay_trace
+from reference import replay_trace
 from vllm_soft.trace import soft_trace
 
 WEIGHT_TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ from vllm import SamplingParams, TokensPrompt
 
 from soft_checks import assert_replays, chat_prompts, check_mixed_batch, check_top_k_1_is_greedy, generate, soft_params
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.reference import predicted_end_step
+from reference import predicted_end_step
 from vllm_soft.trace import soft_summary, soft_trace
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from torch.distributions import Dirichlet, RelaxedOneHotCategorical
 
 from vllm_soft import soft_math, stateless_random
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.reference import predicted_end_step, reference_filter
+from reference import predicted_end_step, reference_filter
 
 KNOB_SETS = [
     SoftThinkingParams(),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vllm_soft.eval.modes import MODES, resolve_modes
+from rollout.eval.modes import MODES, resolve_modes
 
 
 def test_the_six_modes_and_which_are_deterministic():
@@ -33,7 +33,7 @@ def test_bad_modes_and_knobs_are_named(names, overrides, message):
 
 
 def test_model_labels():
-    from vllm_soft.eval.run import model_label
+    from rollout.eval.run import model_label
 
     assert model_label("smollm2-135m") == ("smollm2-135m", "smollm2-135m")
     assert model_label("trained=/x/y") == ("trained", "/x/y")
@@ -47,7 +47,7 @@ def test_gpqa_diamond_reads_its_published_csv(tmp_path):
     import csv
 
     from rollout.prompts import load_prompts
-    from vllm_soft.eval.benchmarks import resolve_benchmark
+    from rollout.eval.benchmarks import resolve_benchmark
 
     path = tmp_path / "gpqa_diamond.csv"
     fields = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
@@ -74,7 +74,7 @@ def test_hub_benchmarks_read_local_copies_in_their_published_format(tmp_path, na
 
     from rollout.prompts import load_prompts
     from rollout.rewards import CHECKS
-    from vllm_soft.eval.benchmarks import resolve_benchmark
+    from rollout.eval.benchmarks import resolve_benchmark
 
     path = tmp_path / f"{name}.jsonl"
     path.write_text(json.dumps(row) + "\n")

@@ -10,18 +10,9 @@
 
 import statistics
 
+from rollout.eval.passk import mean_pass_at_k
 from rollout.sample import Sample
-from rollout.summary import ACCURACY_TERMS
-from vllm_soft.eval.passk import mean_pass_at_k
-
-
-def is_correct(sample: Sample, term: str | None = None) -> bool:
-    """``term`` (or the first answer-checking reward term present) scores full marks."""
-    terms = (term,) if term is not None else ACCURACY_TERMS
-    for name in terms:
-        if name in sample.reward_parts:
-            return sample.reward_parts[name] >= 1.0
-    raise ValueError(f"sample has no answer-checking reward term {terms}; it has {list(sample.reward_parts)}")
+from rollout.summary import is_correct
 
 
 def summarize_mode(groups: list[list[Sample]], seconds: float, term: str | None = None) -> dict:

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from rollout.settings import EngineConfig, PoolConfig
-from vllm_soft.eval.cli import build_parser, run
-from vllm_soft.eval.benchmarks import resolve_benchmark
-from vllm_soft.eval.modes import resolve_modes
-from vllm_soft.eval.results import markdown
-from vllm_soft.eval.run import EvalPlan, evaluate
+from rollout.eval.cli import build_parser, run
+from rollout.eval.benchmarks import resolve_benchmark
+from rollout.eval.modes import resolve_modes
+from rollout.eval.results import markdown
+from rollout.eval.run import EvalPlan, evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The evaluation command: ``vllm-soft eval`` or ``python -m vllm_soft.eval``.
+"""The evaluation command: ``vllm-soft eval`` or ``python -m rollout.eval``.
 
 Evaluates each model on each benchmark in each decoding mode and writes results.json,
 results.md (accuracy block, then length block, then details per benchmark), accuracy.png and
@@ -12,11 +12,11 @@ import json
 import logging
 from pathlib import Path
 
-from vllm_soft.eval.modes import MODES
+from rollout.eval.modes import MODES
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m vllm_soft.eval", description=__doc__.splitlines()[2])
+    parser = parser or argparse.ArgumentParser(prog="python -m rollout.eval", description=__doc__.splitlines()[2])
     parser.add_argument("--model", action="append", required=True,
                         help="named model or Hugging Face folder (a checkpoint's model/), optionally LABEL=PATH; "
                              "repeat to compare")
@@ -72,9 +72,9 @@ def _knob_overrides(values: list[str]) -> dict[str, dict]:
 
 def run(args: argparse.Namespace) -> dict:
     from rollout.settings import EngineConfig, PoolConfig
-    from vllm_soft.eval.benchmarks import resolve_benchmark
-    from vllm_soft.eval.modes import resolve_modes
-    from vllm_soft.eval.run import EvalPlan, evaluate, output_paths
+    from rollout.eval.benchmarks import resolve_benchmark
+    from rollout.eval.modes import resolve_modes
+    from rollout.eval.run import EvalPlan, evaluate, output_paths
     from vllm_soft.runtime import configure_cpu_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> dict:
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def add_command(commands) -> None:
+    """``vllm-soft eval`` (registered in the ``vllm_soft.commands`` entry-point group)."""
+    parser = commands.add_parser("eval", help="accuracy, pass@k and length per decoding mode (python -m rollout.eval)")
+    build_parser(parser).set_defaults(run=run)
 
 
 def main(argv=None) -> None:

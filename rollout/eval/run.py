@@ -16,9 +16,10 @@ from pathlib import Path
 
 from rollout.prompts import PromptFormat, format_prompt, load_prompts
 from rollout.settings import EngineConfig, PoolConfig, SamplingConfig
-from vllm_soft.eval.benchmarks import Benchmark
-from vllm_soft.eval.modes import EvalMode
-from vllm_soft.eval.results import is_correct, markdown, plot, summarize_mode
+from rollout.eval.benchmarks import Benchmark
+from rollout.eval.modes import EvalMode
+from rollout.eval.results import markdown, plot, summarize_mode
+from rollout.summary import is_correct
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,8 @@ def _sample_modes(plan: EvalPlan, label: str, model: str, bench: Benchmark, mode
     pool = RolloutPool(dataclasses.replace(plan.engine, model=model), {bench.correct_term: 1.0}, plan.pool)
     try:
         for mode in modes:
-            sampling = SamplingConfig(
-                group_size=1 if mode.deterministic else plan.n, temperature=mode.temperature, top_p=mode.top_p,
-                max_tokens=plan.max_tokens, seed=plan.seed, soft_thinking=mode.soft_thinking,
-            )
             start = time.perf_counter()
-            sampled = pool.generate(groups, sampling)
+            sampled = sample_mode(pool, groups, mode, plan.n, plan.max_tokens, plan.seed)
             cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
                     **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term),
                     "settings": cell_settings(plan, model, bench, mode)}
@@ -160,6 +157,16 @@ def _sample_modes(plan: EvalPlan, label: str, model: str, bench: Benchmark, mode
             yield cell
     finally:
         pool.shutdown()
+
+
+def sample_mode(pool, groups, mode: EvalMode, n: int, max_tokens: int, seed: int, progress: bool = True):
+    """The groups' samples in ``mode`` from a rollout pool: n per problem, one where the
+    mode is deterministic (the harness's cells and the trainer's held-out evaluation)."""
+    sampling = SamplingConfig(
+        group_size=1 if mode.deterministic else n, temperature=mode.temperature, top_p=mode.top_p,
+        max_tokens=max_tokens, seed=seed, soft_thinking=mode.soft_thinking,
+    )
+    return pool.generate(groups, sampling, progress=progress)
 
 
 def _keep_samples(samples_path: Path, done: dict) -> None:

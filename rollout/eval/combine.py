@@ -1,6 +1,6 @@
-"""One table from several evaluation runs: ``python -m vllm_soft.eval.combine``.
+"""One table from several evaluation runs: ``python -m rollout.eval.combine``.
 
-    python -m vllm_soft.eval.combine runs/eval_arith/results.json runs/eval_gsm/results.json \
+    python -m rollout.eval.combine runs/eval_arith/results.json runs/eval_gsm/results.json \
         --rename smollm2-135m=untrained --out runs/eval_all
 
 Cells keep their order (first run first); a (model, benchmark, mode) cell given twice is an
@@ -29,9 +29,9 @@ def combine(cell_lists: list[list[dict]], renames: dict[str, str] | None = None)
 
 
 def main(argv=None) -> None:
-    from vllm_soft.eval.run import write_outputs
+    from rollout.eval.run import write_outputs
 
-    parser = argparse.ArgumentParser(prog="python -m vllm_soft.eval.combine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rollout.eval.combine", description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="results.json files of earlier evaluations")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="relabel a model's rows")
     parser.add_argument("--out", type=Path, required=True)

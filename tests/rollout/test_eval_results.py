@@ -3,7 +3,7 @@
 import pytest
 
 from rollout.sample import Sample
-from vllm_soft.eval.results import markdown, plot, summarize_mode
+from rollout.eval.results import markdown, plot, summarize_mode
 
 
 def _sample(group: int, index: int, right: bool, length: int, cold_stop: bool | None = None) -> Sample:
@@ -48,7 +48,7 @@ def test_markdown_accuracy_block_then_length_block_then_details(tmp_path):
 def test_combine_runs_into_one_table(tmp_path):
     import json
 
-    from vllm_soft.eval.combine import combine, main
+    from rollout.eval.combine import combine, main
 
     cell = summarize_mode([[_sample(0, 0, True, 10)]], 1.0)
     arith = [{"model": m, "bench": "arith", "mode": "greedy", "label": "Greedy", **cell} for m in ("base", "ckpt")]
@@ -73,9 +73,9 @@ def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
 
     import ray
 
-    from vllm_soft.eval.benchmarks import resolve_benchmark
-    from vllm_soft.eval.modes import resolve_modes
-    from vllm_soft.eval.run import EvalPlan, cell_settings, evaluate
+    from rollout.eval.benchmarks import resolve_benchmark
+    from rollout.eval.modes import resolve_modes
+    from rollout.eval.run import EvalPlan, cell_settings, evaluate
 
     bench = resolve_benchmark("basic_arithmetic", {"min_terms": 2, "max_terms": 2}, size=4)
     plan = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=resolve_modes(["greedy", "sampling"]),

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from vllm_soft.eval.passk import mean_pass_at_k, pass_at_k
+from rollout.eval.passk import mean_pass_at_k, pass_at_k
 
 
 def brute_force_pass_at_k(outcomes: list[bool], k: int) -> float:
