@@ -21,7 +21,6 @@ from rollout.rewards import (
     extract_answer,
     format_reward,
     register_check,
-    score,
 )
 
 GOOD = "<think>2 + 5 = 7</think>\n<answer>7</answer>"
@@ -185,13 +184,13 @@ def test_register_check_needs_an_importable_function():
     assert "test_lambda" not in CHECKS
 
 
-def test_score_weights_the_parts():
-    result = score(GOOD, "7", None, RewardSpec({"correct": 1.0, "format": 0.25}))
+def test_score_weights_the_parts(scorer):
+    result = scorer.score(GOOD, "7", None, RewardSpec({"correct": 1.0, "format": 0.25}))
     assert result.parts == {"correct": 1.0, "format": 1.0}
     assert result.total == pytest.approx(1.25)
     assert (result.errors, result.timeouts) == (0, 0)
 
-    result = score("<answer>8</answer>", "7", None, RewardSpec({"correct": 1.0, "format": 0.25}))
+    result = scorer.score("<answer>8</answer>", "7", None, RewardSpec({"correct": 1.0, "format": 0.25}))
     assert result.parts == {"correct": 0.0, "format": 0.0}
     assert result.total == 0.0
 
