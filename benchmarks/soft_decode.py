@@ -11,8 +11,10 @@ or on CUDA, float32 elsewhere), for each batch size:
             (vllm_soft.soft_math), as research code does today
   stock   - (once, at the largest batch) plain requests on an engine without soft
             thinking: what the patches cost a plain request
-vLLM rows are the median of --rounds runs, the three kinds interleaved within each round. Prints a Markdown table and writes
-JSON and a PNG into --out.
+vLLM rows are the median of --rounds runs, the three kinds back to back within each round
+(in rotating order); the soft/plain ratios are the median over rounds of each round's
+ratio, so slow drifts of a shared machine cancel. Prints a Markdown table and writes JSON
+and a PNG into --out.
 """
 
 import argparse
@@ -132,6 +134,8 @@ def main() -> None:
         extra_args={"soft_thinking": {"top_k": args.top_k, "noise": "gumbel", "tau": 0.5, "emit": "sample"}},
     )
     tokens_per_s: dict[str, dict[str, float]] = {str(b): {} for b in args.batches}
+    # Median over rounds of (kind / plain) tokens/s, each round's runs back to back.
+    ratios: dict[str, dict[str, float]] = {str(b): {} for b in args.batches}
 
     llm = LLM(**engine)
     llm.chat(make_prompts(2), SamplingParams(max_tokens=4), use_tqdm=False)
@@ -141,17 +145,22 @@ def main() -> None:
 
     llm = LLM(**engine, additional_config={"soft_thinking": {}})
     llm.chat(make_prompts(2), soft, use_tqdm=False)
+    kinds = {"plain": plain, "soft": soft, "soft_noisy": soft_noisy}
     for batch in args.batches:
         prompts = make_prompts(batch)
-        runs = {"plain": [], "soft": [], "soft_noisy": []}
-        for _ in range(args.rounds):
-            runs["plain"].append(vllm_tokens_per_second(llm, prompts, plain))
-            runs["soft"].append(vllm_tokens_per_second(llm, prompts, soft))
-            runs["soft_noisy"].append(vllm_tokens_per_second(llm, prompts, soft_noisy))
+        runs = {name: [] for name in kinds}
+        for round_index in range(args.rounds):
+            names = list(kinds)
+            names = names[round_index % 3 :] + names[: round_index % 3]  # no kind always runs first
+            for name in names:
+                runs[name].append(vllm_tokens_per_second(llm, prompts, kinds[name]))
         for name, values in runs.items():
             tokens_per_s[str(batch)][name] = statistics.median(values)
             print(f"batch {batch} {name} rounds: " + " ".join(f"{v:.1f}" for v in values), flush=True)
-        print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in tokens_per_s[str(batch)].items()), flush=True)
+        for name in ("soft", "soft_noisy"):  # paired within each round: drifts of the machine cancel
+            ratios[str(batch)][name] = statistics.median(v / p for v, p in zip(runs[name], runs["plain"]))
+        print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in tokens_per_s[str(batch)].items())
+              + "; paired ratios " + ", ".join(f"{k} {v:.3f}" for k, v in ratios[str(batch)].items()), flush=True)
     llm.llm_engine.engine_core.shutdown()
     del llm
 
@@ -168,6 +177,7 @@ def main() -> None:
         "model": args.model, "dtype": dtype, "max_tokens": args.max_tokens, "rounds": args.rounds, "top_k": args.top_k,
         "stock_plain_at_largest_batch": round(stock, 1),
         "tokens_per_s": {b: {k: round(v, 1) for k, v in row.items()} for b, row in tokens_per_s.items()},
+        "ratio_to_plain": {b: {k: round(v, 3) for k, v in row.items()} for b, row in ratios.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soft_decode.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -181,8 +191,9 @@ def main() -> None:
         row = tokens_per_s[str(batch)]
         hf = row.get("hf_soft")
         hf_cells = f"{hf:.1f} | {row['soft'] / hf:.2f}x" if hf else "- | -"
-        noisy = f"{row['soft_noisy']:.1f} | {row['soft_noisy'] / row['plain']:.2f}x"
-        print(f"| {batch} | {row['plain']:.1f} | {row['soft']:.1f} | {row['soft'] / row['plain']:.2f}x | {noisy} | {hf_cells} |")
+        ratio = ratios[str(batch)]
+        noisy = f"{row['soft_noisy']:.1f} | {ratio['soft_noisy']:.2f}x"
+        print(f"| {batch} | {row['plain']:.1f} | {row['soft']:.1f} | {ratio['soft']:.2f}x | {noisy} | {hf_cells} |")
     print(f"\nwrote {args.out / 'soft_decode.json'} and {args.out / 'soft_decode.png'}")
 
 
