@@ -71,7 +71,8 @@ class AlgorithmConfig:
     mode: Mode = "replace"
     """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing."""
     soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "noise": "none", "max_soft_steps": 64})
-    """Soft knobs for replace/add (``mode`` and ``scale`` come from here too: mode is set by ``mode``)."""
+    """Soft knobs for replace/add (``scale`` comes from here too; the mode is ``mode``: a
+    ``mode`` knob here must agree with it)."""
     prompts_per_step: int = 8
     group_size: int = 8
     temperature: float = 1.0
@@ -81,6 +82,9 @@ class AlgorithmConfig:
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
 
     def __post_init__(self):
+        knob_mode = self.soft_thinking.get("mode")
+        if knob_mode is not None and knob_mode != self.mode:
+            raise ValueError(f"soft_thinking.mode ({knob_mode!r}) disagrees with mode ({self.mode!r}); set mode only")
         if self.prompts_per_step < 1 or self.group_size < 2:
             raise ValueError("prompts_per_step must be >= 1 and group_size >= 2 (GRPO compares within a group)")
         if not self.temperature > 0:
@@ -105,7 +109,7 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     """Named model or Hugging Face folder; the learner and the engines start from it
-    (``engine.model`` is ignored)."""
+    (``engine.model``, if set, must be the same)."""
     steps: int = 10
     seed: int = 0
     output_dir: str = "runs/train"
@@ -124,6 +128,10 @@ class TrainConfig:
     (logged as ``push_checksum_match``); exact only when engine and learner dtypes agree."""
 
     def __post_init__(self):
+        engine_default = EngineConfig.__dataclass_fields__["model"].default
+        if self.engine.model not in (self.model, engine_default):
+            raise ValueError(f"engine.model ({self.engine.model!r}) disagrees with model ({self.model!r}); set model only "
+                             "(the learner and the engines start from it)")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1 (got {self.steps})")
         if self.keep_checkpoints < 2:
