@@ -1,9 +1,11 @@
 """How a weight push travels from the learner to every vLLM process of every engine.
 
     learner (driver) ── publish(named_tensors) ──► handle ──► each RolloutWorker actor
-    RolloutWorker ───── deliver(llm, handle) ────► every vLLM worker of its engine loads it
+    RolloutWorker ───── receive(handle) ─────────► staged next to the engine (engine busy)
+                  ───── load(llm, staged) ───────► every vLLM worker of its engine loads it
+                                                   (engine locked: no generate meanwhile)
 
-A transport is the pair of those two functions. ``object_store`` is the one this machine
+A transport is those three functions. ``object_store`` is the one this machine
 kind needs; a GPU transport (e.g. vLLM's NCCL weight-transfer engine, learner ranks
 broadcasting straight into the engines) is one more class in ``TRANSPORTS``, chosen with
 ``pool.weight_transport``. The pool keeps the last handle and delivers it to a worker
@@ -19,8 +21,13 @@ class WeightTransport(Protocol):
         """A handle the pool sends to every rollout worker; ``named_tensors``: a list of
         (Hugging Face name, tensor), or what a previous ``publish`` step already made."""
 
-    def deliver(self, llm, handle) -> None:
-        """Load the handle's weights into every worker process of ``llm`` (in place)."""
+    def receive(self, handle) -> object:
+        """In the rollout actor, while its engine may still generate: bring the weights next
+        to the engine; returns what ``load`` takes."""
+
+    def load(self, llm, staged) -> None:
+        """With the engine locked: load ``staged`` into every worker process of ``llm`` (in
+        place), then release what ``receive`` staged."""
 
 
 class ObjectStoreTransport:
@@ -38,7 +45,8 @@ class ObjectStoreTransport:
             return list(named_tensors)
         return ray.put(list(named_tensors))
 
-    def deliver(self, llm, handle) -> None:
+    def receive(self, handle) -> tuple[str, list]:
+        """The weights as one shared-memory file: (path, layout)."""
         from rollout.weights import write_weights_file
 
         # Ray resolves an ObjectRef argument before the actor method runs; buckets arrive as refs.
@@ -46,8 +54,10 @@ class ObjectStoreTransport:
             import ray
 
             handle = [pair for bucket in ray.get(list(handle)) for pair in bucket]
-        path, layout = write_weights_file(handle)
-        del handle
+        return write_weights_file(handle)
+
+    def load(self, llm, staged: tuple[str, list]) -> None:
+        path, layout = staged
         try:
             llm.collective_rpc("load_weights_file", args=(path, layout))
         finally:

@@ -163,9 +163,10 @@ class RolloutWorker:
     def load_weights(self, handle, version: int) -> int:
         """Load a push's weights in place through the transport (``handle``: what its
         ``publish`` made), drop prefix-cache entries made with the old ones."""
+        staged = self.transport.receive(handle)  # outside the lock: generate calls go on meanwhile
+        del handle
         with self._lock:
-            self.transport.deliver(self.llm, handle)
-            del handle
+            self.transport.load(self.llm, staged)
             self.llm.reset_prefix_cache()
             self.weight_version = version
         release_freed_memory(collect_cycles=False)

@@ -212,8 +212,10 @@ def soft_step(
     the vocabulary-wide work fused; ``workspace`` serves the eager pass otherwise.
     """
     floats, ints = knobs.floats_BF, knobs.ints_BI
-    filter_args = (logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k)
-    dist = soft_math.filter_distribution(*filter_args, statistics=statistics)
+    dist = soft_math.filter_distribution(
+        logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k,
+        statistics,
+    )
     base_BK = dist.weights_BK.double()
     seed_B, step_B = ints[:, SEED], knobs.soft_steps_done_B
     noise_B, slots = ints[:, NOISE], base_BK.shape[-1]
