@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class FilteredDistribution:
     """Step 1-5 of the soft step for a batch of rows, before noise."""
@@ -44,34 +43,53 @@ def filter_distribution(
     min_p_B: torch.Tensor,
     workspace: torch.Tensor | None = None,
     max_k: int | None = None,
-    statistics: Callable | None = None,
 ) -> FilteredDistribution:
     """softmax(z / T), keep the top-k, then the shortest prefix reaching top-p, then drop
     p < min_p * p_max; renormalise over what is kept.
 
-    The vocabulary-wide work runs one of two ways. ``statistics``: a compiled
-    ``vocabulary_statistics`` (the engine passes one on CPU), which reads the logits a few
-    times and writes nothing vocabulary-sized. Otherwise eager kernels: ``workspace`` is an
-    optional contiguous float32 buffer of shape (2, R, V), overwritten; passing the same
-    one every step spares vocabulary-sized allocations (most of the eager cost at large
-    batch on CPU), and more than R rows are processed R at a time, which bounds the
-    memory. ``max_k``: ``top_k_B.max()`` when the caller knows it on the host (reading it
-    from a device tensor would block on the device).
+    The vocabulary-wide work runs as eager kernels (``filter_with_statistics`` is the
+    compiled engine's way): ``workspace`` is an optional contiguous float32 buffer of
+    shape (2, R, V), overwritten; passing the same one every step spares
+    vocabulary-sized allocations (most of the eager cost at large batch on CPU), and more
+    than R rows are processed R at a time, which bounds the memory. ``max_k``:
+    ``top_k_B.max()`` when the caller knows it on the host (reading it from a device
+    tensor would block on the device).
     """
     rows, vocab = logits_BV.shape
     max_k = int(top_k_B.max()) if max_k is None else max_k
-    if statistics is not None:
-        top_probs_BK, token_ids_BK, entropy_B = _statistics_pass(logits_BV, temperature_B, max_k, statistics)
-    else:
-        if workspace is None:
-            workspace = torch.empty(2, rows, vocab, dtype=torch.float32, device=logits_BV.device)
-        chunk = workspace.shape[1]
-        parts = [
-            _vocabulary_pass(logits_BV[start : start + chunk], temperature_B[start : start + chunk], max_k, workspace)
-            for start in range(0, rows, chunk)
-        ]
-        top_probs_BK, token_ids_BK, entropy_B = (torch.cat(part) if len(parts) > 1 else part[0] for part in zip(*parts))
-    rank_K = torch.arange(max_k, device=logits_BV.device)
+    if workspace is None:
+        workspace = torch.empty(2, rows, vocab, dtype=torch.float32, device=logits_BV.device)
+    chunk = workspace.shape[1]
+    parts = [
+        _vocabulary_pass(logits_BV[start : start + chunk], temperature_B[start : start + chunk], max_k, workspace)
+        for start in range(0, rows, chunk)
+    ]
+    top_probs_BK, token_ids_BK, entropy_B = (torch.cat(part) if len(parts) > 1 else part[0] for part in zip(*parts))
+    return _kept_support(top_probs_BK, token_ids_BK, entropy_B, top_k_B, top_p_B, min_p_B)
+
+
+def filter_with_statistics(
+    logits_BV: torch.Tensor,
+    statistics: tuple[torch.Tensor, ...],
+    temperature_B: torch.Tensor,
+    top_k_B: torch.Tensor,
+    top_p_B: torch.Tensor,
+    min_p_B: torch.Tensor,
+    max_k: int,
+) -> FilteredDistribution:
+    """``filter_distribution`` from the logits' ``vocabulary_statistics`` (computed by the
+    caller, e.g. compiled): the top-k of the logits from their block maxima, their
+    probabilities exp((z - z_max) / T) / Z, then the same filters."""
+    maxima_BN, max_B, total_B, entropy_B = statistics
+    top_logits_BK, token_ids_BK = block_top_k(logits_BV, max_k, maxima_BN)
+    shifted_BK = (top_logits_BK - max_B.unsqueeze(-1)) / temperature_B.float().unsqueeze(-1)
+    top_probs_BK = shifted_BK.exp() / total_B.unsqueeze(-1)
+    return _kept_support(top_probs_BK, token_ids_BK, entropy_B, top_k_B, top_p_B, min_p_B)
+
+
+def _kept_support(top_probs_BK, token_ids_BK, entropy_B, top_k_B, top_p_B, min_p_B) -> FilteredDistribution:
+    """The top-k, top-p and min-p filters on the ``max_k`` most likely tokens, renormalised."""
+    rank_K = torch.arange(top_probs_BK.shape[-1], device=top_probs_BK.device)
     kept = rank_K.unsqueeze(0) < top_k_B.unsqueeze(-1)
     # Top-p on the original probabilities: keep entry i while the mass before it is
     # still short of top_p (so the first entry is always kept).
@@ -168,15 +186,6 @@ def vocabulary_statistics(logits_CV: torch.Tensor, temperature_C: torch.Tensor):
     spread_C = torch.where(exp_CV > 0, exp_CV * shifted_CV, 0.0).sum(-1)
     entropy_C = total_C.log() - spread_C / total_C
     return maxima_CN, max_C1.squeeze(-1), total_C, entropy_C
-
-
-def _statistics_pass(logits_BV: torch.Tensor, temperature_B: torch.Tensor, max_k: int, statistics: Callable):
-    """``_vocabulary_pass``'s results from (compiled) ``vocabulary_statistics``: the top-k
-    of the logits from their block maxima, their probabilities from z_max and Z."""
-    maxima_BN, max_B, total_B, entropy_B = statistics(logits_BV, temperature_B)
-    top_logits_BK, token_ids_BK = block_top_k(logits_BV, max_k, maxima_BN)
-    shifted_BK = (top_logits_BK - max_B.unsqueeze(-1)) / temperature_B.float().unsqueeze(-1)
-    return shifted_BK.exp() / total_B.unsqueeze(-1), token_ids_BK, entropy_B
 
 
 NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}
@@ -307,7 +316,7 @@ def mixed_step_logprob(
     and emission (``sample_B``): one batched call per kind in ``noise_kinds`` (the kinds
     present, known to the caller without a device sync), selected per row."""
     logprob = torch.zeros(log_base_BK.shape[0], dtype=torch.float64, device=log_base_BK.device)
-    for kind in noise_kinds:
+    for kind in (kind for kind in NOISE_CODES if kind in noise_kinds):  # one order: graphs cache across processes
         emit = "argmax" if kind == "none" else "sample"  # 'sample' adds log w_y, masked below
         kind_logprob = soft_step_logprob(log_base_BK, weights_BK, valid_BK, emitted_BK, kind, alpha_B, tau_B, emit)
         if kind != "none":

@@ -145,96 +145,68 @@ class SoftStepOutput:
         )
 
 
-def unpack_row(values: list[float]) -> dict:
-    """One row of ``SoftStepOutput.packed()`` (as a list) as a trace entry without position."""
-    slots = (len(values) - 5) // 2
-    kept, entropy, emitted, logprob, end_code = values[2 * slots :]
-    kept = int(kept)
-    return {
-        "token_ids": [int(t) for t in values[:kept]],
-        "weights": values[slots : slots + kept],
-        "entropy": entropy,
-        "emitted": int(emitted),
-        "logprob": None if logprob != logprob else logprob,  # NaN: a forced token
-        "end_reason": soft_math.END_REASONS[int(end_code)],
-    }
+def unpack_rows(payload: np.ndarray) -> list[dict]:
+    """The rows of ``SoftStepOutput.packed()`` (on the host) as trace entries without
+    position; columns are converted for all rows at once, then sliced per row."""
+    slots = (payload.shape[1] - 5) // 2
+    token_ids = payload[:, :slots].astype(np.int64).tolist()
+    weights = payload[:, slots : 2 * slots].tolist()
+    kept, emitted, end_code = (payload[:, 2 * slots + c].astype(np.int64).tolist() for c in (0, 2, 4))
+    entropy, logprob = payload[:, 2 * slots + 1].tolist(), payload[:, 2 * slots + 3].tolist()
+    end_reasons = soft_math.END_REASONS
+    return [
+        {
+            "token_ids": token_ids[row][: kept[row]],
+            "weights": weights[row][: kept[row]],
+            "entropy": entropy[row],
+            "emitted": emitted[row],
+            "logprob": None if logprob[row] != logprob[row] else logprob[row],  # NaN: a forced token
+            "end_reason": end_reasons[end_code[row]],
+        }
+        for row in range(payload.shape[0])
+    ]
 
 
-class CompiledStatistics:
-    """``soft_math.vocabulary_statistics`` compiled once, at construction, for any number of
-    rows: the soft step's whole-vocabulary work in a few fused reads of the logits (on a
-    2-core CPU at batch 128 over 49k tokens, about 1.4 ms against 3.8 ms of eager kernels).
-
-    Every row gets the values it would get in any batch: a lone row runs as two (the
-    compiler splits a single row's sums across threads, which changes their rounding).
-    Inputs are brought to the form the graph was compiled for (float32, contiguous,
-    inference tensors) so that no call compiles again mid-serving; should one still need
-    to, it runs the same function eagerly instead of stalling the engine.
-    """
-
-    def __init__(self, vocab_size: int, device: torch.device):
-        self._compiled = torch.compile(soft_math.vocabulary_statistics, dynamic=False, fullgraph=True)
-        with torch.inference_mode():  # the engine's steps run in inference mode
-            self._run(torch.zeros(2, vocab_size, device=device), torch.ones(2, device=device))
-
-    def _run(self, logits_CV: torch.Tensor, temperature_C: torch.Tensor):
-        torch._dynamo.maybe_mark_dynamic(logits_CV, 0)
-        torch._dynamo.maybe_mark_dynamic(temperature_C, 0)
-        return self._compiled(logits_CV, temperature_C)
-
-    def __call__(self, logits_CV: torch.Tensor, temperature_C: torch.Tensor):
-        if logits_CV.shape[0] == 1:
-            pair = self(logits_CV.expand(2, -1), temperature_C.expand(2))
-            return tuple(value[:1] for value in pair)
-        with torch.inference_mode(), torch.compiler.set_stance("eager_on_recompile"):
-            return self._run(_compiled_form(logits_CV), _compiled_form(temperature_C))
+COMPILED_NOISE_KINDS = frozenset({"none", "gumbel"})
+"""Noise kinds the compiled step evaluates for every row. A batch with Dirichlet rows runs
+its per-row tail eagerly: Dirichlet's gamma draws (24 uniforms per slot) would otherwise
+cost every step of every batch about 0.5 ms on a 2-core CPU."""
 
 
-def _compiled_form(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as a contiguous float32 inference tensor (itself when it is one already)."""
-    if tensor.dtype == torch.float32 and tensor.is_contiguous() and torch.is_inference(tensor):
-        return tensor
-    return tensor.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-
-
-def soft_step(
-    logits_BV: torch.Tensor,
-    knobs: StepKnobs,
-    embed: Callable[[torch.Tensor], torch.Tensor],
-    workspace: torch.Tensor | None = None,
-    statistics: CompiledStatistics | None = None,
-) -> SoftStepOutput:
-    """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
-
-    ``logits_BV``: processed logits of the soft rows (before temperature); ``embed`` maps
-    token ids to input embeddings (the model's own embedding, so tensor-parallel shards
-    and untied heads are handled by the model). ``statistics`` (the engine's, on CPU) runs
-    the vocabulary-wide work fused; ``workspace`` serves the eager pass otherwise.
-    """
-    floats, ints = knobs.floats_BF, knobs.ints_BI
-    dist = soft_math.filter_distribution(
-        logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k,
-        statistics,
-    )
+def decide(
+    dist: soft_math.FilteredDistribution,
+    floats: torch.Tensor,
+    ints: torch.Tensor,
+    soft_steps_done_B: torch.Tensor,
+    low_entropy_streak_B: torch.Tensor,
+    noise_kinds: frozenset[str],
+    any_sample: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Noise, emission, thinking's end and the rollout log-probability of every row, from
+    its filtered distribution: (weights_BK, kept_B, emitted_B, logprob_B, end_code_B,
+    low_entropy_streak_B). ``noise_kinds`` and ``any_sample`` say which branches to
+    evaluate; a branch no row takes may be evaluated anyway (its result is selected away,
+    and every draw depends only on (seed, step, lane)), which is how the compiled step
+    runs every batch with one graph."""
     base_BK = dist.weights_BK.double()
-    seed_B, step_B = ints[:, SEED], knobs.soft_steps_done_B
+    seed_B, step_B = ints[:, SEED], soft_steps_done_B
     noise_B, slots = ints[:, NOISE], base_BK.shape[-1]
 
     # Every draw of the step in one Philox evaluation, each kind in its own lane.
     lanes = []
-    if "gumbel" in knobs.noise_kinds:
+    if "gumbel" in noise_kinds:
         lanes.append((stateless_random.GUMBEL, slots))
-    if "dirichlet" in knobs.noise_kinds:
+    if "dirichlet" in noise_kinds:
         lanes += stateless_random.gamma_lanes(slots)
-    if knobs.any_sample:
+    if any_sample:
         lanes.append((stateless_random.EMIT, 1))
     draws = iter(stateless_random.draw(seed_B, step_B, lanes) if lanes else [])
 
     weights_BK = base_BK
-    if "gumbel" in knobs.noise_kinds:
+    if "gumbel" in noise_kinds:
         perturbed = soft_math.gumbel_noise(base_BK, floats[:, TAU], stateless_random.gumbel(next(draws)))
         weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["gumbel"]).unsqueeze(-1), perturbed, weights_BK)
-    if "dirichlet" in knobs.noise_kinds:
+    if "dirichlet" in noise_kinds:
         concentration_BK = torch.where(dist.kept_BK, floats[:, ALPHA].unsqueeze(-1) * base_BK, 1.0)
         log_gamma_BK = stateless_random.log_gammas(concentration_BK, next(draws), next(draws))
         perturbed = soft_math.dirichlet_noise(base_BK, log_gamma_BK)
@@ -242,25 +214,130 @@ def soft_step(
 
     sample_B = ints[:, EMIT] == soft_math.EMIT_CODES["sample"]
     slot_B = weights_BK.argmax(-1)
-    if knobs.any_sample:
+    if any_sample:
         slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, next(draws)[:, 0]), slot_B)
     chosen_B = dist.token_ids_BK.gather(-1, slot_B.unsqueeze(-1)).squeeze(-1)
 
     emitted_B, streak_B, end_code_B = soft_math.thinking_transition(
-        chosen_B, dist.entropy_B, knobs.low_entropy_streak_B, step_B, ints[:, THINK_END_ID],
+        chosen_B, dist.entropy_B, low_entropy_streak_B, step_B, ints[:, THINK_END_ID],
         floats[:, ENTROPY_THRESHOLD], ints[:, PATIENCE], ints[:, MAX_SOFT_STEPS],
     )
 
     emitted_slot_BK = torch.arange(slots, device=slot_B.device).unsqueeze(0) == slot_B.unsqueeze(-1)
     logprob_B = soft_math.mixed_step_logprob(
         base_BK.log(), weights_BK, dist.kept_BK, emitted_slot_BK, noise_B, floats[:, ALPHA], floats[:, TAU],
-        sample_B, set(knobs.noise_kinds),
+        sample_B, set(noise_kinds),
     )
     # A token forced by cold stop or the budget was no action of the policy: no log-probability.
     logprob_B = torch.where(emitted_B == chosen_B, logprob_B, float("nan"))
+    return weights_BK, dist.kept_BK.sum(-1), emitted_B, logprob_B, end_code_B, streak_B
 
-    rows = logits_BV.shape[0]
-    ids = torch.cat((dist.token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else dist.token_ids_BK.reshape(-1)
+
+def _decide_with_statistics(
+    logits_BV, maxima_BN, max_B, total_B, entropy_B, floats, ints, steps_B, streak_B, slots_K,
+    noise_kinds=COMPILED_NOISE_KINDS, any_sample=True,
+):
+    """Filtering from the vocabulary statistics, then ``decide``: the tail of the step, by
+    default with every compiled branch on (``slots_K``: an empty tensor whose length is the
+    largest top-k, so that it is a dynamic size rather than a constant that recompiles)."""
+    dist = soft_math.filter_with_statistics(
+        logits_BV, (maxima_BN, max_B, total_B, entropy_B), floats[:, TEMPERATURE], ints[:, TOP_K],
+        floats[:, TOP_P], floats[:, MIN_P], slots_K.shape[0],
+    )
+    return (dist.token_ids_BK, dist.entropy_B) + decide(dist, floats, ints, steps_B, streak_B, noise_kinds, any_sample)
+
+
+class CompiledSoftStep:
+    """The soft step up to its embeddings, compiled once at construction for any number of
+    rows and any largest top-k, as two graphs: ``soft_math.vocabulary_statistics`` (the
+    whole-vocabulary work in a few fused reads of the logits) and the per-row tail
+    (filters, noise, emission, thinking's end, log-probability: about a hundred small
+    tensor operations). The tail is one graph with every branch of
+    ``COMPILED_NOISE_KINDS`` and sampled emission on, rather than a branch per host flag,
+    so no batch composition compiles anything new; batches with Dirichlet rows run it
+    eagerly after the compiled statistics.
+
+    Every row gets the values it would get in any batch: a lone row runs as two (the
+    compiler splits a single row's sums across threads, which changes their rounding).
+    Inputs are brought to the form the graphs were compiled for (contiguous inference
+    tensors, float32 logits) so that no call compiles again mid-serving; should one still
+    need to (a largest top-k below 3, which the compiler specialises on), that
+    call runs the same functions eagerly instead of stalling the engine.
+    """
+
+    def __init__(self, vocab_size: int, device: torch.device, top_k: int):
+        self._statistics = torch.compile(soft_math.vocabulary_statistics, dynamic=False, fullgraph=True)
+        self._tail = torch.compile(_decide_with_statistics, dynamic=False, fullgraph=True)
+        self.stance = "default"  # compile now, once
+        rows = [(SoftThinkingParams(top_k=max(top_k, 2)), 0, 0)] * 2
+        self(torch.zeros(2, vocab_size, device=device), StepKnobs.for_requests(rows, device))
+        self.stance = "eager_on_recompile"
+        """What a call that would need a new graph does (``torch.compiler.set_stance``); tests
+        set 'fail_on_recompile' to show that none does."""
+
+    @staticmethod
+    def _dynamic(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for tensor in tensors:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        return tensors
+
+    def __call__(self, logits_BV: torch.Tensor, knobs: StepKnobs) -> tuple[torch.Tensor, ...]:
+        """``_decide_with_statistics``'s results for the rows of ``logits_BV``."""
+        inputs = (logits_BV, knobs.floats_BF, knobs.ints_BI, knobs.soft_steps_done_B, knobs.low_entropy_streak_B)
+        rows = logits_BV.shape[0]
+        if rows == 1:
+            inputs = tuple(tensor.expand(2, *tensor.shape[1:]) for tensor in inputs)
+        with torch.inference_mode(), torch.compiler.set_stance(self.stance):
+            logits = _compiled_form(inputs[0], torch.float32)
+            floats, ints, steps, streak = (_compiled_form(tensor) for tensor in inputs[1:])
+            statistics = self._statistics(*self._dynamic(logits, floats[:, TEMPERATURE].float().contiguous()))
+            tail_inputs = (logits, *statistics, floats, ints, steps, streak, torch.empty(knobs.max_k, device=logits.device))
+            if knobs.noise_kinds <= COMPILED_NOISE_KINDS:
+                outputs = self._tail(*self._dynamic(*tail_inputs))
+            else:
+                outputs = _decide_with_statistics(*tail_inputs, knobs.noise_kinds, knobs.any_sample)
+        return tuple(value[:rows] for value in outputs) if rows == 1 else outputs
+
+
+def _compiled_form(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` as a contiguous inference tensor of ``dtype`` (default: its own), itself
+    when it is one already."""
+    dtype = dtype or tensor.dtype
+    if tensor.dtype == dtype and tensor.is_contiguous() and torch.is_inference(tensor):
+        return tensor
+    return tensor.to(dtype, memory_format=torch.contiguous_format, copy=True)
+
+
+def soft_step(
+    logits_BV: torch.Tensor,
+    knobs: StepKnobs,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    workspace: torch.Tensor | None = None,
+    compiled: CompiledSoftStep | None = None,
+) -> SoftStepOutput:
+    """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
+
+    ``logits_BV``: processed logits of the soft rows (before temperature); ``embed`` maps
+    token ids to input embeddings (the model's own embedding, so tensor-parallel shards
+    and untied heads are handled by the model). ``compiled`` (the engine's, on CPU) runs
+    everything but the embeddings compiled; otherwise eager kernels, with ``workspace``
+    serving the vocabulary pass.
+    """
+    floats, ints = knobs.floats_BF, knobs.ints_BI
+    if compiled is not None:
+        token_ids_BK, entropy_B, *decided = compiled(logits_BV, knobs)
+    else:
+        dist = soft_math.filter_distribution(
+            logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k
+        )
+        token_ids_BK, entropy_B = dist.token_ids_BK, dist.entropy_B
+        decided = decide(
+            dist, floats, ints, knobs.soft_steps_done_B, knobs.low_entropy_streak_B, knobs.noise_kinds, knobs.any_sample
+        )
+    weights_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B = decided
+
+    rows, slots = token_ids_BK.shape
+    ids = torch.cat((token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else token_ids_BK.reshape(-1)
     embeds = embed(ids)
     concept_BH = soft_math.weighted_embeddings(weights_BK, embeds[: rows * slots].reshape(rows, slots, -1))
     next_inputs_BH = concept_BH
@@ -269,10 +346,10 @@ def soft_step(
         next_inputs_BH = soft_math.mix_inputs(add_B, embeds[rows * slots :], concept_BH, floats[:, SCALE])
 
     return SoftStepOutput(
-        token_ids_BK=dist.token_ids_BK,
+        token_ids_BK=token_ids_BK,
         weights_BK=weights_BK,
-        kept_B=dist.kept_BK.sum(-1),
-        entropy_B=dist.entropy_B,
+        kept_B=kept_B,
+        entropy_B=entropy_B,
         emitted_B=emitted_B,
         logprob_B=logprob_B,
         end_code_B=end_code_B,

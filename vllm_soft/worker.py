@@ -91,7 +91,7 @@ class SoftThinkingRunner:
         self._capacity = 0
         self._grow(self.max_num_reqs)
         self._workspace: torch.Tensor | None = None
-        self.statistics = _compiled_statistics(self.vocab_size, self.device)
+        self.compiled = _compiled_step(self.vocab_size, self.device, defaults.top_k)
         self._pinned: torch.Tensor | None = None
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
@@ -256,7 +256,7 @@ class SoftThinkingRunner:
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
         """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
         soft_logits = logits_BV if plan.all_rows else logits_BV.index_select(0, plan.rows_dev)
-        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.statistics)
+        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled)
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
         self.progress_S2.index_copy_(0, plan.slots_dev, progress)
@@ -279,8 +279,8 @@ class SoftThinkingRunner:
     def _workspace_for(self, logits_BV: torch.Tensor) -> torch.Tensor | None:
         """The float32 (2, R, V) scratch buffer of the eager vocabulary pass, kept across
         steps: R = max_num_seqs rows, at most ``WORKSPACE_ROWS`` (larger batches go R at a
-        time). None with the compiled pass, which needs none."""
-        if self.statistics is not None:
+        time). None with the compiled step, which needs none."""
+        if self.compiled is not None:
             return None
         vocab = logits_BV.shape[1]
         workspace = self._workspace
@@ -295,12 +295,13 @@ class SoftThinkingRunner:
         if plan.copied is not None:
             plan.copied.synchronize()
         new_entries: dict[str, list[dict]] = {}
-        for row, req_id, values in zip(plan.rows, plan.req_ids, plan.payload.tolist()):
+        entries = soft_step.unpack_rows(plan.payload.numpy())
+        for row, req_id, entry in zip(plan.rows, plan.req_ids, entries):
             assert sampled_token_ids[row], f"vLLM discarded the sample of soft row {row} ({req_id})"
             state = self.requests[req_id]
             position = state.first_soft_position + state.soft_steps
             assert runner.requests[req_id].num_tokens - 1 == position, "soft trace out of step with the sequence"
-            entry = {"position": state.soft_steps, **soft_step.unpack_row(values)}
+            entry["position"] = state.soft_steps
             state.soft_steps += 1
             if entry["end_reason"] is None:
                 state.mixtures.append((entry["token_ids"], entry["weights"]))
@@ -326,21 +327,21 @@ class SoftThinkingRunner:
             SoftThinkingParams(top_k=self.defaults.top_k),
         ]
         knobs = soft_step.StepKnobs.for_requests([(branches[i % 3], 0, 0) for i in range(rows)], self.device)
-        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits), self.statistics)
+        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits), self.compiled)
         out.packed()
 
 
-def _compiled_statistics(vocab_size: int, device: torch.device) -> soft_step.CompiledStatistics | None:
-    """On CPU, the soft step's vocabulary pass compiled now, at start-up (a few seconds; the
-    compiler caches across processes). On CUDA the eager kernels stay: there they cost a
-    small fraction of a decode step. Without a working compiler: the eager pass, said once."""
+def _compiled_step(vocab_size: int, device: torch.device, top_k: int) -> soft_step.CompiledSoftStep | None:
+    """On CPU, the soft step compiled now, at start-up (seconds; the compiler caches across
+    processes). On CUDA the eager kernels stay: there they cost a small fraction of a
+    decode step. Without a working compiler: the eager step, said once."""
     if device.type != "cpu":
         return None
     try:
-        return soft_step.CompiledStatistics(vocab_size, device)
+        return soft_step.CompiledSoftStep(vocab_size, device, top_k)
     except Exception as error:  # e.g. no C++ compiler: torch.compile fails in many ways
-        logger.warning("vllm-soft: could not compile the soft step's vocabulary pass (%s: %s); using eager kernels, "
-                       "about 2.5x slower for that part on CPU", type(error).__name__, error)
+        logger.warning("vllm-soft: could not compile the soft step (%s: %s); using eager kernels, "
+                       "about 2x slower on CPU", type(error).__name__, error)
         return None
 
 

@@ -201,7 +201,7 @@ def test_seeded_soft_draws_survive_preemption(preempting_engine, default_hf_mode
 def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_engine, monkeypatch):
     """vLLM sizes the KV cache from the peak of its profiling run: the soft step runs there
     for max_num_seqs rows, and its buffers stay (no request state is left behind). On CPU
-    the vocabulary pass is compiled and needs no vocabulary-sized workspace."""
+    the step is compiled and needs no vocabulary-sized workspace."""
     core = inprocess_tiny_engine.llm_engine.engine_core.engine_core
     runner = core.model_executor.driver_worker.worker.model_runner
     soft = runner.vllm_soft
@@ -211,7 +211,7 @@ def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_eng
     monkeypatch.setattr(soft_step, "soft_step", lambda logits, *args: rows.append(len(logits)) or step(logits, *args))
     runner.profile_run()
     assert rows == [runner.max_num_reqs]
-    assert soft.statistics is not None, "the compiled vocabulary pass is in use on CPU"
+    assert soft.compiled is not None, "the compiled soft step is in use on CPU"
     assert soft._workspace is None
     assert soft.pending_SH.shape[0] >= runner.max_num_reqs
     assert soft.requests == held

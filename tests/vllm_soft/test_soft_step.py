@@ -111,60 +111,76 @@ def test_cold_stop_forces_think_end_without_a_logprob():
 
 
 def test_packed_rows_unpack_to_trace_entries():
-    rows = [(params, i, 0) for i, params in enumerate(MIXED)]
+    forced = SoftThinkingParams(max_soft_steps=1, think_end=6, think_end_id=6)
+    rows = [(params, i, 0) for i, params in enumerate(MIXED)] + [(forced, 0, 0)]
     out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed)
-    for i, values in enumerate(out.packed().tolist()):
-        entry = soft_step.unpack_row(values)
+    entries = soft_step.unpack_rows(out.packed().numpy())
+    assert len(entries) == len(rows)
+    for i, entry in enumerate(entries):
         kept = int(out.kept_B[i])
         assert entry["token_ids"] == out.token_ids_BK[i, :kept].tolist()
         assert entry["weights"] == out.weights_BK[i, :kept].tolist()
         assert entry["emitted"] == int(out.emitted_B[i])
-        assert entry["logprob"] == pytest.approx(float(out.logprob_B[i]))
-        assert entry["end_reason"] is None
+        assert entry["entropy"] == pytest.approx(float(out.entropy_B[i]))
         assert math.isclose(sum(entry["weights"]), 1.0, rel_tol=1e-6)
+    assert all(entry["end_reason"] is None for entry in entries[:-1])
+    assert [entry["logprob"] for entry in entries[:-1]] == pytest.approx(out.logprob_B[:-1].tolist())
+    assert (entries[-1]["end_reason"], entries[-1]["logprob"], entries[-1]["emitted"]) == ("budget", None, 6)
 
 
 @pytest.fixture(scope="module")
-def compiled_statistics():
-    return soft_step.CompiledStatistics(VOCAB, torch.device("cpu"))
+def compiled_step():
+    compiled = soft_step.CompiledSoftStep(VOCAB, torch.device("cpu"), top_k=10)
+    compiled.stance = "fail_on_recompile"  # a call the start-up graphs cannot run fails the test
+    return compiled
 
 
-def test_compiled_vocabulary_pass_gives_the_eager_step(compiled_statistics):
-    """The engine's compiled pass (CPU) and the eager one agree on every output, masked
-    tokens included, and a row's vocabulary statistics do not depend on the batch it is
-    in (bitwise; weights as in the eager step, to the rounding of sums over padding)."""
-    rows = [(params, 50 + i, i) for i, params in enumerate(MIXED * 3)]
+def _assert_same_step(got: soft_step.SoftStepOutput, want: soft_step.SoftStepOutput) -> None:
+    assert torch.equal(got.kept_B, want.kept_B)
+    assert torch.equal(got.token_ids_BK, want.token_ids_BK)
+    assert torch.equal(got.emitted_B, want.emitted_B)
+    assert torch.equal(got.end_code_B, want.end_code_B)
+    torch.testing.assert_close(got.weights_BK, want.weights_BK, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.entropy_B, want.entropy_B, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.logprob_B, want.logprob_B, rtol=1e-5, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(got.next_inputs_BH, want.next_inputs_BH, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dirichlet", [False, True], ids=["compiled tail", "dirichlet rows: eager tail"])
+def test_compiled_step_gives_the_eager_step(compiled_step, dirichlet):
+    """The engine's compiled step (CPU; one graph with every compiled branch on) and the
+    eager one (a branch per host flag) agree on every output for rows of every kind,
+    masked tokens included, and a row's values do not depend on the batch it is in (its
+    draws and statistics bitwise; weights to the rounding of sums over padding)."""
+    kinds = [params for params in MIXED if dirichlet or params.noise != "dirichlet"]
+    rows = [(params, 50 + i, i) for i, params in enumerate(kinds * 3)]
     with torch.inference_mode():
         logits = _logits(len(rows), seed=7)
         logits[2, :150] = float("-inf")
         eager = soft_step.soft_step(logits, knobs_for(rows), embed)
-        fused = soft_step.soft_step(logits, knobs_for(rows), embed, statistics=compiled_statistics)
-        assert torch.equal(fused.kept_B, eager.kept_B)
-        assert torch.equal(fused.token_ids_BK, eager.token_ids_BK)
-        assert torch.equal(fused.emitted_B, eager.emitted_B)
-        torch.testing.assert_close(fused.weights_BK, eager.weights_BK, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(fused.entropy_B, eager.entropy_B, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(fused.logprob_B, eager.logprob_B, rtol=1e-5, atol=1e-5, equal_nan=True)
-        for i in (0, 2, len(rows) - 1):
-            alone = soft_step.soft_step(logits[i : i + 1], knobs_for([rows[i]]), embed, statistics=compiled_statistics)
+        fused = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step)
+        _assert_same_step(fused, eager)
+        for i in [i for i, (params, _, _) in enumerate(rows) if params.top_k >= 3][:5]:  # below: eager
+            alone = soft_step.soft_step(logits[i : i + 1], knobs_for([rows[i]]), embed, compiled=compiled_step)
             kept = int(alone.kept_B[0])
             assert torch.equal(alone.token_ids_BK[0, :kept], fused.token_ids_BK[i, :kept])
+            assert torch.equal(alone.emitted_B[0], fused.emitted_B[i])
             torch.testing.assert_close(alone.weights_BK[0, :kept], fused.weights_BK[i, :kept], rtol=1e-6, atol=1e-7)
             assert torch.equal(alone.entropy_B[0], fused.entropy_B[i])
 
 
-def test_compiled_vocabulary_pass_takes_any_input_form_without_compiling_again(compiled_statistics):
-    from torch._dynamo.utils import counters
-
+def test_compiled_step_takes_any_batch_and_input_form_without_compiling_again(compiled_step):
+    """Row counts, largest top-k, knob mixes and input forms (not inference tensors,
+    float64, strided, one row) all run the graphs compiled at start-up."""
+    rows = [(params, 9 + i, 2 * i) for i, params in enumerate(MIXED * 2)]
     with torch.inference_mode():
-        logits = _logits(6, seed=8)
-        temperature = torch.full((6,), 0.6)
-        expected = compiled_statistics(logits, temperature)
-    compiled_before = counters["stats"]["unique_graphs"]
-    wide = torch.zeros(6, 2 * VOCAB, dtype=torch.float64)
+        logits = _logits(len(rows), seed=8)
+        expected = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step)
+    wide = torch.zeros(len(rows), 2 * VOCAB, dtype=torch.float64)
     wide[:, ::2] = logits.double()
-    for form in (logits.clone(), logits.double(), wide[:, ::2], logits[:3], logits[:1]):  # not inference tensors
-        got = compiled_statistics(form, temperature[: form.shape[0]].double())
-        for value, want in zip(got, expected):
-            assert torch.equal(value, want[: form.shape[0]])
-    assert counters["stats"]["unique_graphs"] == compiled_before
+    for form in (logits.clone(), logits.double(), wide[:, ::2]):  # not inference tensors
+        _assert_same_step(soft_step.soft_step(form, knobs_for(rows), embed, compiled=compiled_step), expected)
+    for count in (1, 3, 5):
+        batch = [(params.with_overrides({"top_k": 2 + 9 * count}), seed, step) for params, seed, step in rows[:count]]
+        got = soft_step.soft_step(logits[:count], knobs_for(batch), embed, compiled=compiled_step)
+        _assert_same_step(got, soft_step.soft_step(logits[:count], knobs_for(batch), embed))

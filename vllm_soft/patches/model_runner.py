@@ -117,12 +117,17 @@ def apply() -> None:
         return output
 
     @functools.wraps(sampler_sample)
-    def Sampler_sample(self, logits, *args, **kwargs):
+    def Sampler_sample(self, logits, sampling_metadata, *args, **kwargs):
         plan = ACTIVE_STEP.get()
         if plan is None:
-            return sampler_sample(self, logits, *args, **kwargs)
+            return sampler_sample(self, logits, sampling_metadata, *args, **kwargs)
         emitted = plan.run(logits)  # before vLLM's sampling, which may scale logits in place
-        sampled, processed_logprobs = sampler_sample(self, logits, *args, **kwargs)
+        wants_logprobs = sampling_metadata.max_num_logprobs is not None or getattr(
+            sampling_metadata, "logprob_token_ids", None
+        )
+        if plan.all_rows and not wants_logprobs:
+            return emitted, None  # the soft step sampled every row: vLLM's sampling would be discarded
+        sampled, processed_logprobs = sampler_sample(self, logits, sampling_metadata, *args, **kwargs)
         sampled[plan.rows_dev] = emitted.to(sampled.dtype)
         return sampled, processed_logprobs
 
