@@ -145,9 +145,16 @@ class SoftStepOutput:
         )
 
 
-def unpack_rows(payload: np.ndarray) -> list[dict]:
-    """The rows of ``SoftStepOutput.packed()`` (on the host) as trace entries without
-    position; columns are converted for all rows at once, then sliced per row."""
+def row_support(row: np.ndarray) -> tuple[list[int], list[float]]:
+    """(token ids, weights) of the support of one row of ``SoftStepOutput.packed()``."""
+    slots = (row.shape[0] - 5) // 2
+    kept = int(row[2 * slots])
+    return row[:kept].astype(np.int64).tolist(), row[slots : slots + kept].tolist()
+
+
+def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[dict]:
+    """Rows of ``SoftStepOutput.packed()`` (on the host) as trace entries, row i at soft
+    step ``first_position + i``; columns are converted for all rows at once, then sliced."""
     slots = (payload.shape[1] - 5) // 2
     token_ids = payload[:, :slots].astype(np.int64).tolist()
     weights = payload[:, slots : 2 * slots].tolist()
@@ -156,6 +163,7 @@ def unpack_rows(payload: np.ndarray) -> list[dict]:
     end_reasons = soft_math.END_REASONS
     return [
         {
+            "position": first_position + row,
             "token_ids": token_ids[row][: kept[row]],
             "weights": weights[row][: kept[row]],
             "entropy": entropy[row],
@@ -165,6 +173,28 @@ def unpack_rows(payload: np.ndarray) -> list[dict]:
         }
         for row in range(payload.shape[0])
     ]
+
+
+def pack_trace(rows: list[np.ndarray]) -> list[dict]:
+    """A request's packed step rows, in step order, in the form the trace crosses processes
+    in: runs of rows of one width as {"shape", "data": float64 bytes} blocks (plain
+    msgpack types; a step's width is 2K + 5 for the largest top-k K of its batch)."""
+    blocks, start = [], 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:
+            block = np.stack(rows[start:end])
+            blocks.append({"shape": list(block.shape), "data": block.tobytes()})
+            start = end
+    return blocks
+
+
+def unpack_trace(blocks: list[dict]) -> list[dict]:
+    """``pack_trace``'s blocks as the request's trace entries (``vllm_soft.trace``)."""
+    entries: list[dict] = []
+    for block in blocks:
+        payload = np.frombuffer(block["data"], dtype=np.float64).reshape(block["shape"])
+        entries += unpack_rows(payload, len(entries))
+    return entries
 
 
 COMPILED_NOISE_KINDS = frozenset({"none", "gumbel"})

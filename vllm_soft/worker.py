@@ -12,7 +12,7 @@ engine step, driven by the patches in ``patches/model_runner.py``:
       Sampler.sample ► run(): ``soft_step`` on those rows, before vLLM samples; writes next
                      inputs and progress by slot, starts the one device→host copy; the
                      emitted tokens replace vLLM's samples (one indexed copy)
-    sample_tokens ─► commit(): reads the copy, advances host state, returns trace entries
+    sample_tokens ─► commit(): reads the copy, advances host state, returns the step's trace rows
 
 Device state lives in tables indexed by slot (knobs, progress, pending input), so a step
 gathers what it needs with a few index operations whatever the batch; the host keeps
@@ -50,9 +50,19 @@ class SoftRequestState:
     first_soft_position: int
     """Absolute position of the first generated token: soft step k emits position first + k."""
     soft_steps: int = 0
-    mixtures: list[tuple[list[int], list[float]]] = field(default_factory=list)
-    """(token ids, weights) of soft step k, the input at ``first_soft_position + k``, for
-    every step after which thinking went on: what a recompute after preemption rebuilds."""
+    mixtures: list[np.ndarray] = field(default_factory=list)
+    """Packed row (``SoftStepOutput.packed()``) of soft step k, whose mixture is the input at
+    ``first_soft_position + k``, for every step after which thinking went on: what a
+    recompute after preemption rebuilds."""
+
+
+@dataclass
+class SoftStepRows:
+    """The soft steps of one engine step, for the trace: ``payload[i]`` (a row of
+    ``SoftStepOutput.packed()``) is the next soft step of request ``req_ids[i]``."""
+
+    req_ids: list[str]
+    payload: np.ndarray
 
 
 @dataclass
@@ -209,7 +219,7 @@ class SoftThinkingRunner:
             state = self.requests[runner.input_batch.req_ids[row]]
             first = state.first_soft_position
             for position in range(int(rebuild_from[row]), int(rebuild_to[row])):
-                token_ids, step_weights = state.mixtures[position - first]
+                token_ids, step_weights = soft_step.row_support(state.mixtures[position - first])
                 flat.append(int(starts[row]) + position - int(computed[row]))
                 ids.append(token_ids)
                 weights.append(step_weights)
@@ -290,28 +300,26 @@ class SoftThinkingRunner:
             self._workspace = workspace
         return workspace
 
-    def commit(self, runner, plan: SoftStepPlan, sampled_token_ids: list[list[int]]) -> dict[str, list[dict]]:
-        """Advance host state after vLLM kept the step's samples; return trace entries by request."""
+    def commit(self, runner, plan: SoftStepPlan, sampled_token_ids: list[list[int]]) -> SoftStepRows:
+        """Advance host state after vLLM kept the step's samples; return the step's rows."""
         if plan.copied is not None:
             plan.copied.synchronize()
-        new_entries: dict[str, list[dict]] = {}
-        entries = soft_step.unpack_rows(plan.payload.numpy())
-        for row, req_id, entry in zip(plan.rows, plan.req_ids, entries):
+        payload = plan.payload.numpy().copy()  # the pinned buffer (CUDA) is reused next step
+        went_on = (payload[:, -1] == 0).tolist()  # end code 0: thinking goes on
+        for row, req_id, values, thinking in zip(plan.rows, plan.req_ids, payload, went_on):
             assert sampled_token_ids[row], f"vLLM discarded the sample of soft row {row} ({req_id})"
             state = self.requests[req_id]
             position = state.first_soft_position + state.soft_steps
             assert runner.requests[req_id].num_tokens - 1 == position, "soft trace out of step with the sequence"
-            entry["position"] = state.soft_steps
             state.soft_steps += 1
-            if entry["end_reason"] is None:
-                state.mixtures.append((entry["token_ids"], entry["weights"]))
+            if thinking:
+                state.mixtures.append(values)
                 self.pending_position_np[state.slot] = position
                 self.mixture_end_np[state.slot] = position + 1
             else:
                 self.thinking_np[state.slot] = False
                 self.pending_position_np[state.slot] = -1
-            new_entries.setdefault(req_id, []).append(entry)
-        return new_entries
+        return SoftStepRows(plan.req_ids, payload)
 
     # -- memory profiling -------------------------------------------------------------
 

@@ -128,6 +128,24 @@ def test_packed_rows_unpack_to_trace_entries():
     assert (entries[-1]["end_reason"], entries[-1]["logprob"], entries[-1]["emitted"]) == ("budget", None, 6)
 
 
+def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
+    """Steps of one request from batches of different largest top-k (row widths) travel
+    as plain-msgpack blocks and come back as the entries of each step, positions in order."""
+    import msgspec
+
+    steps = []
+    for step, batch_top_k in enumerate((3, 3, 20, 3)):
+        rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
+        steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed).packed().numpy())
+    blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(soft_step.pack_trace([step[0] for step in steps])))
+    assert [block["shape"] for block in blocks] == [[2, 11], [1, 45], [1, 11]]
+    entries = soft_step.unpack_trace(blocks)
+    assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
+    for entry, step in zip(entries, steps):
+        assert entry == {**soft_step.unpack_rows(step[:1])[0], "position": entry["position"]}
+    assert soft_step.unpack_trace(soft_step.pack_trace([])) == []
+
+
 @pytest.fixture(scope="module")
 def compiled_step():
     compiled = soft_step.CompiledSoftStep(VOCAB, torch.device("cpu"), top_k=10)

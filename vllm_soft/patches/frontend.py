@@ -25,6 +25,7 @@ from vllm_soft.params import (
     request_overrides,
     resolve_think_end,
 )
+from vllm_soft.soft_step import unpack_trace
 from vllm_soft.trace import COMPLETION_ATTRIBUTE
 
 
@@ -122,7 +123,7 @@ def apply_completion_trace() -> None:
         kv_transfer_params = args[kv_position] if in_args else kwargs.get("kv_transfer_params")
         if kv_transfer_params and EXTRA_ARGS_KEY in kv_transfer_params:
             kv_transfer_params = dict(kv_transfer_params)
-            self.vllm_soft_trace = kv_transfer_params.pop(EXTRA_ARGS_KEY)
+            self.vllm_soft_trace = unpack_trace(kv_transfer_params.pop(EXTRA_ARGS_KEY))
             if in_args:
                 args[kv_position] = kv_transfer_params or None
             else:

@@ -9,16 +9,19 @@ re-hit its own soft blocks after a preemption, which is valid. When it can go: i
 grows a per-request "do not cache outputs" switch.
 
 Traces. Why: vLLM has no per-request side channel from worker to client in the V1
-runner. What: the worker attaches new trace entries to ``ModelRunnerOutput`` (an extra
-attribute survives the pickle hop); ``Scheduler.update_from_output`` collects them and
-``Scheduler._free_request`` hands the whole trace out in the finished request's
-``kv_transfer_params["soft_thinking"]`` (the front end moves it onto the completion).
+runner. What: the worker attaches the step's packed rows to ``ModelRunnerOutput`` (an
+extra attribute survives the pickle hop); ``Scheduler.update_from_output`` collects them
+by request and ``Scheduler._free_request`` hands the whole trace out, as
+``soft_step.pack_trace`` blocks, in the finished request's
+``kv_transfer_params["soft_thinking"]`` (the front end unpacks it onto the completion),
+so no per-step entry is built in the engine process.
 When it can go: once vLLM's engine-core output has a generic per-request extras field.
 """
 
 import functools
 
 from vllm_soft.params import EXTRA_ARGS_KEY, request_overrides
+from vllm_soft.soft_step import pack_trace
 
 SOFT_BLOCK_KEY = "vllm_soft"
 
@@ -50,21 +53,21 @@ def apply_trace_collection() -> None:
 
     @functools.wraps(update_from_output)
     def update_from_output_(self, scheduler_output, model_runner_output):
-        new_entries = getattr(model_runner_output, "vllm_soft_trace", None)
-        if new_entries:
+        step_rows = getattr(model_runner_output, "vllm_soft_trace", None)
+        if step_rows is not None:
             traces = self.__dict__.setdefault("vllm_soft_traces", {})
-            for req_id, entries in new_entries.items():
-                traces.setdefault(req_id, []).extend(entries)
+            for req_id, row in zip(step_rows.req_ids, step_rows.payload):
+                traces.setdefault(req_id, []).append(row)
         return update_from_output(self, scheduler_output, model_runner_output)
 
     @functools.wraps(free_request)
     def _free_request(self, request, *args, **kwargs):
         kv_transfer_params, ec_transfer_params = free_request(self, request, *args, **kwargs)
-        trace = self.__dict__.get("vllm_soft_traces", {}).pop(request.request_id, None)
-        if trace is None and _is_soft(request):
-            trace = []  # finished before its first soft step (e.g. aborted in prefill)
-        if trace is not None:
-            kv_transfer_params = {**(kv_transfer_params or {}), EXTRA_ARGS_KEY: trace}
+        rows = self.__dict__.get("vllm_soft_traces", {}).pop(request.request_id, None)
+        if rows is None and _is_soft(request):
+            rows = []  # finished before its first soft step (e.g. aborted in prefill)
+        if rows is not None:
+            kv_transfer_params = {**(kv_transfer_params or {}), EXTRA_ARGS_KEY: pack_trace(rows)}
         return kv_transfer_params, ec_transfer_params
 
     Scheduler.update_from_output = update_from_output_
