@@ -6,9 +6,9 @@
                         │    (rebuild the concept embeddings), rollout_logprobs (IS ratio)
                         └──► run directory: write_jsonl / read_jsonl, one JSON line each
 
-A soft step is a dict ``{"position": int, "token_ids": [int], "weights": [float]}``:
-``position`` indexes ``response_token_ids``; ``token_ids`` and ``weights`` are the kept
-support and the mixture weights the engine actually used (after noise).
+A soft step is a ``vllm_soft.records.SoftStep`` (a JSON object): ``position`` indexes
+``response_token_ids``; ``token_ids`` and ``weights`` are the kept support and the mixture
+weights the engine actually used (after noise).
 """
 
 import json
@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
 from rollout.files import atomic_write_text
+from vllm_soft.records import SoftStep
 
 
 @dataclass
@@ -39,8 +40,12 @@ class Sample:
     """Log-probability of each response token under the rollout policy."""
     finish_reason: str | None
     """Why generation stopped (``"stop"``, ``"length"``), as the engine reports it."""
-    soft_steps: list[dict] = field(default_factory=list)
-    """Per soft step: ``position`` (into ``response_token_ids``), ``token_ids``, ``weights``."""
+    soft_steps: list[SoftStep] = field(default_factory=list)
+    """The engine's record of each soft step (``vllm_soft.records.SoftStep``)."""
+    soft_knobs: dict | None = None
+    """The soft-thinking knobs the engine generated this sample with, resolved (its defaults
+    merged with the request's, ``think_end_id`` set): what the learner replays it with.
+    None for a plain sample."""
     reward: float = 0.0
     """Total reward (weighted sum of ``reward_parts``)."""
     reward_parts: dict[str, float] = field(default_factory=dict)

@@ -20,8 +20,16 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.3
     max_num_seqs: int = 128
     seed: int = 0
+    soft_thinking: dict = field(default_factory=dict)
+    """Engine-wide soft-thinking defaults (``additional_config['soft_thinking']``; knobs of
+    ``vllm_soft.params.SoftThinkingParams``); a request's own knobs override them, and each
+    sample records the knobs it was generated with."""
 
     def __post_init__(self):
+        if self.soft_thinking:
+            from vllm_soft.params import SoftThinkingParams
+
+            SoftThinkingParams().with_overrides(self.soft_thinking)  # names a bad knob
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or null (got {self.kv_cache_gib})")
         if not 0 < self.gpu_memory_utilization <= 1:

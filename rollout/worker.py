@@ -17,7 +17,7 @@ from rollout.sample import Sample
 from rollout.settings import EngineConfig, SamplingConfig
 from rollout.transport import TRANSPORTS
 from rollout.weights import combine_rank_checksums
-from vllm_soft import soft_trace
+from vllm_soft import soft_knobs, soft_trace
 from vllm_soft.runtime import DIE_WITH_PARENT_ENV, release_freed_memory
 
 
@@ -70,9 +70,6 @@ def rollout_logprobs(completion) -> list[float]:
     return logprobs
 
 
-SOFT_STEP_KEYS = ("position", "token_ids", "weights", "logprob", "end_reason", "entropy")
-
-
 class RolloutWorker:
     """A vLLM engine plus a reward scorer; ``generate(groups) -> samples per group``."""
 
@@ -99,7 +96,7 @@ class RolloutWorker:
             seed=engine.seed,
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rollout.weights.WeightSync",
-            additional_config={"soft_thinking": {}},
+            additional_config={"soft_thinking": dict(engine.soft_thinking)},
             **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -146,7 +143,8 @@ class RolloutWorker:
                     response_text=completion.text,
                     rollout_logprobs=rollout_logprobs(completion),
                     finish_reason=completion.finish_reason,
-                    soft_steps=[{k: e[k] for k in SOFT_STEP_KEYS} for e in soft_trace(completion)],
+                    soft_steps=soft_trace(completion),
+                    soft_knobs=soft_knobs(completion),
                     weight_version=self.weight_version,
                     answer=group.answer,
                     metadata={"worker_index": self.worker_index, **({"entry": group.entry} if group.entry else {})},

@@ -37,7 +37,6 @@ from trainer.learner import Learner
 from trainer.metrics import MetricsLog
 from trainer.policy import ReplayBatch
 from trainer.settings import TrainConfig
-from vllm_soft.params import SoftThinkingParams
 
 logger = logging.getLogger(__name__)
 PUSH_BUCKET_BYTES = 64 << 20
@@ -56,16 +55,6 @@ def sampling_for_step(config: TrainConfig, step: int) -> SamplingConfig:
     return SamplingConfig(
         group_size=algorithm.group_size, temperature=algorithm.temperature, max_tokens=algorithm.max_tokens,
         seed=config.seed * 1_000_003 + step * 10_007, soft_thinking=soft_knobs(config),
-    )
-
-
-def replay_batch(config: TrainConfig, samples) -> ReplayBatch:
-    return ReplayBatch(
-        prompt_ids=[s.prompt_token_ids for s in samples],
-        response_ids=[s.response_token_ids for s in samples],
-        soft_steps=[s.soft_steps for s in samples],
-        knobs=SoftThinkingParams().with_overrides(soft_knobs(config) or {}),
-        temperature=config.algorithm.temperature,
     )
 
 
@@ -238,7 +227,7 @@ def _learner_step(config: TrainConfig, learners: LearnerGroup, samples, advantag
     for rank, shard in zip(learners.ranks, shards):
         chosen = [samples[i] for i in shard]
         calls.append(rank.train_step.remote(
-            replay_batch(config, chosen), [advantages[i] for i in shard],
+            ReplayBatch.from_samples(chosen, config.algorithm.temperature), [advantages[i] for i in shard],
             [s.rollout_logprobs for s in chosen], micro, num_tokens,
         ))
     per_rank = ray.get(calls)

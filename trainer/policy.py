@@ -10,11 +10,13 @@ inside ``forward`` matters under FSDP: the embedding table is only whole (unshar
 while the wrapping module's forward runs.
 """
 
+import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rollout.sample import Sample
 from trainer.attention import BLOCK_ATTENTION
 from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
@@ -32,6 +34,24 @@ class ReplayBatch:
     """The soft knobs the rollouts used (mode, scale, temperature, noise, ...)."""
     temperature: float = 1.0
     """Sampling temperature of discrete tokens."""
+
+    @classmethod
+    def from_samples(cls, samples: list[Sample], temperature: float) -> "ReplayBatch":
+        """The samples, replayed with the soft knobs the engine reports it generated them
+        with (``Sample.soft_knobs``: engine defaults included). One batch replays under one
+        set of knobs, so samples made with different ones are an error naming them."""
+        knob_sets = {json.dumps(s.soft_knobs, sort_keys=True) for s in samples if s.soft_knobs is not None}
+        if len(knob_sets) > 1:
+            first, second = sorted(knob_sets)[:2]
+            raise ValueError(f"samples of one batch were generated with different soft-thinking knobs: {first} and {second}")
+        knobs = SoftThinkingParams().with_overrides(json.loads(knob_sets.pop())) if knob_sets else SoftThinkingParams()
+        return cls(
+            prompt_ids=[s.prompt_token_ids for s in samples],
+            response_ids=[s.response_token_ids for s in samples],
+            soft_steps=[s.soft_steps for s in samples],
+            knobs=knobs,
+            temperature=temperature,
+        )
 
 
 class ReplayPolicy(nn.Module):

@@ -4,7 +4,7 @@ Importing this package is cheap: it does not import vLLM or torch. The plugin it
 is registered through the ``vllm.general_plugins`` entry point (``vllm_soft.plugin``).
 """
 
-from vllm_soft.trace import soft_summary, soft_trace
+from vllm_soft.trace import soft_knobs, soft_summary, soft_trace
 
 __version__ = "0.1.0"
-__all__ = ["soft_summary", "soft_trace"]
+__all__ = ["soft_knobs", "soft_summary", "soft_trace"]

@@ -1,9 +1,8 @@
 """Replaying a rollout in one parallel forward pass: the learner's side of the soft step.
 
 Imports only torch. A rollout is a prompt, the response tokens, and the trace of its soft
-steps (``soft_steps``: one dict per soft step with ``position`` (index into the
-response), ``token_ids`` (kept support), ``weights`` (as fed back), ``logprob`` (None for
-a token forced by cold stop or the budget) and ``end_reason``). From it:
+steps (``soft_steps``: the engine's ``vllm_soft.records.SoftStep`` records; replay reads
+``position``, ``token_ids``, ``weights``, ``logprob`` and ``end_reason``). From it:
 
     soft_inputs_embeds ────► inputs of prompt + response[:-1] (padded or packed), the
                              input after every soft step that thinking continued from

@@ -192,8 +192,6 @@ NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}
 """Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
 EMIT_CODES = {"argmax": 0, "sample": 1}
 MODE_CODES = {"replace": 0, "add": 1}
-END_REASONS = (None, "think_end", "cold_stop", "budget")
-"""``end_code`` -> end reason; code 0: thinking goes on."""
 
 
 def _per_row(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -359,10 +357,10 @@ def thinking_transition(
     """Each soft step's fate: (emitted token, new low-entropy streak, end code), all (B,).
 
     ``think_end_id_B`` < 0: no think-end token; ``max_soft_steps_B`` <= 0: no budget. End
-    codes index ``END_REASONS``. Emitting the think-end token ends thinking (think_end).
-    Cold stop: entropy below the threshold for ``patience`` consecutive steps replaces the
-    emitted token by the think-end token (when there is one). The budget does the same on
-    step ``max_soft_steps``.
+    codes index ``vllm_soft.records.END_REASONS``. Emitting the think-end token ends
+    thinking (think_end). Cold stop: entropy below the threshold for ``patience``
+    consecutive steps replaces the emitted token by the think-end token (when there is
+    one). The budget does the same on step ``max_soft_steps``.
     """
     low = entropy_B < entropy_threshold_B
     streak = torch.where(low, low_entropy_streak_B + 1, 0)

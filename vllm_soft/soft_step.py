@@ -129,7 +129,7 @@ class SoftStepOutput:
     logprob_B: torch.Tensor
     """Rollout log-probability of the step's action (float64); NaN for a forced token."""
     end_code_B: torch.Tensor
-    """0: thinking goes on; else an index into ``soft_math.END_REASONS`` (int64)."""
+    """0: thinking goes on; else an index into ``records.END_REASONS`` (int64)."""
     low_entropy_streak_B: torch.Tensor
     """The cold-stop streak after this step (int64)."""
     next_inputs_BH: torch.Tensor
@@ -138,63 +138,12 @@ class SoftStepOutput:
 
     def packed(self) -> torch.Tensor:
         """Everything the host needs, as one float64 (B, 2K + 5) tensor, for one transfer:
-        ids (exact in float64), weights, support size, entropy, emitted, logprob, end code."""
+        ids (exact in float64), weights, then ``records.PACKED_COLUMNS`` (read back by
+        ``records.unpack_rows``)."""
         columns = (self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.end_code_B)
         return torch.cat(
             (self.token_ids_BK.double(), self.weights_BK, torch.stack([c.double() for c in columns], dim=-1)), dim=-1
         )
-
-
-def row_support(row: np.ndarray) -> tuple[list[int], list[float]]:
-    """(token ids, weights) of the support of one row of ``SoftStepOutput.packed()``."""
-    slots = (row.shape[0] - 5) // 2
-    kept = int(row[2 * slots])
-    return row[:kept].astype(np.int64).tolist(), row[slots : slots + kept].tolist()
-
-
-def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[dict]:
-    """Rows of ``SoftStepOutput.packed()`` (on the host) as trace entries, row i at soft
-    step ``first_position + i``; columns are converted for all rows at once, then sliced."""
-    slots = (payload.shape[1] - 5) // 2
-    token_ids = payload[:, :slots].astype(np.int64).tolist()
-    weights = payload[:, slots : 2 * slots].tolist()
-    kept, emitted, end_code = (payload[:, 2 * slots + c].astype(np.int64).tolist() for c in (0, 2, 4))
-    entropy, logprob = payload[:, 2 * slots + 1].tolist(), payload[:, 2 * slots + 3].tolist()
-    end_reasons = soft_math.END_REASONS
-    return [
-        {
-            "position": first_position + row,
-            "token_ids": token_ids[row][: kept[row]],
-            "weights": weights[row][: kept[row]],
-            "entropy": entropy[row],
-            "emitted": emitted[row],
-            "logprob": None if logprob[row] != logprob[row] else logprob[row],  # NaN: a forced token
-            "end_reason": end_reasons[end_code[row]],
-        }
-        for row in range(payload.shape[0])
-    ]
-
-
-def pack_trace(rows: list[np.ndarray]) -> list[dict]:
-    """A request's packed step rows, in step order, in the form the trace crosses processes
-    in: runs of rows of one width as {"shape", "data": float64 bytes} blocks (plain
-    msgpack types; a step's width is 2K + 5 for the largest top-k K of its batch)."""
-    blocks, start = [], 0
-    for end in range(1, len(rows) + 1):
-        if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:
-            block = np.stack(rows[start:end])
-            blocks.append({"shape": list(block.shape), "data": block.tobytes()})
-            start = end
-    return blocks
-
-
-def unpack_trace(blocks: list[dict]) -> list[dict]:
-    """``pack_trace``'s blocks as the request's trace entries (``vllm_soft.trace``)."""
-    entries: list[dict] = []
-    for block in blocks:
-        payload = np.frombuffer(block["data"], dtype=np.float64).reshape(block["shape"])
-        entries += unpack_rows(payload, len(entries))
-    return entries
 
 
 COMPILED_NOISE_KINDS = frozenset({"none", "gumbel"})

@@ -1,17 +1,22 @@
 """Reading a soft-thinking trace from an offline ``CompletionOutput`` or an OpenAI choice.
 
-Offline, the trace is the list ``completion_output.soft_thinking``. Over the OpenAI API
+Offline, the trace is the list ``completion_output.soft_thinking`` and the knobs it ran
+with are ``completion_output.soft_thinking_knobs``. Over the OpenAI API
 (completions and chat, non-streaming), each choice of a soft request has a field
 
     "soft_thinking": {"num_soft_steps": 12, "end_reason": "cold_stop", "cold_stop": true,
-                      "steps": [ ...one entry per soft step, as below... ]}
+                      "steps": [ ...one vllm_soft.records.SoftStep per soft step... ]}
 
 and ``soft_trace`` / ``soft_summary`` accept that choice (openai client object or dict).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm_soft.records import SoftStep
 
 COMPLETION_ATTRIBUTE = "soft_thinking"
+KNOBS_ATTRIBUTE = "soft_thinking_knobs"
 
 
 def _steps(source) -> list[dict[str, Any]]:
@@ -26,17 +31,19 @@ def _steps(source) -> list[dict[str, Any]]:
     return list(field or [])
 
 
-def soft_trace(completion) -> list[dict[str, Any]]:
-    """One entry per soft step of a finished completion, in order.
-
-    Each entry: ``position`` (index into the completion's token ids), ``token_ids``
-    (kept support, by descending probability), ``weights`` (as used, after noise),
-    ``entropy`` (nats), ``emitted`` (the token id the text shows), ``logprob`` (log of
-    the emitted token's weight; None for a token forced by cold stop or the budget),
-    and ``end_reason`` (None, or why thinking ended at this step: think_end, cold_stop,
-    budget). A plain request's completion has an empty trace.
+def soft_trace(completion) -> list["SoftStep"]:
+    """One record per soft step of a finished completion, in order
+    (``vllm_soft.records.SoftStep``: position, token_ids, weights, entropy, emitted,
+    logprob, end_reason). A plain request's completion has an empty trace.
     """
     return _steps(completion)
+
+
+def soft_knobs(completion) -> dict[str, Any] | None:
+    """The knobs an offline completion's soft steps ran with, as the engine resolved them
+    (its defaults merged with the request's, ``think_end_id`` resolved): what a replay of
+    the completion must use. None for a plain request."""
+    return getattr(completion, KNOBS_ATTRIBUTE, None)
 
 
 def summarize(trace: list[dict[str, Any]]) -> dict[str, Any]:

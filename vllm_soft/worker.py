@@ -1,8 +1,10 @@
 """Soft thinking inside one vLLM worker: per-request state in slot tables, the batched step,
 the next step's inputs.
 
-One ``SoftThinkingRunner`` hangs off each V1 model runner (``runner.vllm_soft``). Per
-engine step, driven by the patches in ``patches/model_runner.py``:
+One ``SoftThinkingRunner`` hangs off each V1 model runner (``runner.vllm_soft``). It never
+reads vLLM's objects: the patches in ``patches/model_runner.py`` hand it a ``BatchView``
+of the step (plain host arrays), the logits and the model's embedding function, and one
+method's result is the next one's input (plan -> run -> commit). Per engine step:
 
     _update_states ► register() new soft requests (a slot each), forget() finished ones
     _preprocess ───► inject(): rows whose scheduled positions include a soft input get it
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vllm_soft import soft_math, soft_step, stateless_random
+from vllm_soft import records, soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
 
 logger = logging.getLogger("vllm_soft")
@@ -66,6 +68,21 @@ class SoftStepRows:
 
 
 @dataclass
+class BatchView:
+    """What the soft step reads of one engine step's batch, as plain host data: built from
+    vLLM's model runner by ``patches/model_runner.py`` (tests build it directly)."""
+
+    req_ids: list[str]
+    """Request of each batch row."""
+    query_starts: np.ndarray
+    """(rows + 1,) int: flat index of each row's first scheduled token; the last is the total."""
+    num_computed: np.ndarray
+    """(rows,) int64: tokens of each request computed before this step (its first scheduled position)."""
+    discarded: np.ndarray
+    """(rows,) bool: rows whose sample vLLM discards this step (a prefill chunk that does not end the prompt)."""
+
+
+@dataclass
 class SoftStepPlan:
     """Which rows of this step's logits are soft, and their gathered knobs."""
 
@@ -85,23 +102,33 @@ class SoftStepPlan:
 
 
 class SoftThinkingRunner:
-    """Soft-thinking state and step for one model runner."""
+    """Soft-thinking state and step for one model runner (``patches/model_runner.py`` feeds
+    it plain data: ``BatchView``s, logits, the model's embedding function)."""
 
-    def __init__(self, defaults: SoftThinkingParams, runner):
+    def __init__(
+        self,
+        defaults: SoftThinkingParams,
+        device: torch.device,
+        vocab_size: int,
+        hidden_size: int,
+        dtype: torch.dtype,
+        engine_seed: int | None,
+        max_num_reqs: int,
+        pin_memory: bool = False,
+        compile_step: bool = True,
+    ):
         self.defaults = defaults
-        self.device = runner.device
-        self.pin_memory = bool(getattr(runner, "pin_memory", False)) and self.device.type == "cuda"
-        self.vocab_size = runner.model_config.get_vocab_size()
-        self.hidden_size = runner.model_config.get_hidden_size()
-        self.dtype = runner.model_config.dtype
-        self.engine_seed = runner.model_config.seed
-        self.max_num_reqs = runner.max_num_reqs
+        self.device = device
+        self.pin_memory = pin_memory and device.type == "cuda"
+        self.vocab_size, self.hidden_size, self.dtype = vocab_size, hidden_size, dtype
+        self.engine_seed = engine_seed
+        self.max_num_reqs = max_num_reqs
         self.requests: dict[str, SoftRequestState] = {}
         self._free_slots: list[int] = []
         self._capacity = 0
         self._grow(self.max_num_reqs)
         self._workspace: torch.Tensor | None = None
-        self.compiled = _compiled_step(self.vocab_size, self.device, defaults.top_k)
+        self.compiled = _compiled_step(vocab_size, device, defaults.top_k) if compile_step else None
         self._pinned: torch.Tensor | None = None
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
@@ -175,18 +202,16 @@ class SoftThinkingRunner:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def inject(self, runner, input_ids, inputs_embeds):
-        """Put soft inputs into this step's input embeddings; returns (input_ids, inputs_embeds)."""
+    def inject(self, view: BatchView, input_ids, inputs_embeds, embed):
+        """Put soft inputs into this step's input embeddings (``embed``: the model's token
+        embedding, for text models that were given ids); returns (input_ids, inputs_embeds)."""
         if not self.requests:
             return input_ids, inputs_embeds
-        batch = runner.input_batch
-        num_reqs = batch.num_reqs
-        slots = self._row_slots(batch.req_ids[:num_reqs])
+        slots = self._row_slots(view.req_ids)
         live = slots >= 0
         if not live.any():
             return input_ids, inputs_embeds
-        starts = runner.query_start_loc.np[: num_reqs + 1]
-        computed = batch.num_computed_tokens_cpu[:num_reqs].astype(np.int64)
+        starts, computed = view.query_starts, view.num_computed
         end = computed + (starts[1:] - starts[:-1])
         known = np.maximum(slots, 0)
         pending = np.where(live, self.pending_position_np[known], -1)
@@ -201,25 +226,26 @@ class SoftThinkingRunner:
         if inputs_embeds is None:
             # Text models take token ids; switch this step to embeddings (eager mode, or
             # prompt embeds enabled, keeps both call forms valid).
-            inputs_embeds = runner.model.embed_input_ids(input_ids)
+            inputs_embeds = embed(input_ids)
             input_ids = None
         if fast.any():
             flat = starts[:-1][fast] + pending[fast] - computed[fast]
             indices = self._upload(np.stack([flat, slots[fast]]))
             inputs_embeds[indices[0]] = self.pending_SH.index_select(0, indices[1]).to(inputs_embeds.dtype)
         if rebuild.size:
-            self._rebuild(runner, inputs_embeds, rebuild, starts, computed, rebuild_from, rebuild_to)
+            self._rebuild(view, inputs_embeds, embed, rebuild, rebuild_from, rebuild_to)
         return input_ids, inputs_embeds
 
-    def _rebuild(self, runner, inputs_embeds, rows, starts, computed, rebuild_from, rebuild_to) -> None:
+    def _rebuild(self, view: BatchView, inputs_embeds, embed, rows, rebuild_from, rebuild_to) -> None:
         """Inputs of recorded soft positions scheduled again (a recompute after preemption),
         from the host records, with the step's own functions. Not on the decode path."""
+        starts, computed = view.query_starts, view.num_computed
         flat, ids, weights, add, scale = [], [], [], [], []
         for row in rows.tolist():
-            state = self.requests[runner.input_batch.req_ids[row]]
+            state = self.requests[view.req_ids[row]]
             first = state.first_soft_position
             for position in range(int(rebuild_from[row]), int(rebuild_to[row])):
-                token_ids, step_weights = soft_step.row_support(state.mixtures[position - first])
+                token_ids, step_weights = records.row_support(state.mixtures[position - first])
                 flat.append(int(starts[row]) + position - int(computed[row]))
                 ids.append(token_ids)
                 weights.append(step_weights)
@@ -230,7 +256,7 @@ class SoftThinkingRunner:
         ids_BK = torch.tensor([i + [0] * (slots - len(i)) for i in ids], device=device)
         weights_BK = torch.tensor([w + [0.0] * (slots - len(w)) for w in weights], dtype=torch.float64, device=device)
         flat_B = torch.tensor(flat, device=device)
-        concept = soft_math.concept_embeddings(ids_BK, weights_BK, runner.model.embed_input_ids)
+        concept = soft_math.concept_embeddings(ids_BK, weights_BK, embed)
         mixed = soft_math.mix_inputs(
             torch.tensor(add, device=device), inputs_embeds[flat_B], concept, torch.tensor(scale, device=device)
         )
@@ -238,14 +264,13 @@ class SoftThinkingRunner:
 
     # -- the step -------------------------------------------------------------------
 
-    def plan(self, runner) -> SoftStepPlan | None:
+    def plan(self, view: BatchView) -> SoftStepPlan | None:
         """The soft rows of this step: requests still thinking whose sample vLLM keeps."""
         if not self.requests:
             return None
-        batch = runner.input_batch
-        num_reqs = batch.num_reqs
-        slots = self._row_slots(batch.req_ids[:num_reqs])
-        soft = (slots >= 0) & self.thinking_np[np.maximum(slots, 0)] & ~runner.discard_request_mask.np[:num_reqs]
+        num_reqs = len(view.req_ids)
+        slots = self._row_slots(view.req_ids)
+        soft = (slots >= 0) & self.thinking_np[np.maximum(slots, 0)] & ~view.discarded
         rows = np.flatnonzero(soft)
         if rows.size == 0:
             return None
@@ -260,7 +285,7 @@ class SoftThinkingRunner:
             progress[:, 0],
             progress[:, 1],
         )
-        req_ids = [batch.req_ids[row] for row in rows]
+        req_ids = [view.req_ids[row] for row in rows]
         return SoftStepPlan(rows.tolist(), req_ids, rows.size == num_reqs, indices[0], slots_dev, knobs)
 
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
@@ -300,17 +325,18 @@ class SoftThinkingRunner:
             self._workspace = workspace
         return workspace
 
-    def commit(self, runner, plan: SoftStepPlan, sampled_token_ids: list[list[int]]) -> SoftStepRows:
-        """Advance host state after vLLM kept the step's samples; return the step's rows."""
+    def commit(self, plan: SoftStepPlan, sampled_token_ids: list[list[int]], sequence_lengths: list[int]) -> SoftStepRows:
+        """Advance host state after vLLM kept the step's samples (``sequence_lengths``: each
+        plan row's request length after it, a check); return the step's rows."""
         if plan.copied is not None:
             plan.copied.synchronize()
         payload = plan.payload.numpy().copy()  # the pinned buffer (CUDA) is reused next step
         went_on = (payload[:, -1] == 0).tolist()  # end code 0: thinking goes on
-        for row, req_id, values, thinking in zip(plan.rows, plan.req_ids, payload, went_on):
+        for row, req_id, values, thinking, length in zip(plan.rows, plan.req_ids, payload, went_on, sequence_lengths):
             assert sampled_token_ids[row], f"vLLM discarded the sample of soft row {row} ({req_id})"
             state = self.requests[req_id]
             position = state.first_soft_position + state.soft_steps
-            assert runner.requests[req_id].num_tokens - 1 == position, "soft trace out of step with the sequence"
+            assert length - 1 == position, "soft trace out of step with the sequence"
             state.soft_steps += 1
             if thinking:
                 state.mixtures.append(values)
@@ -323,7 +349,7 @@ class SoftThinkingRunner:
 
     # -- memory profiling -------------------------------------------------------------
 
-    def profile(self, runner, num_reqs: int) -> None:
+    def profile(self, num_reqs: int, embed) -> None:
         """Run the soft step once for ``num_reqs`` rows with every branch on (noise, sampled
         emission, add mode), inside vLLM's memory profiling: its buffers and peak count
         against the KV-cache budget. Leaves no request state behind."""
@@ -335,7 +361,7 @@ class SoftThinkingRunner:
             SoftThinkingParams(top_k=self.defaults.top_k),
         ]
         knobs = soft_step.StepKnobs.for_requests([(branches[i % 3], 0, 0) for i in range(rows)], self.device)
-        out = soft_step.soft_step(logits, knobs, runner.model.embed_input_ids, self._workspace_for(logits), self.compiled)
+        out = soft_step.soft_step(logits, knobs, embed, self._workspace_for(logits), self.compiled)
         out.packed()
 
 

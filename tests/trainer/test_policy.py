@@ -30,16 +30,57 @@ def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_ro
         for q in ("What is 2 + 6?", "Write one word that rhymes with cat.")
     ]
     samples = [s for g in default_rollout_worker.generate([GroupRequest(i, p) for i, p in enumerate(prompts)], sampling) for s in g]
-    batch = ReplayBatch(
-        prompt_ids=[s.prompt_token_ids for s in samples], response_ids=[s.response_token_ids for s in samples],
-        soft_steps=[s.soft_steps for s in samples], knobs=SoftThinkingParams().with_overrides(knobs or {}),
-        temperature=1.0,
-    )
+    gap, mask = _replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
+    assert int(mask.sum()) == sum(len(s.response_token_ids) for s in samples)
+    assert bool((mode == "discrete") == all(not s.soft_steps for s in samples))
+    assert gap <= 1e-3
+
+
+def _replay_gap(model, samples, batch: ReplayBatch) -> tuple[float, torch.Tensor]:
+    """Largest |learner - rollout| log-prob over the batch's response tokens, and the mask."""
     with torch.no_grad():
-        logprobs, mask = ReplayPolicy(default_hf_model)(batch)  # one padded forward for all 8
+        logprobs, mask = ReplayPolicy(model)(batch)  # one padded forward for all
     rollout = torch.zeros_like(logprobs)
     for row, s in enumerate(samples):
         rollout[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs)
-    assert int(mask.sum()) == sum(len(s.response_token_ids) for s in samples)
-    assert bool((mode == "discrete") == all(not s.soft_steps for s in samples))
-    assert float(logprob_gap(logprobs, rollout, mask)) <= 1e-3
+    return float(logprob_gap(logprobs, rollout, mask)), mask
+
+
+ENGINE_DEFAULTS = {"mode": "add", "scale": 0.6, "temperature": 0.8}
+
+
+@pytest.fixture(scope="module")
+def rollout_worker_with_engine_defaults(default_model_path):
+    from rollout.settings import EngineConfig
+    from rollout.worker import RolloutWorker
+
+    engine = EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5, soft_thinking=ENGINE_DEFAULTS)
+    worker = RolloutWorker(engine, {"correct": 1.0})
+    yield worker
+    worker.shutdown()
+    worker.llm.llm_engine.engine_core.shutdown()
+
+
+def test_replay_uses_the_knobs_the_engine_resolved_not_the_requests(
+    rollout_worker_with_engine_defaults, default_hf_model, default_tokenizer
+):
+    """Engine defaults (mode add, scale, soft temperature) that the request does not name
+    still shape the rollout; the samples carry the resolved knobs, and the learner's replay
+    from them matches the rollout log-probs, where a replay from the request's knobs alone
+    (built-in defaults elsewhere, what the learner used to do) does not."""
+    request_knobs = {"emit": "sample", "max_soft_steps": 12}
+    sampling = SamplingConfig(group_size=4, temperature=1.0, max_tokens=24, seed=11, soft_thinking=request_knobs)
+    prompt = default_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 5 + 4?"}], tokenize=False, add_generation_prompt=True
+    )
+    (samples,) = rollout_worker_with_engine_defaults.generate([GroupRequest(0, prompt)], sampling)
+    assert all(s.soft_steps for s in samples)
+    for sample in samples:
+        assert {k: sample.soft_knobs[k] for k in ENGINE_DEFAULTS} == ENGINE_DEFAULTS
+        assert (sample.soft_knobs["emit"], sample.soft_knobs["max_soft_steps"]) == ("sample", 12)
+    resolved, _ = _replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
+    assert resolved <= 1e-3
+    from_request = ReplayBatch.from_samples(samples, temperature=1.0)
+    from_request.knobs = SoftThinkingParams().with_overrides(request_knobs)
+    unresolved, _ = _replay_gap(default_hf_model, samples, from_request)
+    assert unresolved > 1e-2, "the engine defaults were meant to change the rollout"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, RelaxedOneHotCategorical
 
-from vllm_soft import soft_math, stateless_random
+from vllm_soft import records, soft_math, stateless_random
 from vllm_soft.params import SoftThinkingParams
 from reference import predicted_end_step, reference_filter
 
@@ -138,7 +138,7 @@ def _transition(**overrides):
         torch.tensor([args["soft_steps_done"]]), torch.tensor([-1 if args["think_end_id"] is None else args["think_end_id"]]),
         torch.tensor([args["entropy_threshold"]]), torch.tensor([args["patience"]]), torch.tensor([args["max_soft_steps"] or 0]),
     )
-    return int(emitted), int(streak), soft_math.END_REASONS[int(end_code)]
+    return int(emitted), int(streak), records.END_REASONS[int(end_code)]
 
 
 def test_thinking_transition_rules():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vllm_soft import soft_math, soft_step
+from vllm_soft import records, soft_math, soft_step
 from vllm_soft.params import SoftThinkingParams
 
 VOCAB, HIDDEN = 300, 16
@@ -106,7 +106,7 @@ def test_cold_stop_forces_think_end_without_a_logprob():
     budget = SoftThinkingParams(max_soft_steps=4, think_end=6, think_end_id=6)
     out = soft_step.soft_step(_logits(2, seed=5), knobs_for([(params, 0, 0), (budget, 0, 3)]), embed)
     assert out.emitted_B.tolist() == [5, 6]
-    assert [soft_math.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
+    assert [records.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
     assert torch.isnan(out.logprob_B).all()
 
 
@@ -114,7 +114,7 @@ def test_packed_rows_unpack_to_trace_entries():
     forced = SoftThinkingParams(max_soft_steps=1, think_end=6, think_end_id=6)
     rows = [(params, i, 0) for i, params in enumerate(MIXED)] + [(forced, 0, 0)]
     out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed)
-    entries = soft_step.unpack_rows(out.packed().numpy())
+    entries = records.unpack_rows(out.packed().numpy())
     assert len(entries) == len(rows)
     for i, entry in enumerate(entries):
         kept = int(out.kept_B[i])
@@ -137,13 +137,13 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
     for step, batch_top_k in enumerate((3, 3, 20, 3)):
         rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
         steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed).packed().numpy())
-    blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(soft_step.pack_trace([step[0] for step in steps])))
+    blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
     assert [block["shape"] for block in blocks] == [[2, 11], [1, 45], [1, 11]]
-    entries = soft_step.unpack_trace(blocks)
+    entries = records.unpack_trace(blocks)
     assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
     for entry, step in zip(entries, steps):
-        assert entry == {**soft_step.unpack_rows(step[:1])[0], "position": entry["position"]}
-    assert soft_step.unpack_trace(soft_step.pack_trace([])) == []
+        assert entry == {**records.unpack_rows(step[:1])[0], "position": entry["position"]}
+    assert records.unpack_trace(records.pack_trace([])) == []
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ the tokenizer, top-k checked against the vocabulary; the request's own copy of i
 params then carries the complete knob set). When it can go: if vLLM adds a validation
 hook for ``extra_args``.
 
-Completion trace. Why: ``soft_trace(completion)`` needs the trace on each completion
-(per choice when n > 1), but it arrives per engine request in ``kv_transfer_params``.
-What: wraps ``RequestState.make_request_output`` to take it out of
-``kv_transfer_params`` and ``RequestState._new_completion_output`` to attach it.
+Completion trace. Why: ``soft_trace(completion)`` and ``soft_knobs(completion)`` need
+the trace and the resolved knobs on each completion (per choice when n > 1), but they
+arrive per engine request in ``kv_transfer_params``. What: wraps
+``RequestState.make_request_output`` to take them out of ``kv_transfer_params`` and
+``RequestState._new_completion_output`` to attach them.
 """
 
 import functools
@@ -25,8 +26,8 @@ from vllm_soft.params import (
     request_overrides,
     resolve_think_end,
 )
-from vllm_soft.soft_step import unpack_trace
-from vllm_soft.trace import COMPLETION_ATTRIBUTE
+from vllm_soft.records import unpack_trace
+from vllm_soft.trace import COMPLETION_ATTRIBUTE, KNOBS_ATTRIBUTE
 
 
 def _request_error(error: SoftThinkingParamError) -> Exception:
@@ -123,7 +124,8 @@ def apply_completion_trace() -> None:
         kv_transfer_params = args[kv_position] if in_args else kwargs.get("kv_transfer_params")
         if kv_transfer_params and EXTRA_ARGS_KEY in kv_transfer_params:
             kv_transfer_params = dict(kv_transfer_params)
-            self.vllm_soft_trace = unpack_trace(kv_transfer_params.pop(EXTRA_ARGS_KEY))
+            soft = kv_transfer_params.pop(EXTRA_ARGS_KEY)
+            self.vllm_soft_trace, self.vllm_soft_knobs = unpack_trace(soft["steps"]), soft["knobs"]
             if in_args:
                 args[kv_position] = kv_transfer_params or None
             else:
@@ -136,6 +138,7 @@ def apply_completion_trace() -> None:
         trace = getattr(self, "vllm_soft_trace", None)
         if trace is not None:
             setattr(output, COMPLETION_ATTRIBUTE, trace)
+            setattr(output, KNOBS_ATTRIBUTE, self.vllm_soft_knobs)
         return output
 
     RequestState.make_request_output = make_request_output_

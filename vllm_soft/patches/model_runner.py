@@ -16,8 +16,30 @@ and samples with Triton kernels, so the soft step would write into those buffers
 
 import functools
 
+import numpy as np
+
 from vllm_soft.params import engine_defaults
-from vllm_soft.worker import ACTIVE_STEP, SoftThinkingRunner
+from vllm_soft.worker import ACTIVE_STEP, BatchView, SoftThinkingRunner
+
+
+def _soft_runner(runner, defaults) -> SoftThinkingRunner:
+    config = runner.model_config
+    return SoftThinkingRunner(
+        defaults, runner.device, config.get_vocab_size(), config.get_hidden_size(), config.dtype, config.seed,
+        runner.max_num_reqs, pin_memory=bool(getattr(runner, "pin_memory", False)),
+    )
+
+
+def _batch_view(runner) -> BatchView:
+    """This step's batch as the soft step reads it (views of vLLM's host arrays)."""
+    batch = runner.input_batch
+    rows = batch.num_reqs
+    return BatchView(
+        req_ids=batch.req_ids[:rows],
+        query_starts=runner.query_start_loc.np[: rows + 1],
+        num_computed=batch.num_computed_tokens_cpu[:rows].astype(np.int64),
+        discarded=runner.discard_request_mask.np[:rows],
+    )
 
 
 def _check_supported(runner) -> None:
@@ -57,7 +79,7 @@ def apply() -> None:
     def __init__(self, vllm_config, *args, **kwargs):
         init(self, vllm_config, *args, **kwargs)
         defaults = engine_defaults(vllm_config.additional_config)
-        self.vllm_soft = None if defaults is None else SoftThinkingRunner(defaults, self)
+        self.vllm_soft = None if defaults is None else _soft_runner(self, defaults)
         if self.vllm_soft is not None:
             _check_supported(self)
 
@@ -76,12 +98,14 @@ def apply() -> None:
     def _preprocess(self, *args, **kwargs):
         input_ids, inputs_embeds, *rest = preprocess(self, *args, **kwargs)
         if self.vllm_soft is not None:
-            input_ids, inputs_embeds = self.vllm_soft.inject(self, input_ids, inputs_embeds)
+            input_ids, inputs_embeds = self.vllm_soft.inject(
+                _batch_view(self), input_ids, inputs_embeds, self.model.embed_input_ids
+            )
         return (input_ids, inputs_embeds, *rest)
 
     @functools.wraps(sample)
     def _sample(self, logits, *args, **kwargs):
-        plan = self.vllm_soft.plan(self) if self.vllm_soft is not None else None
+        plan = self.vllm_soft.plan(_batch_view(self)) if self.vllm_soft is not None else None
         if plan is None:
             return sample(self, logits, *args, **kwargs)
         plan.run = functools.partial(self.vllm_soft.run, plan, embed=self.model.embed_input_ids)
@@ -106,14 +130,15 @@ def apply() -> None:
         if plan is not None:
             soft.current_plan = None
             assert isinstance(output, ModelRunnerOutput), "soft thinking runs with synchronous scheduling only"
-            output.vllm_soft_trace = soft.commit(self, plan, output.sampled_token_ids)
+            lengths = [self.requests[req_id].num_tokens for req_id in plan.req_ids]
+            output.vllm_soft_trace = soft.commit(plan, output.sampled_token_ids, lengths)
         return output
 
     @functools.wraps(dummy_sampler_run)
     def _dummy_sampler_run(self, hidden_states, *args, **kwargs):
         output = dummy_sampler_run(self, hidden_states, *args, **kwargs)
         if self.vllm_soft is not None:
-            self.vllm_soft.profile(self, hidden_states.shape[0])
+            self.vllm_soft.profile(hidden_states.shape[0], self.model.embed_input_ids)
         return output
 
     @functools.wraps(sampler_sample)

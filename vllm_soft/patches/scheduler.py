@@ -12,16 +12,16 @@ Traces. Why: vLLM has no per-request side channel from worker to client in the V
 runner. What: the worker attaches the step's packed rows to ``ModelRunnerOutput`` (an
 extra attribute survives the pickle hop); ``Scheduler.update_from_output`` collects them
 by request and ``Scheduler._free_request`` hands the whole trace out, as
-``soft_step.pack_trace`` blocks, in the finished request's
-``kv_transfer_params["soft_thinking"]`` (the front end unpacks it onto the completion),
-so no per-step entry is built in the engine process.
+``soft_step.pack_trace`` blocks, with the request's resolved knobs, in the finished
+request's ``kv_transfer_params["soft_thinking"]`` (the front end unpacks both onto the
+completion), so no per-step entry is built in the engine process.
 When it can go: once vLLM's engine-core output has a generic per-request extras field.
 """
 
 import functools
 
 from vllm_soft.params import EXTRA_ARGS_KEY, request_overrides
-from vllm_soft.soft_step import pack_trace
+from vllm_soft.records import pack_trace
 
 SOFT_BLOCK_KEY = "vllm_soft"
 
@@ -67,7 +67,10 @@ def apply_trace_collection() -> None:
         if rows is None and _is_soft(request):
             rows = []  # finished before its first soft step (e.g. aborted in prefill)
         if rows is not None:
-            kv_transfer_params = {**(kv_transfer_params or {}), EXTRA_ARGS_KEY: pack_trace(rows)}
+            # The knobs as the front end resolved them (engine defaults merged, think-end id).
+            knobs = request_overrides(request.sampling_params.extra_args)
+            soft = {"knobs": knobs, "steps": pack_trace(rows)}
+            kv_transfer_params = {**(kv_transfer_params or {}), EXTRA_ARGS_KEY: soft}
         return kv_transfer_params, ec_transfer_params
 
     Scheduler.update_from_output = update_from_output_

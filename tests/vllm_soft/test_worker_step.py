@@ -1,0 +1,98 @@
+"""The worker's soft step without an engine: batch views in (as the model-runner patch
+builds them from vLLM's runner), injected inputs, emitted tokens and trace rows out."""
+
+import numpy as np
+import torch
+from vllm import SamplingParams
+
+from vllm_soft import records, soft_math, soft_step, stateless_random
+from vllm_soft.params import SoftThinkingParams
+from vllm_soft.worker import BatchView, SoftThinkingRunner
+
+VOCAB, HIDDEN = 300, 16
+TABLE = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(3))
+PROMPT_LENGTHS = {"a": 5, "b": 6, "c": 7, "d": 8}
+KNOBS = {
+    "a": {"top_k": 5, "max_soft_steps": 2},
+    "c": {"top_k": 3, "mode": "add", "scale": 0.5, "noise": "gumbel", "tau": 0.5, "emit": "sample"},
+    "d": {"top_k": 4, "temperature": 1.2},
+}
+SEEDS = {"a": 1, "c": 2, "d": 3}
+
+
+def embed(ids: torch.Tensor) -> torch.Tensor:
+    return TABLE[ids]
+
+
+def view(req_ids, scheduled, computed, discarded=None) -> BatchView:
+    return BatchView(
+        req_ids=list(req_ids),
+        query_starts=np.concatenate([[0], np.cumsum(scheduled)]).astype(np.int32),
+        num_computed=np.array(computed, dtype=np.int64),
+        discarded=np.zeros(len(req_ids), bool) if discarded is None else np.array(discarded),
+    )
+
+
+def expected_step(req_ids, logits, steps_done):
+    """The soft step of these requests computed directly (no slot tables)."""
+    rows = [
+        (SoftThinkingParams().with_overrides(KNOBS[r]), stateless_random.request_seed(SEEDS[r], 0, r), steps_done[r])
+        for r in req_ids
+    ]
+    return soft_step.soft_step(logits, soft_step.StepKnobs.for_requests(rows), embed)
+
+
+def test_plan_inject_run_commit_over_three_steps_and_a_recompute():
+    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+                                max_num_reqs=2, compile_step=False)  # 2 slots: registering 3 grows the tables
+    for req_id, length in PROMPT_LENGTHS.items():
+        extra = {"soft_thinking": KNOBS[req_id]} if req_id in KNOBS else None
+        worker.register(req_id, SamplingParams(seed=SEEDS.get(req_id), extra_args=extra), length)
+    assert set(worker.requests) == {"a", "c", "d"}
+    logits = torch.randn(3, 4, VOCAB, generator=torch.Generator().manual_seed(4)) * 2
+
+    # Step 1: the prompts; d's chunk does not end its prompt, so vLLM discards its sample.
+    prefill = view("abcd", list(PROMPT_LENGTHS.values()), [0, 0, 0, 0], [False, False, False, True])
+    ids = torch.arange(sum(PROMPT_LENGTHS.values()))
+    assert worker.inject(prefill, ids, None, embed) == (ids, None)  # nothing soft to feed yet
+    plan = worker.plan(prefill)
+    assert (plan.rows, plan.req_ids, plan.all_rows) == ([0, 2], ["a", "c"], False)
+    emitted = worker.run(plan, logits[0], embed)
+    first = expected_step("ac", logits[0, [0, 2]], {"a": 0, "c": 0})
+    assert torch.equal(emitted, first.emitted_B)
+    rows = worker.commit(plan, [[1], [1], [1], []], [6, 8])
+    assert rows.req_ids == ["a", "c"]
+    np.testing.assert_array_equal(rows.payload, first.packed().numpy())
+
+    # Step 2: one token each; soft rows get their pending input, plain ones keep theirs.
+    decode = view("abcd", [1, 1, 1, 1], [5, 6, 7, 8])
+    ids = torch.tensor([int(first.emitted_B[0]), 11, int(first.emitted_B[1]), 12])
+    _, inputs = worker.inject(decode, ids, None, embed)
+    concept = soft_math.weighted_embeddings(first.weights_BK, embed(first.token_ids_BK))
+    torch.testing.assert_close(inputs[0], concept[0])
+    torch.testing.assert_close(inputs[2], embed(first.emitted_B[1]) + 0.5 * concept[1])
+    torch.testing.assert_close(inputs[[1, 3]], embed(ids[[1, 3]]))
+    step_2_input_c = inputs[2].clone()
+    plan = worker.plan(decode)
+    assert plan.req_ids == ["a", "c", "d"]
+    worker.run(plan, logits[1], embed)
+    second = expected_step("acd", logits[1, [0, 2, 3]], {"a": 1, "c": 1, "d": 0})
+    rows = worker.commit(plan, [[1]] * 4, [7, 9, 9])
+    entries = records.unpack_rows(rows.payload)
+    assert [e["end_reason"] for e in entries] == ["budget", None, None]  # a's budget of 2 soft steps
+    np.testing.assert_allclose(rows.payload, second.packed().numpy(), rtol=1e-6, atol=1e-9)
+
+    # Step 3: a thinks no more; c is recomputed from scratch after a preemption, its soft
+    # positions rebuilt from the records (position 7) and the pending input (position 8).
+    recompute = view("abcd", [1, 1, 9, 1], [6, 7, 0, 9])
+    ids = torch.arange(12)
+    ids[2 + 7], ids[2 + 8] = first.emitted_B[1], second.emitted_B[1]  # c's generated tokens
+    _, inputs = worker.inject(recompute, ids, None, embed)
+    torch.testing.assert_close(inputs[2 + 7], step_2_input_c)
+    concept = soft_math.weighted_embeddings(second.weights_BK, embed(second.token_ids_BK))
+    torch.testing.assert_close(inputs[2 + 8], embed(second.emitted_B[1]) + 0.5 * concept[1])
+    torch.testing.assert_close(inputs[[0, 1] + list(range(2, 9))], embed(ids[[0, 1] + list(range(2, 9))]))
+    assert worker.plan(recompute).req_ids == ["c", "d"]
+
+    worker.forget(["a", "c", "d"])
+    assert worker.requests == {} and worker.plan(decode) is None
