@@ -66,7 +66,7 @@ def test_a_soft_engine_whose_runner_lacks_the_soft_step_does_not_start(tiny_mode
 
     from vllm_soft.patches import model_runner
 
-    monkeypatch.setattr(model_runner, "SoftThinkingRunner", lambda defaults, runner: None)
+    monkeypatch.setattr(model_runner, "_soft_runner", lambda runner, defaults: None)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, with the stand-in
     with pytest.raises(RuntimeError, match="CPUModelRunner, which has no soft step"):
         LLM(model=str(tiny_model_path), enforce_eager=True, max_model_len=256, kv_cache_memory_bytes=1 << 26,

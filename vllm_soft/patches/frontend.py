@@ -2,11 +2,11 @@
 
 Request validation. Why: bad knobs must fail at the door (ValueError offline, HTTP 400
 over the API) and the worker needs the think-end token as an id. What: wraps
-``SamplingParams._verify_extra_args`` (knob types and ranges, at construction) and
-``InputProcessor.process_inputs`` (engine defaults merged in, think-end resolved with
-the tokenizer, top-k checked against the vocabulary; the request's own copy of its
-params then carries the complete knob set). When it can go: if vLLM adds a validation
-hook for ``extra_args``.
+``InputProcessor.process_inputs``, the one place the front end parses knobs: engine
+defaults merged in, types and ranges checked, think-end resolved with the tokenizer,
+top-k checked against the vocabulary; the request's own copy of its params then carries
+the complete knob set, which every later process reads. When it can go: if vLLM adds a
+validation hook for ``extra_args``.
 
 Completion trace. Why: ``soft_trace(completion)`` and ``soft_knobs(completion)`` need
 the trace and the resolved knobs on each completion (per choice when n > 1), but they
@@ -21,7 +21,6 @@ from vllm_soft.params import (
     EXTRA_ARGS_KEY,
     FLAT_PREFIX,
     SoftThinkingParamError,
-    SoftThinkingParams,
     engine_defaults,
     request_overrides,
     resolve_think_end,
@@ -76,20 +75,9 @@ def resolve_request_knobs(extra_args: dict, additional_config: dict | None, voca
 
 
 def apply_request_validation() -> None:
-    from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.input_processor import InputProcessor
 
-    verify_extra_args, process_inputs = SamplingParams._verify_extra_args, InputProcessor.process_inputs
-
-    @functools.wraps(verify_extra_args)
-    def _verify_extra_args(self):
-        verify_extra_args(self)
-        try:
-            overrides = request_overrides(self.extra_args)
-            if overrides:
-                SoftThinkingParams().with_overrides(overrides)
-        except SoftThinkingParamError as error:
-            raise _request_error(error) from None
+    process_inputs = InputProcessor.process_inputs
 
     @functools.wraps(process_inputs)
     def process_inputs_(self, *args, **kwargs):
@@ -107,7 +95,6 @@ def apply_request_validation() -> None:
                 raise _request_error(error) from None
         return request
 
-    SamplingParams._verify_extra_args = _verify_extra_args
     InputProcessor.process_inputs = process_inputs_
 
 

@@ -53,8 +53,6 @@ PATCH_TARGETS: tuple[Target, ...] = (
            "engine.soft_runner_selection", "a soft-thinking engine selects the V1 runner, which holds the soft step"),
     Target("vllm.v1.worker.worker_base", "WorkerWrapperBase", "init_device", "method", ("self",),
            "engine.soft_step_guard", "after the runner is built: start-up fails if it has no soft step"),
-    Target("vllm.sampling_params", "SamplingParams", "_verify_extra_args", "method", ("self",),
-           "frontend.validate_requests", "knob types and ranges at request construction"),
     Target("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs", "method",
            ("self", "request_id", "prompt", "params"), "frontend.validate_requests",
            "engine defaults merged, think_end resolved, soft requests to engines without a soft step refused"),
