@@ -82,15 +82,25 @@ class LearnerGroup:
         return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
 
     def shards(self, items: list) -> list[list]:
-        """``items`` in contiguous, near-equal slices over ranks (a prompt's group stays
-        together, so the learner computes its prompt once)."""
-        size, extra = divmod(len(items), len(self.ranks))
-        bounds = [rank * size + min(rank, extra) for rank in range(len(self.ranks) + 1)]
-        return [items[bounds[r] : bounds[r + 1]] for r in range(len(self.ranks))]
+        return shards(items, len(self.ranks))
 
     def micro_batches(self, count: int, micro_batch_size: int) -> int:
-        per_rank = -(-count // len(self.ranks))
-        return max(1, -(-per_rank // micro_batch_size))
+        return micro_batches(count, len(self.ranks), micro_batch_size)
+
+
+def shards(items: list, ranks: int) -> list[list]:
+    """``items`` in contiguous, near-equal slices over ``ranks`` (a prompt's group stays
+    together, so the learner computes its prompt once)."""
+    size, extra = divmod(len(items), ranks)
+    bounds = [rank * size + min(rank, extra) for rank in range(ranks + 1)]
+    return [items[bounds[r] : bounds[r + 1]] for r in range(ranks)]
+
+
+def micro_batches(count: int, ranks: int, micro_batch_size: int) -> int:
+    """Micro-batches per rank for ``count`` items: every rank runs the same number (at
+    least one), enough for its largest share."""
+    per_rank = -(-count // ranks)
+    return max(1, -(-per_rank // micro_batch_size))
 
 
 @ray.remote
@@ -219,12 +229,11 @@ def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
 
 
 def _learner_step(config: TrainConfig, learners: LearnerGroup, samples, advantages) -> dict:
-    indices = list(range(len(samples)))
-    shards = learners.shards(indices)
+    rank_shards = learners.shards(list(range(len(samples))))
     micro = learners.micro_batches(len(samples), config.learner.micro_batch_size)
     num_tokens = sum(len(s.response_token_ids) for s in samples)
     calls = []
-    for rank, shard in zip(learners.ranks, shards):
+    for rank, shard in zip(learners.ranks, rank_shards):
         chosen = [samples[i] for i in shard]
         calls.append(rank.train_step.remote(
             ReplayBatch.from_samples(chosen, config.algorithm.temperature), [advantages[i] for i in shard],
