@@ -286,7 +286,8 @@ def check_sampler_forward_calls_sample(tree: SourceTree) -> Outcome:
             guard = parents.get(id(guard))
         where = f" under `if {ast.unparse(guard.test)}`" if guard is not None else ""
         notes.append(f"Sampler.forward line {ret.lineno} returns before self.sample{where}: "
-                     "the soft step does not run on that path")
+                     "the soft step does not run on that path (patches/model_runner.sampler_bypass must "
+                     "refuse it at start; it knows mixed_sample_eligible)")
     return OK, notes
 
 

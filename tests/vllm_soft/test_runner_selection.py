@@ -87,3 +87,18 @@ def test_soft_request_to_an_engine_without_a_soft_step_is_rejected(tiny_model_pa
         assert len(plain[0].outputs[0].token_ids) == 4
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+def test_a_sampler_that_can_bypass_the_soft_step_is_refused():
+    from types import SimpleNamespace
+
+    from vllm.v1.sample import sampler
+
+    from vllm_soft.patches.model_runner import sampler_bypass
+
+    assert sampler_bypass(sampler) is None, "this vLLM build always samples through Sampler.sample"
+    # vLLM 0.33 on ROCm gfx1250 with aiter on (scripts/check_vllm_builds.py notes the path).
+    rocm_033 = SimpleNamespace(mixed_sample_eligible=lambda *args: True,
+                               rocm_aiter_ops=SimpleNamespace(is_enabled=lambda: True))
+    assert "VLLM_ROCM_USE_AITER=0" in sampler_bypass(rocm_033, on_gfx1250=lambda: True)
+    assert sampler_bypass(rocm_033, on_gfx1250=lambda: False) is None

@@ -42,11 +42,31 @@ def _batch_view(runner) -> BatchView:
     )
 
 
+def sampler_bypass(sampler_module, on_gfx1250=None) -> str | None:
+    """Why vLLM's sampler may sample a batch without calling ``Sampler.sample`` (where the
+    soft step runs), or None. vLLM 0.33's ``Sampler.forward`` returns early through a fused
+    kernel on ROCm gfx1250 with aiter on (``mixed_sample_eligible``); no CUDA or CPU build
+    has such a path. ``on_gfx1250``: vLLM's ROCm check (imported only on that path: the ROCm
+    platform module does not load elsewhere)."""
+    if not hasattr(sampler_module, "mixed_sample_eligible") or not sampler_module.rocm_aiter_ops.is_enabled():
+        return None
+    if on_gfx1250 is None:
+        from vllm.platforms.rocm import on_gfx1250
+    if not on_gfx1250():
+        return None
+    return ("soft thinking cannot run beside vLLM's fused aiter sampling on this ROCm GPU (it samples without "
+            "the soft step); set VLLM_ROCM_USE_AITER=0")
+
+
 def _check_supported(runner) -> None:
     """Start-up checks of what the soft step needs from the engine; each names the setting."""
     from vllm.config.compilation import CompilationMode, CUDAGraphMode
+    from vllm.v1.sample import sampler
 
     config = runner.vllm_config
+    bypass = sampler_bypass(sampler)
+    if bypass is not None:
+        raise ValueError(bypass)
     if config.speculative_config is not None:
         raise ValueError("soft thinking does not support speculative decoding; drop --speculative-config")
     if config.parallel_config.pipeline_parallel_size != 1:
