@@ -35,13 +35,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bf16 with bf16 units (or CUDA), else float32")
     args = parser.parse_args()
 
     from vllm_soft.models import resolve_model
-    from vllm_soft.runtime import configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
+    args.dtype = resolve_dtype(args.dtype)
     model_path = resolve_model(args.model)
     prompts = [[{"role": "user", "content": f"What is {i % 10} + {(3 * i) % 10}? Explain."}] for i in range(args.batch)]
     results = {}

@@ -21,11 +21,11 @@ def start_bare_engine(engine_config):
     from vllm import LLM
 
     from vllm_soft.models import resolve_model
-    from vllm_soft.runtime import configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
     return LLM(
-        model=str(resolve_model(engine_config.model)), dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,
+        model=str(resolve_model(engine_config.model)), dtype=resolve_dtype(engine_config.dtype), max_model_len=engine_config.max_model_len,
         enforce_eager=engine_config.enforce_eager, max_num_seqs=engine_config.max_num_seqs, seed=engine_config.seed,
         kv_cache_memory_bytes=int(engine_config.kv_cache_gib * (1 << 30)), additional_config={"soft_thinking": {}},
     )
@@ -84,7 +84,7 @@ def main() -> None:
     from rollout.settings import EngineConfig, SamplingConfig
     from vllm_soft.models import resolve_model
 
-    engine = EngineConfig(model=args.model, dtype="bfloat16", kv_cache_gib=1.0, max_num_seqs=256)
+    engine = EngineConfig(model=args.model, dtype="auto", kv_cache_gib=1.0, max_num_seqs=256)
     soft = {"emit": "sample", "noise": "dirichlet"} if args.soft else None
     sampling = SamplingConfig(group_size=args.group_size, temperature=1.0, max_tokens=args.max_tokens, soft_thinking=soft)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))

@@ -12,7 +12,9 @@ class EngineConfig:
 
     model: str = "smollm2-135m"
     """A named model (``python -m vllm_soft.models list``) or a Hugging Face folder."""
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
+    """bfloat16, float32, or auto: bf16 on CUDA or on CPUs with bf16 units, float32 elsewhere
+    (``vllm_soft.runtime.choose_dtype``; logged by each worker)."""
     max_model_len: int = 1024
     enforce_eager: bool = True
     kv_cache_gib: float | None = 1.0

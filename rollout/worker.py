@@ -78,6 +78,7 @@ class RolloutWorker:
         from vllm import LLM
 
         from vllm_soft.models import resolve_model
+        from vllm_soft.runtime import resolve_dtype
 
         self.transport = TRANSPORTS[weight_transport]()
         self.reward_spec = RewardSpec(rewards)
@@ -89,7 +90,7 @@ class RolloutWorker:
             memory = {"kv_cache_memory_bytes": int(engine.kv_cache_gib * (1 << 30))}
         self.llm = LLM(
             model=str(resolve_model(engine.model)),
-            dtype=engine.dtype,
+            dtype=resolve_dtype(engine.dtype, "rollout engine"),
             max_model_len=engine.max_model_len,
             enforce_eager=engine.enforce_eager,
             max_num_seqs=engine.max_num_seqs,

@@ -45,7 +45,7 @@ def _load_policy(model_path: str, config: LearnerConfig, trainable: bool, lora: 
     if lora is not None:
         model = add_adapters(model, lora)
     policy = ReplayPolicy(model, config.share_prompts)
-    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if config.mixed_precision else dtype, reduce_dtype=dtype)
+    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if config.computes_in_bf16() else dtype, reduce_dtype=dtype)
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=precision)
     fully_shard(policy, mp_policy=precision)

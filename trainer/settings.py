@@ -39,8 +39,8 @@ class LearnerConfig:
     """Custom Ray resources, e.g. ``{"learner_node": 1}`` to place ranks on a node."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights, gradients and optimiser state."""
-    mixed_precision: bool = False
-    """Compute in bf16 (FSDP2 ``MixedPrecisionPolicy``: bf16 parameters in forward and
+    mixed_precision: bool | Literal["auto"] = False
+    """auto: on where bf16 runs well (CUDA, CPUs with bf16 units; ``choose_dtype``). Compute in bf16 (FSDP2 ``MixedPrecisionPolicy``: bf16 parameters in forward and
     backward, gradients reduced and AdamW state kept in ``dtype``); about 1.8x faster on
     CPUs with AMX. The learner-vs-rollout log-prob gap grows to bf16 rounding, which the TIS
     weight absorbs."""
@@ -54,6 +54,14 @@ class LearnerConfig:
     """Pack a prompt's samples in one row, the prompt computed once (``trainer.packing``);
     false: one padded row per sequence (the baseline of ``benchmarks/learner_step.py``)."""
     lora: LoraConfig | None = None
+
+    def computes_in_bf16(self) -> bool:
+        """``mixed_precision`` with ``auto`` decided for this machine (and logged)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        from vllm_soft.runtime import resolve_dtype
+
+        return resolve_dtype("auto", "learner compute") == "bfloat16"
 
     def __post_init__(self):
         if self.num_ranks < 1 or self.micro_batch_size < 1:

@@ -29,7 +29,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", help="a user message; repeat for several (default: built-in set)")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per answer")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    parser.add_argument("--dtype", default="auto", help="model dtype in vLLM (auto, bfloat16, float32)")
+    parser.add_argument("--dtype", default="auto", help="bfloat16, float32, or auto: bf16 on CUDA or CPUs with bf16 units, else float32")
     parser.add_argument("--max-model-len", type=int, default=2048, help="context length of the engine")
     parser.add_argument(
         "--soft-thinking", action="store_true", help="decode every answer with soft thinking (built-in knobs)"
@@ -41,7 +41,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     """Start one engine, answer every prompt in one batch, print answers and throughput."""
-    from vllm_soft.runtime import configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
     from vllm import LLM, SamplingParams
@@ -51,7 +51,7 @@ def run_generate(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     llm = LLM(
         model=model_path,
-        dtype=args.dtype,
+        dtype=resolve_dtype(args.dtype),
         max_model_len=args.max_model_len,
         enforce_eager=not args.compile,
         gpu_memory_utilization=0.3,

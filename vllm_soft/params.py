@@ -8,7 +8,11 @@ Where knobs come from, later ones overriding earlier ones:
                                                                (OpenAI `vllm_xargs` accepts only flat values)
 
 A request is soft when its extra_args hold ``soft_thinking`` (a dict, possibly empty,
-or a truthy flag) or any ``soft_thinking_<knob>`` key. Defaults follow the Soft Thinking
+or a truthy flag) or any ``soft_thinking_<knob>`` key, or, on an engine whose
+``additional_config["soft_thinking_requests"]`` is ``"all"`` (what ``vllm serve
+--soft-thinking`` sets, so that any OpenAI client gets soft thinking), when it says nothing
+about soft thinking; ``"soft_thinking": 0`` opts a request out. Offline engines default to
+``"opt_in"``: only requests that ask are soft. Defaults follow the Soft Thinking
 paper's recommended settings (top-k 15, top-p 0.95, min-p 0.001, temperature 0.6,
 cold-stop entropy 0.01 with patience 256).
 """
@@ -22,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EXTRA_ARGS_KEY = "soft_thinking"
+REQUESTS_KEY = "soft_thinking_requests"
+"""``additional_config`` key: which requests of a soft-thinking engine are soft (``REQUEST_POLICIES``)."""
+REQUEST_POLICIES = ("opt_in", "all")
 FLAT_PREFIX = "soft_thinking_"
 RESOLVED_THINK_END_KEY = "think_end_id"
 
@@ -159,6 +166,24 @@ def request_overrides(extra_args: dict[str, Any] | None) -> dict[str, Any] | Non
 def soft_thinking_on(additional_config: dict[str, Any] | None) -> bool:
     """Whether an engine's ``additional_config`` turns soft thinking on (cheap: no validation)."""
     return isinstance(additional_config, dict) and additional_config.get(EXTRA_ARGS_KEY) is not None
+
+
+def soft_by_default(additional_config: dict[str, Any] | None) -> bool:
+    """Whether requests that say nothing about soft thinking are soft on this engine: soft
+    thinking on and ``additional_config["soft_thinking_requests"] == "all"`` (default ``"opt_in"``)."""
+    if not soft_thinking_on(additional_config):
+        return False
+    policy = additional_config.get(REQUESTS_KEY, "opt_in")
+    if policy not in REQUEST_POLICIES:
+        raise SoftThinkingParamError(
+            REQUESTS_KEY, f"additional_config['{REQUESTS_KEY}'] must be one of {', '.join(REQUEST_POLICIES)} (got {policy!r})"
+        )
+    return policy == "all"
+
+
+def says_nothing(extra_args: dict[str, Any] | None) -> bool:
+    """Whether a request's extra_args neither ask for nor refuse soft thinking."""
+    return not extra_args or (EXTRA_ARGS_KEY not in extra_args and not any(k.startswith(FLAT_PREFIX) for k in extra_args))
 
 
 def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingParams | None:

@@ -82,10 +82,11 @@ def pack_trace(rows: list[np.ndarray]) -> list[dict]:
     return blocks
 
 
-def unpack_trace(blocks: list[dict]) -> list[SoftStep]:
-    """``pack_trace``'s blocks as the request's records."""
+def unpack_trace(blocks: list[dict], first_position: int = 0) -> list[SoftStep]:
+    """``pack_trace``'s blocks as records, the first at soft step ``first_position`` (a
+    streamed request's trace arrives in pieces)."""
     steps: list[SoftStep] = []
     for block in blocks:
         payload = np.frombuffer(block["data"], dtype=np.float64).reshape(block["shape"])
-        steps += unpack_rows(payload, len(steps))
+        steps += unpack_rows(payload, first_position + len(steps))
     return steps

@@ -1,5 +1,6 @@
 """Process-level settings for running vLLM well on the machine at hand."""
 
+import logging
 import os
 import sys
 
@@ -67,9 +68,29 @@ def cpu_has_bf16_units() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def choose_dtype(has_cuda: bool, has_bf16_units: bool) -> str:
+    """The dtype a machine runs a model well in: bf16 on CUDA or on CPUs with bf16 units
+    (AMX, AVX-512 BF16), float32 elsewhere (AVX2-only CPUs run bf16 several times slower)."""
+    return "bfloat16" if has_cuda or has_bf16_units else "float32"
+
+
 def auto_dtype() -> str:
-    """The dtype this machine runs a model well in: bf16 on CUDA or on CPUs with bf16 units,
-    float32 elsewhere."""
+    """``choose_dtype`` for this machine."""
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16_units() else "float32"
+    return choose_dtype(torch.cuda.is_available(), cpu_has_bf16_units())
+
+
+def resolve_dtype(dtype: str, what: str = "model") -> str:
+    """``dtype`` with ``auto`` replaced by this machine's ``choose_dtype``, the choice logged
+    (``what`` names its user). vLLM's own ``--dtype auto`` means the checkpoint's dtype;
+    the project's ``auto`` means the machine's."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    cuda, units = torch.cuda.is_available(), cpu_has_bf16_units()
+    chosen = choose_dtype(cuda, units)
+    reason = "CUDA" if cuda else ("the CPU has bf16 units" if units else "the CPU has no bf16 units")
+    logging.getLogger("vllm_soft").info("vllm-soft: %s dtype auto -> %s (%s)", what, chosen, reason)
+    return chosen

@@ -33,7 +33,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--num-problems", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="bfloat16, float32, or auto (bf16 on CUDA or CPUs with bf16 units)")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="engine context length (default: --max-tokens + 1024 for the prompt)")
     parser.add_argument("--kv-cache-gib", type=float, default=None,

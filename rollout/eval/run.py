@@ -20,6 +20,7 @@ from rollout.eval.benchmarks import Benchmark
 from rollout.eval.modes import EvalMode
 from rollout.eval.results import markdown, plot, summarize_mode
 from rollout.summary import is_correct
+from vllm_soft.runtime import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def sample_records(label: str, bench: Benchmark, mode: EvalMode, groups) -> list
 
 def cell_settings(plan: EvalPlan, model: str, bench: Benchmark, mode: EvalMode) -> dict:
     """Everything that decides a cell's numbers (stored with it; ``resume`` compares them)."""
-    return {"model_path": model, "dtype": plan.engine.dtype, "source": dataclasses.asdict(bench.source),
+    return {"model_path": model, "dtype": resolve_dtype(plan.engine.dtype), "source": dataclasses.asdict(bench.source),
             "num_problems": plan.num_problems, "n": 1 if mode.deterministic else plan.n,
             "max_tokens": plan.max_tokens, "seed": plan.seed, "temperature": mode.temperature, "top_p": mode.top_p,
             "soft_thinking": mode.soft_thinking, "format": dataclasses.asdict(plan.format)}

@@ -30,9 +30,15 @@ def test_bare_flag_enables_with_built_in_defaults_and_eager_keeps_token_ids():
     assert not engine_args.enable_prompt_embeds
 
 
+def test_a_soft_server_makes_every_request_soft_unless_told_opt_in():
+    assert _engine_args(["--model", "m", "--soft-thinking"]).additional_config["soft_thinking_requests"] == "all"
+    opt_in = _engine_args(["--model", "m", "--soft-thinking", "--soft-thinking-requests", "opt-in"])
+    assert opt_in.additional_config["soft_thinking_requests"] == "opt_in"
+
+
 def test_without_the_flag_nothing_changes():
     engine_args = _engine_args(["--model", "m"])
-    assert "soft_thinking" not in (engine_args.additional_config or {})
+    assert not {"soft_thinking", "soft_thinking_requests"} & set(engine_args.additional_config or {})
     assert not engine_args.enable_prompt_embeds
 
 

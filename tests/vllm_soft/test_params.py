@@ -3,6 +3,7 @@
 import pytest
 
 from vllm_soft.params import (
+    KNOBS,
     SoftThinkingParamError,
     SoftThinkingParams,
     engine_defaults,
@@ -75,3 +76,27 @@ def test_think_end_resolution():
     for bad in ("<missing>", 10, -1):
         with pytest.raises(SoftThinkingParamError, match="think_end .* not a single token"):
             resolve(SoftThinkingParams(think_end=bad))
+
+
+@pytest.mark.parametrize("policy, extra_args, top_k", [
+    ("all", {}, 4),                                  # an OpenAI client that sends nothing: engine defaults
+    ("all", {"soft_thinking": 0}, None),             # opts out
+    ("all", {"other": 1}, 4),                        # says nothing about soft thinking
+    ("all", {"soft_thinking_top_k": 3}, 3),
+    ("opt_in", {}, None),                            # offline default: only requests that ask
+    ("opt_in", {"soft_thinking": 1}, 4),
+    (None, {}, None),
+])
+def test_which_requests_are_soft(policy, extra_args, top_k):
+    from vllm_soft.patches.frontend import resolve_request_knobs
+
+    config = {"soft_thinking": {"top_k": 4}}
+    if policy is not None:
+        config["soft_thinking_requests"] = policy
+    resolve_request_knobs(extra_args, config, vocab_size=100, tokenizer=None)
+    resolved = request_overrides(extra_args)
+    if top_k is None:
+        assert resolved is None
+    else:
+        assert resolved["top_k"] == top_k
+        assert set(resolved) == KNOBS | {"think_end_id"}, "the complete, resolved set"

@@ -56,6 +56,9 @@ def test_async_scheduling_with_soft_thinking_is_refused(tiny_model_path):
 def test_bad_engine_knobs_fail_at_start(tiny_model_path):
     with pytest.raises(ValueError, match="soft_thinking.top_k"):
         _engine_args(tiny_model_path, additional_config={"soft_thinking": {"top_k": 0}}).create_engine_config()
+    with pytest.raises(ValueError, match="soft_thinking_requests.*opt_in, all"):
+        config = {"soft_thinking": {}, "soft_thinking_requests": "some"}
+        _engine_args(tiny_model_path, additional_config=config).create_engine_config()
 
 
 @pytest.mark.slow

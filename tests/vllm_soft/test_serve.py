@@ -5,6 +5,7 @@ separate process by nature). Requests go to loopback only.
 """
 
 import asyncio
+import json
 import sys
 
 import openai
@@ -30,9 +31,10 @@ def server(tiny_model_path):
 
 
 def _extra_body(soft_knobs):
-    """OpenAI `extra_body` of a soft request (flat `vllm_xargs`), or None for a plain one."""
+    """OpenAI `extra_body` of a soft request (flat `vllm_xargs`), or of a plain one (None: it
+    opts out, as every request of a `--soft-thinking` server is soft by default)."""
     if soft_knobs is None:
-        return None
+        return {"vllm_xargs": {"soft_thinking": 0}}
     return {"vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in soft_knobs.items()}}}
 
 
@@ -52,7 +54,8 @@ def test_completions_soft_top_k_1_equals_plain_greedy(server):
 def test_chat_soft_and_plain(server):
     client, model, _ = server
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
-    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0.0)
+    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0.0,
+                                           extra_body=_extra_body(None))
     soft = client.chat.completions.create(
         model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0.0,
         extra_body={"vllm_xargs": {"soft_thinking": 1, "soft_thinking_top_k": 1}},
@@ -81,8 +84,25 @@ def test_completions_carry_the_trace_on_every_choice(server):
     assert len(response.choices) == 2
     for choice in response.choices:
         _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS)
-    plain = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0)
+    plain = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0,
+                                      extra_body=_extra_body(None))
     assert getattr(plain.choices[0], "soft_thinking", None) is None
+
+
+def test_a_client_that_sends_nothing_extra_gets_soft_thinking(server):
+    """Off-the-shelf OpenAI clients send no vllm_xargs: a --soft-thinking server makes them
+    soft with its defaults (built-in here: top_k 15)."""
+    client, model, _ = server
+    completion = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0)
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=MAX_TOKENS, temperature=0.0)
+    for choice in (completion.choices[0], chat.choices[0]):
+        assert soft_summary(choice)["num_soft_steps"] == MAX_TOKENS
+        support = [len(step["token_ids"]) for step in soft_trace(choice)]
+        assert 1 < max(support) <= 15, "mixtures of at most the built-in top_k tokens"
+    opted_out = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0,
+                                          extra_body=_extra_body(None))
+    assert getattr(opted_out.choices[0], "soft_thinking", None) is None
 
 
 def test_chat_carries_the_trace(server):
@@ -125,3 +145,69 @@ def test_200_concurrent_requests_half_soft_match_one_at_a_time(server):
     concurrent = asyncio.run(all_at_once())
     assert len(concurrent) == 200
     assert concurrent == one_at_a_time
+
+
+def _streamed_steps(chunks):
+    """(steps by choice index, the finishing chunk's soft_thinking field by index) of a stream."""
+    steps, finals = {}, {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            field = choice.get("soft_thinking")
+            if field is None:
+                continue
+            steps.setdefault(choice["index"], []).extend(field["steps"])
+            if choice.get("finish_reason") is not None:
+                finals[choice["index"]] = {k: v for k, v in field.items() if k != "steps"}
+    return steps, finals
+
+
+SEEDED = dict(max_tokens=MAX_TOKENS, temperature=1.0, seed=3)
+NOISY = {"vllm_xargs": {"soft_thinking_top_k": 5, "soft_thinking_noise": "gumbel", "soft_thinking_emit": "sample"}}
+
+
+def test_streamed_completions_carry_the_steps_of_the_non_streamed_trace(server):
+    client, model, _ = server
+    whole = client.completions.create(model=model, prompt="The answer is", n=2, extra_body=NOISY, **SEEDED)
+    stream = client.completions.create(model=model, prompt="The answer is", n=2, extra_body=NOISY, stream=True,
+                                       **SEEDED)
+    steps, finals = _streamed_steps(chunk.model_dump() for chunk in stream)
+    assert sorted(steps) == [0, 1]
+    for choice in whole.choices:
+        assert steps[choice.index] == soft_trace(choice)
+        assert finals[choice.index] == soft_summary(choice) == {"num_soft_steps": MAX_TOKENS, "end_reason": None,
+                                                               "cold_stop": False}
+
+
+def test_streamed_chat_carries_the_steps_of_the_non_streamed_trace(server):
+    client, model, _ = server
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    whole = client.chat.completions.create(model=model, messages=messages, extra_body=NOISY, **SEEDED)
+    stream = client.chat.completions.create(model=model, messages=messages, extra_body=NOISY, stream=True, **SEEDED)
+    chunks = [chunk.model_dump() for chunk in stream]
+    steps, finals = _streamed_steps(chunks)
+    assert steps[0] == soft_trace(whole.choices[0]) and finals[0]["num_soft_steps"] == MAX_TOKENS
+    with_steps = [c for c in chunks if c["choices"] and c["choices"][0].get("soft_thinking")]
+    assert len(with_steps) > 1, "steps arrive as the tokens do, not all at the end"
+
+
+def test_raw_server_sent_events_carry_the_steps(server):
+    import httpx
+
+    _, model, port = server
+    body = {"model": model, "prompt": "Hello there", "n": 2, "stream": True, "return_token_ids": True, **SEEDED,
+            **NOISY}
+    chunks = []
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[len("data: "):]))
+    steps, finals = _streamed_steps(chunks)
+    tokens = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            tokens.setdefault(choice["index"], []).extend(choice.get("token_ids") or [])
+    for index in (0, 1):
+        assert [step["position"] for step in steps[index]] == list(range(MAX_TOKENS))
+        assert [step["emitted"] for step in steps[index]] == tokens[index]
+        assert finals[index]["num_soft_steps"] == MAX_TOKENS

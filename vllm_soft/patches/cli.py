@@ -3,9 +3,11 @@
 Why: server-level soft thinking should be one flag, with its defaults listed in
 ``vllm serve --help``. What: wraps ``EngineArgs.add_cli_args`` (adds the flag group;
 vLLM loads plugins just before it builds the parser, for exactly this) and
-``EngineArgs.from_cli_args`` (turns the flags into ``additional_config["soft_thinking"]``,
-the one place engines read them, and enables prompt embeddings unless the engine is
-eager, so compiled graphs accept mixtures). When it can go: if vLLM lets general
+``EngineArgs.from_cli_args`` (turns the knob flags into ``additional_config["soft_thinking"]``,
+the one place engines read them, and ``--soft-thinking-requests`` into
+``additional_config["soft_thinking_requests"]``, default ``all``: a server's clients send
+no extra fields, so every request is soft unless it opts out; and enables prompt
+embeddings unless the engine is eager, so compiled graphs accept mixtures). When it can go: if vLLM lets general
 plugins declare CLI arguments.
 """
 
@@ -13,7 +15,7 @@ import argparse
 import functools
 import logging
 
-from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, SoftThinkingParams, knob_docs
+from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, REQUESTS_KEY, SoftThinkingParams, knob_docs
 
 logger = logging.getLogger("vllm_soft")
 
@@ -39,10 +41,18 @@ def add_soft_thinking_args(parser: argparse.ArgumentParser) -> None:
     """The ``--soft-thinking`` flag group; knob flags default to None (built-in default)."""
     group = parser.add_argument_group(
         "Soft thinking (vllm-soft)",
-        "Requests that ask for soft thinking (extra_args / vllm_xargs 'soft_thinking') feed back "
-        "probability-weighted token mixtures during their thinking span. These flags set the server defaults.",
+        "Soft requests feed back probability-weighted token mixtures during their thinking span. With "
+        "--soft-thinking every request is soft unless it sends vllm_xargs {'soft_thinking': 0}. "
+        "The --soft-thinking-<knob> flags set the server defaults; a request's own knobs override them.",
     )
     group.add_argument("--soft-thinking", action="store_true", help="enable soft thinking on this engine")
+    group.add_argument(
+        "--soft-thinking-requests",
+        choices=["all", "opt-in"],
+        default="all",
+        help="all: every request is soft unless it opts out ('soft_thinking': 0); opt-in: only requests "
+        "that send 'soft_thinking' are soft (default: all)",
+    )
     docs = knob_docs()
     defaults = SoftThinkingParams()
     for knob in sorted(KNOBS):
@@ -83,6 +93,7 @@ def apply() -> None:
         if knobs is not None:
             config = dict(engine_args.additional_config or {})
             config[EXTRA_ARGS_KEY] = {**config.get(EXTRA_ARGS_KEY, {}), **knobs}
+            config.setdefault(REQUESTS_KEY, getattr(args, "soft_thinking_requests", "all").replace("-", "_"))
             engine_args.additional_config = config
             if not engine_args.enforce_eager and not engine_args.enable_prompt_embeds:
                 logger.info("vllm-soft: enabling prompt embeddings so compiled graphs take soft inputs")

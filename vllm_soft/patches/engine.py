@@ -24,7 +24,7 @@ When it can go: once the soft step runs in Model Runner V2 and under async sched
 import functools
 import logging
 
-from vllm_soft.params import engine_defaults, soft_thinking_on
+from vllm_soft.params import engine_defaults, soft_by_default, soft_thinking_on
 
 logger = logging.getLogger("vllm_soft")
 
@@ -60,6 +60,7 @@ def apply_runner_selection() -> None:
     def create_engine_config_(self, *args, **kwargs):
         if engine_defaults(self.additional_config) is None:  # validates the engine's knobs too
             return create_engine_config(self, *args, **kwargs)
+        soft_by_default(self.additional_config)  # validates which requests are soft
         if self.async_scheduling:
             raise ValueError(
                 "soft thinking needs synchronous scheduling (each soft step's output is the next "

@@ -1,18 +1,21 @@
 """Front-end patches (the process that owns ``LLM`` or the API server).
 
 Request validation. Why: bad knobs must fail at the door (ValueError offline, HTTP 400
-over the API) and the worker needs the think-end token as an id. What: wraps
-``InputProcessor.process_inputs``, the one place the front end parses knobs: engine
-defaults merged in, types and ranges checked, think-end resolved with the tokenizer,
+over the API), the worker needs the think-end token as an id, and on a server started
+with ``--soft-thinking`` a request that says nothing is soft. What: wraps
+``InputProcessor.process_inputs``, the one place the front end parses knobs: soft by
+default where the engine says so (``params.soft_by_default``), engine defaults merged in, types and ranges checked, think-end resolved with the tokenizer,
 top-k checked against the vocabulary; the request's own copy of its params then carries
 the complete knob set, which every later process reads. When it can go: if vLLM adds a
 validation hook for ``extra_args``.
 
 Completion trace. Why: ``soft_trace(completion)`` and ``soft_knobs(completion)`` need
 the trace and the resolved knobs on each completion (per choice when n > 1), but they
-arrive per engine request in ``kv_transfer_params``. What: wraps
-``RequestState.make_request_output`` to take them out of ``kv_transfer_params`` and
-``RequestState._new_completion_output`` to attach them.
+arrive per engine request in ``kv_transfer_params`` (a streamed request's in pieces, step
+by step). What: wraps ``RequestState.make_request_output`` to take them out of
+``kv_transfer_params`` and add them to the request's trace, and
+``RequestState._new_completion_output`` to attach them: the whole trace, or in DELTA
+mode (streaming) the steps not attached before.
 """
 
 import functools
@@ -24,6 +27,8 @@ from vllm_soft.params import (
     engine_defaults,
     request_overrides,
     resolve_think_end,
+    says_nothing,
+    soft_by_default,
 )
 from vllm_soft.records import unpack_trace
 from vllm_soft.trace import COMPLETION_ATTRIBUTE, KNOBS_ATTRIBUTE
@@ -54,8 +59,11 @@ def _token_to_id(tokenizer):
 
 
 def resolve_request_knobs(extra_args: dict, additional_config: dict | None, vocab_size: int, tokenizer) -> None:
-    """Replace a soft request's knobs in ``extra_args`` by the complete, resolved set."""
+    """Replace a soft request's knobs in ``extra_args`` by the complete, resolved set; a
+    request that says nothing is soft with the engine's defaults where ``soft_by_default``."""
     overrides = request_overrides(extra_args)
+    if overrides is None and says_nothing(extra_args) and soft_by_default(additional_config):
+        overrides = {}
     if overrides is None:
         return
     defaults = engine_defaults(additional_config)
@@ -83,11 +91,14 @@ def apply_request_validation() -> None:
     def process_inputs_(self, *args, **kwargs):
         request = process_inputs(self, *args, **kwargs)
         params = request.sampling_params
-        if params is not None and params.extra_args:
+        additional_config = self.vllm_config.additional_config
+        if params is not None and (params.extra_args or soft_by_default(additional_config)):
+            if params.extra_args is None:  # the request's own copy of its params
+                params.extra_args = {}
             try:
                 resolve_request_knobs(
                     params.extra_args,
-                    self.vllm_config.additional_config,
+                    additional_config,
                     self.vllm_config.model_config.get_vocab_size(),
                     self.tokenizer,
                 )
@@ -99,6 +110,7 @@ def apply_request_validation() -> None:
 
 
 def apply_completion_trace() -> None:
+    from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.output_processor import RequestState
 
     make_request_output, new_completion_output = RequestState.make_request_output, RequestState._new_completion_output
@@ -112,7 +124,10 @@ def apply_completion_trace() -> None:
         if kv_transfer_params and EXTRA_ARGS_KEY in kv_transfer_params:
             kv_transfer_params = dict(kv_transfer_params)
             soft = kv_transfer_params.pop(EXTRA_ARGS_KEY)
-            self.vllm_soft_trace, self.vllm_soft_knobs = unpack_trace(soft["steps"]), soft["knobs"]
+            trace = getattr(self, "vllm_soft_trace", None) or []
+            self.vllm_soft_trace = trace + unpack_trace(soft["steps"], len(trace))
+            if "knobs" in soft:  # with the last piece
+                self.vllm_soft_knobs = soft["knobs"]
             if in_args:
                 args[kv_position] = kv_transfer_params or None
             else:
@@ -124,8 +139,11 @@ def apply_completion_trace() -> None:
         output = new_completion_output(self, *args, **kwargs)
         trace = getattr(self, "vllm_soft_trace", None)
         if trace is not None:
+            if self.output_kind == RequestOutputKind.DELTA:
+                attached = getattr(self, "vllm_soft_attached", 0)
+                trace, self.vllm_soft_attached = trace[attached:], len(trace)
             setattr(output, COMPLETION_ATTRIBUTE, trace)
-            setattr(output, KNOBS_ATTRIBUTE, self.vllm_soft_knobs)
+            setattr(output, KNOBS_ATTRIBUTE, getattr(self, "vllm_soft_knobs", None))
         return output
 
     RequestState.make_request_output = make_request_output_

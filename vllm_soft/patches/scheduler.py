@@ -11,10 +11,12 @@ grows a per-request "do not cache outputs" switch.
 Traces. Why: vLLM has no per-request side channel from worker to client in the V1
 runner. What: the worker attaches the step's packed rows to ``ModelRunnerOutput`` (an
 extra attribute survives the pickle hop); ``Scheduler.update_from_output`` collects them
-by request and ``Scheduler._free_request`` hands the whole trace out, as
-``soft_step.pack_trace`` blocks, with the request's resolved knobs, in the finished
-request's ``kv_transfer_params["soft_thinking"]`` (the front end unpacks both onto the
-completion), so no per-step entry is built in the engine process.
+by request. A request whose client streams (output kind other than FINAL_ONLY) gets each
+step's rows on that step's output; ``Scheduler._free_request`` hands out the rest (for a
+final-only request, the whole trace) with the request's resolved knobs. Rows travel as
+``records.pack_trace`` blocks in the output's ``kv_transfer_params["soft_thinking"]``
+(a key of our own, which the front end removes before anything else reads the dict), so
+no per-step record is built in the engine process.
 When it can go: once vLLM's engine-core output has a generic per-request extras field.
 """
 
@@ -47,6 +49,7 @@ def apply_block_hash_keys() -> None:
 
 
 def apply_trace_collection() -> None:
+    from vllm.sampling_params import RequestOutputKind
     from vllm.v1.core.sched.scheduler import Scheduler
 
     update_from_output, free_request = Scheduler.update_from_output, Scheduler._free_request
@@ -54,11 +57,23 @@ def apply_trace_collection() -> None:
     @functools.wraps(update_from_output)
     def update_from_output_(self, scheduler_output, model_runner_output):
         step_rows = getattr(model_runner_output, "vllm_soft_trace", None)
-        if step_rows is not None:
-            traces = self.__dict__.setdefault("vllm_soft_traces", {})
-            for req_id, row in zip(step_rows.req_ids, step_rows.payload):
-                traces.setdefault(req_id, []).append(row)
-        return update_from_output(self, scheduler_output, model_runner_output)
+        if step_rows is None:
+            return update_from_output(self, scheduler_output, model_runner_output)
+        traces = self.__dict__.setdefault("vllm_soft_traces", {})
+        streamed = set()
+        for req_id, row in zip(step_rows.req_ids, step_rows.payload):
+            traces.setdefault(req_id, []).append(row)
+            request = self.requests.get(req_id)
+            if request is not None and request.sampling_params.output_kind != RequestOutputKind.FINAL_ONLY:
+                streamed.add(req_id)
+        outputs = update_from_output(self, scheduler_output, model_runner_output)
+        if streamed:
+            for client_outputs in outputs.values():
+                for output in client_outputs.outputs:
+                    if output.request_id in streamed and not output.finished:  # a finished one got the rest
+                        soft = {"steps": pack_trace(traces.pop(output.request_id))}
+                        output.kv_transfer_params = {**(output.kv_transfer_params or {}), EXTRA_ARGS_KEY: soft}
+        return outputs
 
     @functools.wraps(free_request)
     def _free_request(self, request, *args, **kwargs):
