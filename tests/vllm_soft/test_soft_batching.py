@@ -51,7 +51,9 @@ def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_toke
         generate(default_engine, [prompt], soft)  # the cache now holds soft blocks for these token ids
         warm_tokens, warm_hits, warm_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
         assert warm_tokens == cold_tokens
-        assert_same_trace(warm_trace, cold_trace, tolerance=1e-5)
+        # Cached prompt KV was computed in another batch shape: float32 rounding differs by
+        # up to ~1e-4 on some CPUs; a soft block served by token hash would differ by far more.
+        assert_same_trace(warm_trace, cold_trace, tolerance=1e-3)
         assert cold_hits == 0
         assert warm_hits == shared_prompt_tokens, "exactly the whole prompt blocks are shared"
 
@@ -86,7 +88,9 @@ def test_aborted_soft_requests_leave_nothing_behind(inprocess_tiny_engine):
         while len(decoding) < len(request_ids):
             decoding.update(o.request_id for o in engine.step() if o.outputs and o.outputs[0].token_ids)
         held = _soft_state(llm)
-        assert len(held["worker_requests"]) == len(held["scheduler_traces"]) == wave_size
+        assert len(held["worker_requests"]) == wave_size
+        # These requests stream (output kind CUMULATIVE): their rows leave the scheduler every step.
+        assert set(held["scheduler_traces"]) <= set(held["worker_requests"])
         engine.abort_request(request_ids)
     # vLLM tells the worker which requests finished at its next step: run one more request.
     assert len(generate(llm, [[5, 6, 7]], soft_params(4))[0].token_ids) == 4
