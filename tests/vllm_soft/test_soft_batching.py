@@ -121,8 +121,10 @@ def test_seeded_requests_keep_their_random_streams_through_chunked_prefill(defau
     for prompt, param, completion in zip(prompts, params, batched):
         (alone,) = generate(default_engine, [prompt], param)
         assert list(completion.token_ids) == list(alone.token_ids)
-        # Dirichlet noise amplifies the batch's float32 rounding (measured up to 1.1e-4).
-        assert_same_trace(soft_trace(completion), soft_trace(alone), tolerance=1e-3)
+        # Same draws, same supports and tokens; Dirichlet noise amplifies the float32 rounding of
+        # chunked vs whole prefill into the weights (measured up to 1.1e-4 on an AVX-512 CPU,
+        # 2.9e-3 on an AVX2 one). Another random stream would move them by tenths.
+        assert_same_trace(soft_trace(completion), soft_trace(alone), tolerance=1e-2)
 
 
 def assert_same_trace(trace, other, tolerance=1e-4):
