@@ -109,10 +109,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from vllm_soft.models import resolve_model
-    from vllm_soft.runtime import auto_dtype, configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
-    dtype = auto_dtype() if args.dtype == "auto" else args.dtype
+    dtype = resolve_dtype(args.dtype)
     print(f"dtype: {dtype}", flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -57,14 +57,14 @@ def main() -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
     from vllm_soft.models import resolve_model
-    from vllm_soft.runtime import auto_dtype, configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
     from vllm import LLM, SamplingParams
 
     totals, counts = collections.defaultdict(float), collections.defaultdict(int)
     instrument(totals, counts)
-    llm = LLM(model=str(resolve_model(args.model)), dtype=auto_dtype(), enforce_eager=True, max_model_len=1024,
+    llm = LLM(model=str(resolve_model(args.model)), dtype=resolve_dtype("auto"), enforce_eager=True, max_model_len=1024,
               gpu_memory_utilization=0.3, seed=0, max_num_seqs=max(args.batch, 32),
               additional_config={"soft_thinking": {}})
     prompts = [[{"role": "user", "content": f"What is {i % 10} + {(3 * i) % 10}? Explain."}] for i in range(args.batch)]

@@ -40,9 +40,10 @@ class LearnerConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights, gradients and optimiser state."""
     mixed_precision: bool | Literal["auto"] = False
-    """auto: on where bf16 runs well (CUDA, CPUs with bf16 units; ``choose_dtype``). Compute in bf16 (FSDP2 ``MixedPrecisionPolicy``: bf16 parameters in forward and
-    backward, gradients reduced and AdamW state kept in ``dtype``); about 1.8x faster on
-    CPUs with AMX. The learner-vs-rollout log-prob gap grows to bf16 rounding, which the TIS
+    """Compute in bf16: true, false, or auto (on where bf16 runs well: CUDA or CPUs with bf16
+    units; ``vllm_soft.runtime.choose_dtype``). FSDP2 ``MixedPrecisionPolicy``: bf16
+    parameters in forward and backward, gradients reduced and AdamW state kept in
+    ``dtype``; about 1.8x faster on CPUs with AMX. The learner-vs-rollout log-prob gap grows to bf16 rounding, which the TIS
     weight absorbs."""
     learning_rate: float = 1e-6
     weight_decay: float = 0.0

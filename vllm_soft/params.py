@@ -181,11 +181,6 @@ def soft_by_default(additional_config: dict[str, Any] | None) -> bool:
     return policy == "all"
 
 
-def says_nothing(extra_args: dict[str, Any] | None) -> bool:
-    """Whether a request's extra_args neither ask for nor refuse soft thinking."""
-    return not extra_args or (EXTRA_ARGS_KEY not in extra_args and not any(k.startswith(FLAT_PREFIX) for k in extra_args))
-
-
 def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingParams | None:
     """Engine-wide defaults from ``additional_config['soft_thinking']``; None when soft thinking is off."""
     if not soft_thinking_on(additional_config):

@@ -74,13 +74,6 @@ def choose_dtype(has_cuda: bool, has_bf16_units: bool) -> str:
     return "bfloat16" if has_cuda or has_bf16_units else "float32"
 
 
-def auto_dtype() -> str:
-    """``choose_dtype`` for this machine."""
-    import torch
-
-    return choose_dtype(torch.cuda.is_available(), cpu_has_bf16_units())
-
-
 def resolve_dtype(dtype: str, what: str = "model") -> str:
     """``dtype`` with ``auto`` replaced by this machine's ``choose_dtype``, the choice logged
     (``what`` names its user). vLLM's own ``--dtype auto`` means the checkpoint's dtype;

@@ -8,7 +8,7 @@ fills in what a fresh machine needs and the user did not set, saying each choice
 - a named model (``smollm2-135m``) is served from its folder under the name typed (the
   folder's path is accepted as a second name, as ``vllm serve PATH`` would serve it);
 - on CPU, a KV cache sized to fit (vLLM's default takes 92% of the NUMA node's memory and
-  refuses to start when less is free) and the dtype the CPU runs well (``auto_dtype``).
+  refuses to start when less is free) and the dtype the CPU runs well (``runtime.choose_dtype``).
 
 Flags the user passes are never changed. Where ``vllm serve`` works, it is equivalent
 apart from these defaults.
@@ -73,7 +73,7 @@ def serve(argv: list[str]) -> None:
     """Run ``vllm serve`` with ``argv`` and the defaults of ``serve_argv``."""
     import torch
 
-    from vllm_soft.runtime import auto_dtype, configure_cpu_threads
+    from vllm_soft.runtime import configure_cpu_threads, resolve_dtype
 
     configure_cpu_threads()
     from vllm.entrypoints.cli.main import main as vllm_main
@@ -90,7 +90,7 @@ def serve(argv: list[str]) -> None:
 
     importlib.metadata.version = version
     on_cpu = not torch.cuda.is_available()
-    argv, said = serve_argv(argv, on_cpu, auto_dtype() if on_cpu else "auto",
+    argv, said = serve_argv(argv, on_cpu, resolve_dtype("auto", "server") if on_cpu else "auto",
                             _available_memory_bytes() if on_cpu else 0)
     for line in said:
         print(f"[vllm-soft] serve: {line}", flush=True)

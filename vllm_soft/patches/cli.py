@@ -7,8 +7,8 @@ vLLM loads plugins just before it builds the parser, for exactly this) and
 the one place engines read them, and ``--soft-thinking-requests`` into
 ``additional_config["soft_thinking_requests"]``, default ``all``: a server's clients send
 no extra fields, so every request is soft unless it opts out; and enables prompt
-embeddings unless the engine is eager, so compiled graphs accept mixtures). When it can go: if vLLM lets general
-plugins declare CLI arguments.
+embeddings unless the engine is eager, so compiled graphs accept mixtures). When it can
+go: if vLLM lets general plugins declare CLI arguments.
 """
 
 import argparse

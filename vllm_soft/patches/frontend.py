@@ -4,8 +4,8 @@ Request validation. Why: bad knobs must fail at the door (ValueError offline, HT
 over the API), the worker needs the think-end token as an id, and on a server started
 with ``--soft-thinking`` a request that says nothing is soft. What: wraps
 ``InputProcessor.process_inputs``, the one place the front end parses knobs: soft by
-default where the engine says so (``params.soft_by_default``), engine defaults merged in, types and ranges checked, think-end resolved with the tokenizer,
-top-k checked against the vocabulary; the request's own copy of its params then carries
+default where the engine says so (``params.soft_by_default``), engine defaults merged in,
+types and ranges checked, think-end resolved with the tokenizer, top-k checked against the vocabulary; the request's own copy of its params then carries
 the complete knob set, which every later process reads. When it can go: if vLLM adds a
 validation hook for ``extra_args``.
 
@@ -27,7 +27,6 @@ from vllm_soft.params import (
     engine_defaults,
     request_overrides,
     resolve_think_end,
-    says_nothing,
     soft_by_default,
 )
 from vllm_soft.records import unpack_trace
@@ -62,7 +61,8 @@ def resolve_request_knobs(extra_args: dict, additional_config: dict | None, voca
     """Replace a soft request's knobs in ``extra_args`` by the complete, resolved set; a
     request that says nothing is soft with the engine's defaults where ``soft_by_default``."""
     overrides = request_overrides(extra_args)
-    if overrides is None and says_nothing(extra_args) and soft_by_default(additional_config):
+    # No knobs and no 'soft_thinking' key (not even 0, the opt-out): the request says nothing.
+    if overrides is None and EXTRA_ARGS_KEY not in extra_args and soft_by_default(additional_config):
         overrides = {}
     if overrides is None:
         return
@@ -124,8 +124,9 @@ def apply_completion_trace() -> None:
         if kv_transfer_params and EXTRA_ARGS_KEY in kv_transfer_params:
             kv_transfer_params = dict(kv_transfer_params)
             soft = kv_transfer_params.pop(EXTRA_ARGS_KEY)
-            trace = getattr(self, "vllm_soft_trace", None) or []
-            self.vllm_soft_trace = trace + unpack_trace(soft["steps"], len(trace))
+            if getattr(self, "vllm_soft_trace", None) is None:
+                self.vllm_soft_trace = []
+            self.vllm_soft_trace += unpack_trace(soft["steps"], len(self.vllm_soft_trace))
             if "knobs" in soft:  # with the last piece
                 self.vllm_soft_knobs = soft["knobs"]
             if in_args:
@@ -139,10 +140,11 @@ def apply_completion_trace() -> None:
         output = new_completion_output(self, *args, **kwargs)
         trace = getattr(self, "vllm_soft_trace", None)
         if trace is not None:
+            # A copy either way: the request's list grows while earlier outputs are still read.
+            attached = 0
             if self.output_kind == RequestOutputKind.DELTA:
-                attached = getattr(self, "vllm_soft_attached", 0)
-                trace, self.vllm_soft_attached = trace[attached:], len(trace)
-            setattr(output, COMPLETION_ATTRIBUTE, trace)
+                attached, self.vllm_soft_attached = getattr(self, "vllm_soft_attached", 0), len(trace)
+            setattr(output, COMPLETION_ATTRIBUTE, trace[attached:])
             setattr(output, KNOBS_ATTRIBUTE, getattr(self, "vllm_soft_knobs", None))
         return output
 
