@@ -56,7 +56,7 @@ class RolloutPool:
             num_gpus=config.num_gpus_per_worker,
             resources=dict(config.resources_per_worker),
             max_concurrency=MAX_CALLS_IN_FLIGHT + 2,  # generate calls plus weight loads / checks
-            runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker)},
+            runtime_env={"env_vars": engine_environment(index, config.num_cpus_per_worker, self.engine.engine_core_process)},
             name=f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}-{index}",  # findable: ray list actors
         )
         worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index, config.weight_transport)
@@ -68,8 +68,10 @@ class RolloutPool:
     def weight_version(self) -> int:
         return self._weights[1] if self._weights is not None else 0
 
-    def generate(self, groups: list[GroupRequest], sampling: SamplingConfig, progress: bool = True) -> list[list[Sample]]:
-        """G samples for every group, in the order of ``groups``."""
+    def generate(self, groups: list[GroupRequest], sampling: SamplingConfig, progress: bool = True,
+                 rewards: dict[str, float] | None = None) -> list[list[Sample]]:
+        """G samples for every group, in the order of ``groups``; ``rewards``: the reward
+        terms to score them with (default: the pool's), so one pool serves several tasks."""
         size = self.config.groups_per_call
         queue = collections.deque(groups[i : i + size] for i in range(0, len(groups), size))
         in_flight: dict[ray.ObjectRef, tuple[int, list[GroupRequest]]] = {}
@@ -77,7 +79,7 @@ class RolloutPool:
         bar = tqdm(total=len(groups), unit="group", desc="rollout", disable=not progress)
         start = time.perf_counter()
         while queue or in_flight:
-            self._fill(queue, in_flight, sampling)
+            self._fill(queue, in_flight, sampling, rewards)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             index, chunk = in_flight.pop(ready[0])
             try:
@@ -96,7 +98,7 @@ class RolloutPool:
         bar.close()
         return [done[g.group_id] for g in groups]
 
-    def _fill(self, queue, in_flight, sampling: SamplingConfig) -> None:
+    def _fill(self, queue, in_flight, sampling: SamplingConfig, rewards: dict[str, float] | None) -> None:
         """Give every worker chunks until it has the engine's batch worth of sequences."""
         calls = collections.Counter(index for index, _ in in_flight.values())
         sequences = collections.Counter()
@@ -107,7 +109,7 @@ class RolloutPool:
                 calls[index] < MIN_CALLS_IN_FLIGHT or sequences[index] < self.engine.max_num_seqs
             ):
                 chunk = queue.popleft()
-                in_flight[worker.generate.remote(chunk, sampling)] = (index, chunk)
+                in_flight[worker.generate.remote(chunk, sampling, rewards)] = (index, chunk)
                 calls[index] += 1
                 sequences[index] += len(chunk) * sampling.group_size
 

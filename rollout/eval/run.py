@@ -1,11 +1,11 @@
 """Run an evaluation: every model x benchmark x mode through a rollout pool, then the outputs.
 
-One pool (vLLM engines on Ray) per model and benchmark; each mode samples n answers per
+One pool (vLLM engines on Ray) per model, started only if a cell of it is missing, scoring
+each benchmark with its own answer check; each mode samples n answers per
 problem (deterministic modes, greedy and noise-free soft thinking, one: every sample would be
 the same). Problem g is sampled with seed + g, so a fixed seed gives the same table.
 """
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -115,10 +115,10 @@ def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) 
         _keep_samples(samples_path, done)
     cells = []
     for label, model in map(model_label, plan.models):
-        for bench in plan.benchmarks:
-            missing = [mode for mode in plan.modes if (label, bench.name, mode.name) not in done]
-            fresh = _sample_modes(plan, label, model, bench, missing, samples_path)
-            with contextlib.closing(fresh):
+        with _ModelPool(plan, model) as pool:
+            for bench in plan.benchmarks:
+                missing = [mode for mode in plan.modes if (label, bench.name, mode.name) not in done]
+                fresh = _sample_modes(plan, label, pool, bench, missing, samples_path)
                 for mode in plan.modes:
                     cells.append(done.get((label, bench.name, mode.name)) or next(fresh))
                     if out_dir is not None:
@@ -126,48 +126,73 @@ def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) 
     return cells
 
 
-def _sample_modes(plan: EvalPlan, label: str, model: str, bench: Benchmark, modes: list[EvalMode],
+class _ModelPool:
+    """A model's rollout pool and tokenizer, started at the first use (a model whose cells
+    are all finished starts nothing) and shut down on exit."""
+
+    def __init__(self, plan: EvalPlan, model: str):
+        self.plan, self.model = plan, model
+        self._pool = self.tokenizer = None
+
+    def generate(self, groups, mode: EvalMode, rewards: dict[str, float]):
+        from rollout.pool import RolloutPool
+
+        if self._pool is None:
+            self._pool = RolloutPool(dataclasses.replace(self.plan.engine, model=self.model), rewards, self.plan.pool)
+        plan = self.plan
+        return sample_mode(self._pool, groups, mode, plan.n, plan.max_tokens, plan.seed, rewards=rewards)
+
+    def groups(self, bench: Benchmark):
+        from transformers import AutoTokenizer
+
+        from rollout.worker import GroupRequest
+        from vllm_soft.models import resolve_model
+
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
+        items = load_prompts(bench.source)[: self.plan.num_problems]
+        return [GroupRequest(i, format_prompt(item, self.tokenizer, self.plan.format), item.answer, item.entry)
+                for i, item in enumerate(items)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _sample_modes(plan: EvalPlan, label: str, pool: _ModelPool, bench: Benchmark, modes: list[EvalMode],
                   samples_path: Path | None) -> Iterator[dict]:
-    """The cell of each mode in turn, from one rollout pool (started only if there are modes)."""
+    """The cell of each of ``modes`` in turn, from the model's pool."""
     if not modes:
         return
-    from transformers import AutoTokenizer
-
-    from rollout.pool import RolloutPool
-    from rollout.worker import GroupRequest
-    from vllm_soft.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-    items = load_prompts(bench.source)[: plan.num_problems]
-    groups = [GroupRequest(i, format_prompt(item, tokenizer, plan.format), item.answer, item.entry)
-              for i, item in enumerate(items)]
-    pool = RolloutPool(dataclasses.replace(plan.engine, model=model), {bench.correct_term: 1.0}, plan.pool)
-    try:
-        for mode in modes:
-            start = time.perf_counter()
-            sampled = sample_mode(pool, groups, mode, plan.n, plan.max_tokens, plan.seed)
-            cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
-                    **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term),
-                    "settings": cell_settings(plan, model, bench, mode)}
-            if samples_path is not None:
-                with samples_path.open("a") as f:
-                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n"
-                                 for r in sample_records(label, bench, mode, sampled))
-            log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
-                     100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
-            yield cell
-    finally:
-        pool.shutdown()
+    groups = pool.groups(bench)
+    for mode in modes:
+        start = time.perf_counter()
+        sampled = pool.generate(groups, mode, {bench.correct_term: 1.0})
+        cell = {"model": label, "bench": bench.name, "mode": mode.name, "label": mode.label,
+                **summarize_mode(sampled, time.perf_counter() - start, bench.correct_term),
+                "settings": cell_settings(plan, pool.model, bench, mode)}
+        if samples_path is not None:
+            with samples_path.open("a") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n"
+                             for r in sample_records(label, bench, mode, sampled))
+        log.info("%s | %s | %s: pass@1 %.1f%% (n=%d), %.0f tokens, %.0f s", label, bench.name, mode.name,
+                 100 * cell["pass@1"], cell["n"], cell["mean_length"], cell["wall_s"])
+        yield cell
 
 
-def sample_mode(pool, groups, mode: EvalMode, n: int, max_tokens: int, seed: int, progress: bool = True):
+def sample_mode(pool, groups, mode: EvalMode, n: int, max_tokens: int, seed: int, progress: bool = True,
+                rewards: dict[str, float] | None = None):
     """The groups' samples in ``mode`` from a rollout pool: n per problem, one where the
-    mode is deterministic (the harness's cells and the trainer's held-out evaluation)."""
+    mode is deterministic (the harness's cells and the trainer's held-out evaluation);
+    ``rewards``: the reward terms (default: the pool's)."""
     sampling = SamplingConfig(
         group_size=1 if mode.deterministic else n, temperature=mode.temperature, top_p=mode.top_p,
         max_tokens=max_tokens, seed=seed, soft_thinking=mode.soft_thinking,
     )
-    return pool.generate(groups, sampling, progress=progress)
+    return pool.generate(groups, sampling, progress=progress, rewards=rewards)
 
 
 def _keep_samples(samples_path: Path, done: dict) -> None:

@@ -78,7 +78,8 @@ def test_weight_push_same_keeps_outputs_perturbed_equals_fresh_engine(tiny_pool,
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (tiny_model_path / name).exists():
             (tmp_path / "perturbed" / name).write_bytes((tiny_model_path / name).read_bytes())
-    engine = dataclasses.replace(tiny_engine_config, model=str(tmp_path / "perturbed"))
+    # The fresh engine runs its core in the worker's process: the same tokens either way.
+    engine = dataclasses.replace(tiny_engine_config, model=str(tmp_path / "perturbed"), engine_core_process=False)
     fresh = RolloutPool(engine, {"correct": 1.0}, PoolConfig(num_workers=1))
     try:
         assert tokens(fresh) == pushed
@@ -88,12 +89,12 @@ def test_weight_push_same_keeps_outputs_perturbed_equals_fresh_engine(tiny_pool,
 
 
 def test_killed_worker_loses_and_duplicates_no_group(tiny_pool, ray_cluster, monkeypatch):
-    sampling = SamplingConfig(group_size=4, max_tokens=256)
+    sampling = SamplingConfig(group_size=4, max_tokens=64)
     requests = groups(32, offset=200)
     fill, fills = tiny_pool._fill, []
 
-    def fill_then_kill(queue, in_flight, sampling):
-        fill(queue, in_flight, sampling)
+    def fill_then_kill(queue, in_flight, *args):
+        fill(queue, in_flight, *args)
         fills.append({index for index, _ in in_flight.values()})
         if len(fills) == 2:  # a chunk came back, both workers hold work: kill one now
             assert fills[-1] == {0, 1}, fills

@@ -1,5 +1,6 @@
 """The smoke run on real Ray clusters: `ray job submit` to a `ray start --head`, and two
-nodes (simulated on this machine) with learners and rollouts placed by custom resources."""
+nodes (simulated on this machine) with learners and rollouts placed by custom resources, one
+rollout worker killed mid-run."""
 
 import os
 import socket
@@ -9,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from trainer_process import SMOKE, finish, start_trainer, wait_for_step
 
+from rollout.pool import ACTOR_NAME_PREFIX
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -50,33 +53,40 @@ def test_ray_job_submit_runs_the_smoke_job_to_succeeded(tmp_path, tiny_model_pat
         run_dir = tmp_path / "run"
         submitted = _ray(
             "job", "submit", address, "--submission-id=smoke", "--",
-            "python", str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
-            f"output_dir={run_dir}", cwd=tmp_path, env=env,
+            "python", str(REPO / "trainer" / "run.py"), "--config", SMOKE, f"output_dir={run_dir}", "steps=1",
+            cwd=tmp_path, env=env,
         )
         status = _ray("job", "status", address, "smoke", cwd=tmp_path, env=env)
         report = (status.stdout + status.stderr).lower()
         assert "succeeded" in report and "failed" not in report, submitted.stdout[-4000:] + submitted.stderr[-2000:]
-        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+        assert [m["step"] for m in read_metrics(run_dir)] == [1]
     finally:
         head.terminate()
         head.wait(timeout=120)
 
 
-def test_two_node_cluster_places_learners_and_rollouts_by_resources(tmp_path, tiny_model_path):
+def test_two_node_cluster_places_by_resources_and_survives_a_killed_rollout_worker(tmp_path, tiny_model_path):
+    """Learners on the head (resource learner_node), two rollout workers on the other node
+    (rollout_node); one worker killed after step 1: the pool replaces it and training goes on."""
+    import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"learner_node": 2}})
-    cluster.add_node(num_cpus=2, resources={"rollout_node": 1})
+    cluster.add_node(num_cpus=2, resources={"rollout_node": 2})
     try:
         run_dir = tmp_path / "run"
-        env = {**os.environ, "RAY_ADDRESS": cluster.address}
-        finished = subprocess.run(
-            [sys.executable, str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
-             f"output_dir={run_dir}", "learner.resources_per_rank={learner_node: 1}",
-             "pool.resources_per_worker={rollout_node: 1}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        process = start_trainer(
+            ["--config", SMOKE, f"output_dir={run_dir}", "steps=3", "pool.num_workers=2",
+             "learner.resources_per_rank={learner_node: 1}", "pool.resources_per_worker={rollout_node: 1}"],
+            tmp_path, {**os.environ, "RAY_ADDRESS": cluster.address},
         )
-        assert finished.returncode == 0, finished.stderr[-4000:]
-        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+        wait_for_step(run_dir, 1, process)
+        ray.init(address=cluster.address)
+        victims = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(ACTOR_NAME_PREFIX)]
+        assert len(victims) == 2
+        ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]))
+        ray.shutdown()
+        finish(process)
+        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
     finally:
         cluster.shutdown()

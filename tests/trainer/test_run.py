@@ -1,12 +1,16 @@
-"""`trainer/run.py` end to end on a real local Ray cluster: configs/smoke.yaml, then --resume."""
+"""`trainer/run.py` end to end on a real local Ray cluster: configs/smoke.yaml for three steps;
+the same run killed (SIGKILL) after its step-2 checkpoint and resumed gives the same step-3
+loss (float32, seeded); the newest checkpoint served with soft thinking."""
 
 import json
-import subprocess
+import os
+import signal
 import sys
-from pathlib import Path
+import time
 
 import pytest
 from openai_server import openai_server
+from trainer_process import SMOKE, finish, start_trainer, wait_for_step
 
 from trainer import checkpoints
 from vllm_soft import soft_summary
@@ -14,28 +18,20 @@ from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    finished = subprocess.run([sys.executable, str(REPO / "trainer" / "run.py"), *args], cwd=cwd,
-                              capture_output=True, text=True, timeout=900)
-    assert finished.returncode == 0, finished.stderr[-4000:]
-    return finished
+SETTINGS = ["steps=3", "eval.num_prompts=4", "eval.every=2", "eval.max_tokens=8"]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, tiny_model_path):
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    run(["--config", str(REPO / "configs" / "smoke.yaml"), f"output_dir={run_dir}",
-         "eval.num_prompts=4", "eval.every=2", "eval.max_tokens=8"], cwd=run_dir.parent)
+    finish(start_trainer(["--config", SMOKE, f"output_dir={run_dir}", *SETTINGS], run_dir.parent))
     return run_dir
 
 
-def test_smoke_run_trains_pushes_and_checkpoints(smoke_run):
+def test_smoke_run_trains_pushes_evaluates_and_checkpoints(smoke_run):
     metrics = read_metrics(smoke_run)
-    assert [m["step"] for m in metrics] == [0, 1, 2]
-    for evaluated in (metrics[0], metrics[2]):  # before training, and every eval.every steps
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    for evaluated in (metrics[0], metrics[2], metrics[3]):  # before training, every eval.every steps, the last
         for key in ("eval_accuracy", "eval_soft_accuracy"):  # pass@1 of one greedy answer per prompt
             assert evaluated[key] * 4 == pytest.approx(round(evaluated[key] * 4)) and 0 <= evaluated[key] <= 1
     assert "eval_accuracy" not in metrics[1]
@@ -47,19 +43,33 @@ def test_smoke_run_trains_pushes_and_checkpoints(smoke_run):
         assert key in first
     assert first["soft_step_fraction"] > 0
     found = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))
-    assert [p.name for p in found] == ["step_000001", "step_000002"]
+    assert [p.name for p in found] == ["step_000002", "step_000003"], "checkpoint_every 1, the newest two kept"
     assert (found[-1] / "model" / "config.json").exists() and (found[-1] / "dcp").is_dir()
+    assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 3
     assert (smoke_run / "config.yaml").exists() and any((smoke_run / "tensorboard").iterdir())
 
 
-def test_resume_runs_step_3_and_keeps_two_checkpoints(smoke_run):
-    run(["--resume", str(smoke_run), "steps=3"], cwd=smoke_run.parent)
-    metrics = read_metrics(smoke_run)
-    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
-    assert "eval_accuracy" in metrics[3], "the last step is evaluated"
-    found = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))
+def test_killed_driver_resumes_from_its_last_checkpoint_with_the_same_loss(smoke_run, tmp_path):
+    killed = tmp_path / "killed"
+    process = start_trainer(["--config", SMOKE, f"output_dir={killed}", *SETTINGS], tmp_path)
+    wait_for_step(killed, 2, process)
+    while getattr(checkpoints.latest(killed), "name", None) != "step_000002":  # follows its metrics line closely
+        assert process.poll() is None, process.stderr.read()[-4000:]
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoints.latest(killed).name == "step_000002"
+
+    finish(start_trainer(["--resume", str(killed), "steps=3"], tmp_path))
+    steps = read_metrics(killed)
+    assert [m["step"] for m in steps] == [0, 1, 2, 3]
+    assert "eval_accuracy" in steps[3], "the last step is evaluated"
+    found = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(killed))
     assert [p.name for p in found] == ["step_000002", "step_000003"]
-    assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 3
+    expected = read_metrics(smoke_run)[3]
+    assert abs(steps[3]["loss"] - expected["loss"]) <= 1e-6
+    assert steps[3]["reward_mean"] == expected["reward_mean"]
+    assert steps[3]["eval_accuracy"] == expected["eval_accuracy"]
 
 
 def test_vllm_serve_serves_a_checkpoint_with_soft_thinking(smoke_run):
@@ -69,8 +79,7 @@ def test_vllm_serve_serves_a_checkpoint_with_soft_thinking(smoke_run):
     command = [sys.executable, "-m", "vllm_soft.cli", "serve", str(newest / "model"), "--soft-thinking",
                "--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28)]
     with openai_server(command) as (client, model, _):
-        response = client.completions.create(model=model, prompt="What is 2 + 3?", max_tokens=8, temperature=0.0,
-                                             extra_body={"vllm_xargs": {"soft_thinking": 1}})
+        response = client.completions.create(model=model, prompt="What is 2 + 3?", max_tokens=8, temperature=0.0)
     choice = response.choices[0]
     assert response.usage.completion_tokens > 0
-    assert soft_summary(choice)["num_soft_steps"] > 0, "the served checkpoint thinks in soft tokens"
+    assert soft_summary(choice)["num_soft_steps"] > 0, "the served checkpoint thinks in soft tokens (soft by default)"

@@ -2,11 +2,9 @@
 requests generated from vLLM's own OpenAPI schema (size bounded so each stays cheap) must
 never get a server error, and the server must still answer afterwards."""
 
-import sys
 from collections import Counter
 
 import pytest
-from openai_server import openai_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +26,6 @@ def bounded(body, model: str):
         body["n"] = min(body["n"], MAX_N)
     body.pop("best_of", None)
     return body
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path):
-    command = [
-        sys.executable, "-m", "vllm_soft.cli", "serve", str(tiny_model_path), "--soft-thinking", "--enforce-eager",
-        "--dtype", "float32", "--max-model-len", "512", "--seed", "0", "--kv-cache-memory-bytes", str(1 << 29),
-    ]
-    with openai_server(command) as running:
-        yield running
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

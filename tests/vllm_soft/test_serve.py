@@ -1,33 +1,20 @@
 """The OpenAI server, for real: `vllm-soft serve tiny --soft-thinking`, called with the openai client.
 
-Starts its own server process (the other tests share offline engines; a server is a
-separate process by nature). Requests go to loopback only.
+The server (``server``, tests/vllm_soft/conftest.py) is shared with the API fuzzing test;
+requests go to loopback only.
 """
 
 import asyncio
 import json
-import sys
 
 import openai
 import pytest
-from openai_server import openai_server
 
 from vllm_soft import soft_summary, soft_trace
 
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path):
-    command = [
-        sys.executable, "-m", "vllm_soft.cli", "serve", str(tiny_model_path), "--soft-thinking",
-        "--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "--seed", "0",
-        "--kv-cache-memory-bytes", str(1 << 29),
-    ]
-    with openai_server(command) as running:
-        yield running
 
 
 def _extra_body(soft_knobs):

@@ -25,10 +25,11 @@ def test_mixed_batch_survives_preemption_with_recompute(preempting_engine, defau
 LONG_CONTEXT = " ".join(f"Fact {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}." for i in range(40))
 
 
-def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_tokenizer):
+def test_soft_blocks_are_never_served_by_token_hash(tiny_engine, default_tokenizer):
     """Prompt blocks are shared; blocks holding soft positions are not, even for a prompt
-    with exactly the same token ids (the soft tokens as placeholders)."""
-    block = default_engine.llm_engine.vllm_config.cache_config.block_size
+    with exactly the same token ids (the soft tokens as placeholders). The tiny model
+    (SmolLM2's tokenizer): what is checked is the cache, not the model."""
+    block = tiny_engine.llm_engine.vllm_config.cache_config.block_size
     prompt = default_tokenizer.apply_chat_template(
         [{"role": "user", "content": LONG_CONTEXT + " Which facts mention 7?"}],
         add_generation_prompt=True, tokenize=True, return_dict=False,
@@ -36,7 +37,7 @@ def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_toke
     assert len(prompt) > 2 * block, "the prompt must fill whole blocks"
     shared_prompt_tokens = len(prompt) // block * block
     soft = soft_params(2 * block, top_k=8)
-    (first,) = generate(default_engine, [prompt], soft)
+    (first,) = generate(tiny_engine, [prompt], soft)
     placeholders = prompt + list(first.token_ids)  # the soft tokens as ordinary tokens
     follow_up = [
         (placeholders, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)),
@@ -45,11 +46,11 @@ def test_soft_blocks_are_never_served_by_token_hash(default_engine, default_toke
     ]
 
     for prompt_ids, params in follow_up:
-        default_engine.reset_prefix_cache()
-        cold_tokens, cold_hits, cold_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
-        default_engine.reset_prefix_cache()
-        generate(default_engine, [prompt], soft)  # the cache now holds soft blocks for these token ids
-        warm_tokens, warm_hits, warm_trace = _generate_counting_cache_hits(default_engine, prompt_ids, params)
+        tiny_engine.reset_prefix_cache()
+        cold_tokens, cold_hits, cold_trace = _generate_counting_cache_hits(tiny_engine, prompt_ids, params)
+        tiny_engine.reset_prefix_cache()
+        generate(tiny_engine, [prompt], soft)  # the cache now holds soft blocks for these token ids
+        warm_tokens, warm_hits, warm_trace = _generate_counting_cache_hits(tiny_engine, prompt_ids, params)
         assert warm_tokens == cold_tokens
         # Cached prompt KV was computed in another batch shape: float32 rounding differs by
         # up to ~1e-4 on some CPUs; a soft block served by token hash would differ by far more.
