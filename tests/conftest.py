@@ -1,15 +1,18 @@
 """Shared fixtures: built models and vLLM engines, one of each per test session.
 
-An engine takes ~25 s to start on CPU (eager mode; torch.compile would add ~70 s), so
-tests share them. Engines run in float32 so vLLM and transformers can be compared, and
-have soft thinking enabled with built-in defaults: plain requests on them must behave
-exactly as on stock vLLM, which the tests check too.
+An engine takes ~35 s to start on 2 CPU cores as vLLM starts it by default (engine core
+and model worker in processes of their own), ~10 s inside the test process, so tests share
+them, and the default-model engines run in this process (``in_process``); the tiny engine
+keeps vLLM's processes, the way users run it. Engines run in float32 so vLLM and
+transformers can be compared, and have soft thinking enabled with built-in defaults: plain
+requests on them must behave exactly as on stock vLLM, which the tests check too.
 """
 
 import os
 
 import pytest
 import torch
+from in_process import engine_in_this_process
 
 from vllm_soft import models
 from vllm_soft.runtime import configure_cpu_threads
@@ -47,10 +50,13 @@ def default_model_path():
     return models.fetch(models.DEFAULT_MODEL)
 
 
-def _start_engine(path, **overrides):
+def _start_engine(path, in_process: bool = False, **overrides):
     from vllm import LLM
 
-    return LLM(model=str(path), **{**ENGINE_KWARGS, **overrides})
+    if not in_process:
+        return LLM(model=str(path), **{**ENGINE_KWARGS, **overrides})
+    with engine_in_this_process():
+        return LLM(model=str(path), **{**ENGINE_KWARGS, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +83,7 @@ def tiny_engine(tiny_model_path):
 
 @pytest.fixture(scope="session")
 def default_engine(default_model_path):
-    llm = _start_engine(default_model_path)
+    llm = _start_engine(default_model_path, in_process=True)
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
@@ -86,15 +92,7 @@ def default_engine(default_model_path):
 def inprocess_tiny_engine(tiny_model_path):
     """The tiny model with the engine core in this process, so tests can look inside the
     scheduler and the worker directly."""
-    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        llm = _start_engine(tiny_model_path)
-    finally:
-        if previous is None:
-            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+    llm = _start_engine(tiny_model_path, in_process=True)
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
@@ -109,6 +107,7 @@ def preempting_engine(default_model_path):
     fit, so the scheduler preempts (and later recomputes) running requests."""
     llm = _start_engine(
         default_model_path,
+        in_process=True,
         block_size=32,
         max_model_len=256,
         kv_cache_memory_bytes=16 * 32 * DEFAULT_MODEL_KV_BYTES_PER_TOKEN,
@@ -124,7 +123,8 @@ def default_rollout_worker(default_model_path):
     from rollout.settings import EngineConfig
     from rollout.worker import RolloutWorker
 
-    worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
+    with engine_in_this_process():
+        worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
     yield worker
     worker.shutdown()
     worker.llm.llm_engine.engine_core.shutdown()

@@ -72,9 +72,10 @@ def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
     return trace, expected
 
 
-def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> None:
+def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
     """24 requests in one generate(): soft ones with their own knobs replay exactly; plain
-    ones equal their output from the same engine alone, unless a near-tie came first."""
+    ones equal their output from the same engine alone, unless a near-tie came first.
+    Returns how many prompt tokens the batch found in the prefix cache."""
     prompts = chat_prompts(tokenizer, 24)
     knob_sets = [
         None,
@@ -86,13 +87,15 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> None
     ]
     plain_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
     params = [plain_params if k is None else soft_params(max_tokens, **k) for k in (knob_sets * 4)]
-    completions = generate(engine, prompts, params)
+    outputs = engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    completions = [o.outputs[0] for o in outputs]
     for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets * 4):
         if knobs is None:
             alone = generate(engine, [prompt_ids], plain_params)[0]
             assert_equal_unless_near_tie(completion, alone)
         else:
             assert_replays(hf_model, prompt_ids, completion, SoftThinkingParams().with_overrides(knobs))
+    return sum(o.num_cached_tokens or 0 for o in outputs)
 
 
 def assert_equal_unless_near_tie(batched, alone):

@@ -6,6 +6,7 @@ logits, so this holds only if the draws are the same on every rank (stateless, f
 import os
 
 import pytest
+from in_process import engine_in_this_process
 from vllm import LLM, SamplingParams, TokensPrompt
 
 from rollout.weights import combine_rank_checksums
@@ -33,7 +34,8 @@ def test_tensor_parallel_2_gives_the_traces_and_checksum_of_one_rank(tiny_model_
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{first}|{second}")  # one core per rank
     two = _engine(tiny_model_path, 2)
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{first}-{second}")
-    one = _engine(tiny_model_path, 1)
+    with engine_in_this_process():  # no processes of its own to start (~25 s)
+        one = _engine(tiny_model_path, 1)
     try:
         prompts = [TokensPrompt(prompt_token_ids=[1 + i, 20 + 3 * i, 7]) for i in range(8)]
         params = [
