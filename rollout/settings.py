@@ -56,7 +56,8 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int = 0
-    """Base seed; prompt group g is sampled with seed + g, so runs are reproducible."""
+    """Base seed; sample i of prompt group g draws the stream of seed + g * group_size + i
+    (``rollout.worker.group_seed``): reproducible, and no two samples share a stream."""
     soft_thinking: dict | None = None
     """Soft-thinking knobs (``vllm_soft.params.SoftThinkingParams``), ``{}`` for the
     built-in defaults; null for plain token sampling."""

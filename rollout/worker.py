@@ -44,21 +44,45 @@ def engine_environment(worker_index: int, cpus_per_worker: int, engine_core_proc
     return env
 
 
+def group_seed(base: int, group_id: int, group_size: int) -> int:
+    """The seed of group ``group_id``'s request. vLLM seeds sample i of an n-sample request
+    with seed + i, so groups lie ``group_size`` apart and every (group, sample) draws a
+    stream of its own: base + group_id * group_size + i (``base + group_id`` would give
+    sample i of group g the stream of sample i - 1 of group g + 1)."""
+    return base + group_id * group_size
+
+
+def logits_processor_settings(params) -> list[str]:
+    """The settings of a vLLM ``SamplingParams`` that change the logits before the soft step
+    and the sampler see them (penalties, biases, banned or forced tokens, structured output).
+    The learner replays raw logits, so a training rollout with any of them would be scored
+    by another policy than the one that made it."""
+    active = [name for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0),
+                                         ("repetition_penalty", 1.0), ("min_tokens", 0))
+              if getattr(params, name) != neutral]
+    active += [name for name in ("logit_bias", "bad_words", "allowed_token_ids", "structured_outputs")
+               if getattr(params, name, None)]
+    return active
+
+
 def sampling_params(config: SamplingConfig, group_id: int):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     extra = None if config.soft_thinking is None else {"soft_thinking": dict(config.soft_thinking)}
-    return SamplingParams(
+    params = SamplingParams(
         n=config.group_size,
         temperature=config.temperature,
         top_p=config.top_p,
         max_tokens=config.max_tokens,
-        seed=config.seed + group_id,
+        seed=group_seed(config.seed, group_id, config.group_size),
         logprobs=0,
         extra_args=extra,
         output_kind=RequestOutputKind.FINAL_ONLY,
     )
+    if active := logits_processor_settings(params):
+        raise ValueError(f"rollouts are replayed from raw logits: {', '.join(active)} cannot be used")
+    return params
 
 
 def rollout_logprobs(completion) -> list[float]:

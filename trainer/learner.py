@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gap
+from trainer.grpo import GRPOLossConfig, grpo_loss
 from trainer.lora import add_adapters, decoder_layers, merge_adapters, save_adapter
 from trainer.policy import ReplayBatch, ReplayPolicy
 from trainer.settings import LearnerConfig, LoraConfig
@@ -112,7 +112,12 @@ class Learner:
             tokens = float(mask.sum())
             _add(totals, "tokens", tokens)
             _add(totals, "loss", float(loss.detach()))
-            _add(totals, "logprob_gap_sum", float(logprob_gap(logprobs, rollout, mask)) * tokens)
+            # Soft-step actions (densities) and tokens replay with different gaps: kept apart.
+            gap = (logprobs.detach() - rollout).abs()
+            soft = _soft_action_mask(micro.soft_steps, mask)
+            _add(totals, "soft_tokens", float(soft.sum()))
+            _add(totals, "logprob_gap_sum", float(gap[mask].sum()))
+            _add(totals, "logprob_gap_soft_sum", float(gap[soft].sum()))
             for name in ("clip_fraction", "ratio_mean", "kl", "tis_weight_mean"):
                 _add(totals, f"{name}_sum", float(metrics[name]) * tokens)
             totals["ratio_max"] = max(totals.get("ratio_max", 0.0), float(metrics["ratio_max"]) if tokens else 0.0)
@@ -236,6 +241,18 @@ def _packing_order(batch: ReplayBatch) -> list[int]:
         groups.setdefault(tuple(prompt), []).append(i)
     ordered = sorted(groups.items(), key=lambda g: len(g[0]) + sum(len(batch.response_ids[i]) for i in g[1]))
     return [i for _, members in ordered for i in members]
+
+
+def _soft_action_mask(soft_steps: list[list[dict]], real_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool, on ``real_BT``'s device: the real response positions whose token was a
+    soft step's own action (a traced step with a log-probability; a forced token has none)."""
+    cells = [(row, step["position"]) for row, steps in enumerate(soft_steps) for step in steps
+             if step["logprob"] is not None and step["position"] < real_BT.shape[1]]
+    soft = torch.zeros_like(real_BT, dtype=torch.bool)
+    if cells:
+        rows, columns = torch.tensor(cells, device=real_BT.device).T
+        soft[rows, columns] = True
+    return soft & real_BT
 
 
 def _pad(rows: list[list[float]], length: int) -> torch.Tensor:

@@ -6,8 +6,9 @@
     every checkpoint_every steps: checkpoint (model folder, DCP shards, loop state)
 
 Steps are numbered from 1; step s uses prompts [(s-1) P, s P) of the shuffled source
-(wrapping around) and sampling seeds derived from s, so a resumed run draws exactly what
-the uninterrupted run would have.
+(wrapping around) as groups (s-1) P .. s P - 1, and sample i of group g draws the random
+stream of (seed, g, i) (``rollout.worker.group_seed``), so a resumed run draws exactly what
+the uninterrupted run would have and no two samples of a run share a stream.
 """
 
 import dataclasses
@@ -50,11 +51,13 @@ def soft_knobs(config: TrainConfig) -> dict | None:
     return {**algorithm.soft_thinking, "mode": algorithm.mode}
 
 
-def sampling_for_step(config: TrainConfig, step: int) -> SamplingConfig:
+def training_sampling(config: TrainConfig) -> SamplingConfig:
+    """How every training group is sampled; group ids run on across steps, so with one
+    base seed the streams never repeat."""
     algorithm = config.algorithm
     return SamplingConfig(
         group_size=algorithm.group_size, temperature=algorithm.temperature, max_tokens=algorithm.max_tokens,
-        seed=config.seed * 1_000_003 + step * 10_007, soft_thinking=soft_knobs(config),
+        seed=config.seed, soft_thinking=soft_knobs(config),
     )
 
 
@@ -154,7 +157,7 @@ def train(config: TrainConfig, run_dir: Path, resume_from: Path | None = None) -
                              answer=items[(first + i) % len(items)].answer, entry=items[(first + i) % len(items)].entry)
                 for i in range(per_step)
             ]
-            samples = [s for group in pool.generate(groups, sampling_for_step(config, step), progress=False) for s in group]
+            samples = [s for group in pool.generate(groups, training_sampling(config), progress=False) for s in group]
             timings["rollout_s"] = time.perf_counter() - begin
 
             rewards = torch.tensor([s.reward for s in samples])
@@ -267,9 +270,18 @@ def _step_metrics(samples, totals: dict, rewards: torch.Tensor, rollout_s: float
         "ratio_max": totals["ratio_max"],
         "tis_weight_mean": totals["tis_weight_mean_sum"] / tokens,
         "logprob_gap": totals["logprob_gap_sum"] / tokens,
+        # Soft-step densities and token log-probs replay to different precision: each its own mean.
+        "logprob_gap_soft": _ratio(totals["logprob_gap_soft_sum"], totals["soft_tokens"]),
+        "logprob_gap_token": _ratio(totals["logprob_gap_sum"] - totals["logprob_gap_soft_sum"],
+                                    totals["tokens"] - totals["soft_tokens"]),
         "grad_norm": totals["grad_norm"],
         "rollout_tokens_per_s": summary["tokens_per_s"],
     }
+
+
+def _ratio(total: float, count: float) -> float | None:
+    """total / count, or None where nothing was counted."""
+    return total / count if count > 0 else None
 
 
 def _mean_soft_entropy(samples) -> float | None:

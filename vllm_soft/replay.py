@@ -12,7 +12,8 @@ steps (``soft_steps``: the engine's ``vllm_soft.records.SoftStep`` records; repl
                              produced it: at a soft step, ``soft_math.soft_step_logprob``
                              of the soft distribution renormalised over the recorded
                              support (log w_y without noise; the Gumbel-Softmax or
-                             Dirichlet density of the fed-back weights with noise); after
+                             Dirichlet density of the fed-back weights with noise; log w_y
+                             at a step that ended thinking: no mixture was fed back); after
                              thinking (or for plain requests), log softmax(z / T)[y];
                              a forced token has log-probability 0 (no choice was made)
 
@@ -22,7 +23,7 @@ numerical noise.
 
 import torch
 
-from vllm_soft.soft_math import MODE_CODES, concept_embeddings, mix_inputs, soft_step_logprob
+from vllm_soft.soft_math import MODE_CODES, concept_embeddings, mix_inputs, soft_step_logprob, token_logprob
 
 
 def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +123,9 @@ def response_logprobs(
     support_logits_SK = support_logits_SK.masked_fill(~valid_SK, float("-inf"))
     emitted_SK = (token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
     log_base_SK = torch.log_softmax(support_logits_SK, dim=-1)
-    soft_logprob_S = soft_step_logprob(log_base_SK, weights_SK, valid_SK, emitted_SK, noise, alpha, tau, emit).float()
+    soft_logprob_S = soft_step_logprob(log_base_SK, weights_SK, valid_SK, emitted_SK, noise, alpha, tau, emit)
+    ended_S = torch.tensor([s["end_reason"] is not None for s in soft_steps], device=device)
+    soft_logprob_S = torch.where(ended_S, token_logprob(log_base_SK, emitted_SK), soft_logprob_S).float()
     forced_S = torch.tensor([s["logprob"] is None for s in soft_steps], device=device)
     soft_logprob_S = torch.where(forced_S, torch.zeros_like(soft_logprob_S), soft_logprob_S)
     return logprobs_R.index_put((rows,), soft_logprob_S)

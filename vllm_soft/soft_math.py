@@ -268,6 +268,14 @@ def dirichlet_log_density(
     return torch.lgamma(alpha_S1).squeeze(-1) + terms
 
 
+def token_logprob(log_base_SK: torch.Tensor, emitted_SK: torch.Tensor) -> torch.Tensor:
+    """log base_y (S,), float64: the emitted token scored on the kept support. The action of
+    a step without noise, and of a step that ends thinking (its mixture is never fed back,
+    so only the token acts). With noise and a sampled emission this is the noise-free
+    probability of the token, not its probability under the noise."""
+    return torch.where(emitted_SK, log_base_SK.double(), 0.0).sum(-1)
+
+
 def soft_step_logprob(
     log_base_SK: torch.Tensor,
     weights_SK: torch.Tensor,
@@ -287,7 +295,7 @@ def soft_step_logprob(
     emission adds log w_y (not a function of ``base``).
     """
     if noise == "none":
-        return torch.where(emitted_SK, log_base_SK.double(), 0.0).sum(-1)
+        return token_logprob(log_base_SK, emitted_SK)
     if noise == "gumbel":
         density = concrete_log_density(log_base_SK, weights_SK, valid_SK, tau)
     elif noise == "dirichlet":

@@ -207,6 +207,9 @@ def decide(
         base_BK.log(), weights_BK, dist.kept_BK, emitted_slot_BK, noise_B, floats[:, ALPHA], floats[:, TAU],
         sample_B, set(noise_kinds),
     )
+    # A step that ends thinking feeds no mixture back: its action is the emitted token alone,
+    # scored log w_y on the kept support (``soft_math.token_logprob``).
+    logprob_B = torch.where(end_code_B != 0, soft_math.token_logprob(base_BK.log(), emitted_slot_BK), logprob_B)
     # A token forced by cold stop or the budget was no action of the policy: no log-probability.
     logprob_B = torch.where(emitted_B == chosen_B, logprob_B, float("nan"))
     return weights_BK, dist.kept_BK.sum(-1), emitted_B, logprob_B, end_code_B, streak_B

@@ -3,7 +3,8 @@
 One pool (vLLM engines on Ray) per model, started only if a cell of it is missing, scoring
 each benchmark with its own answer check; each mode samples n answers per
 problem (deterministic modes, greedy and noise-free soft thinking, one: every sample would be
-the same). Problem g is sampled with seed + g, so a fixed seed gives the same table.
+the same). Sample i of problem g draws the stream of seed + g n + i, so a fixed seed gives
+the same table.
 """
 
 import dataclasses

@@ -92,3 +92,26 @@ def test_lora_trains_adapters_only_against_the_adapter_free_reference(tiny_model
             assert changed == ("lora_" in name), name
     finally:
         learner.shutdown()
+
+
+def test_soft_step_and_token_gaps_are_counted_apart(tiny_model_path):
+    """Rollout log-probs 0.3 off at soft-step actions and 0.1 off at tokens: the learner's
+    totals give each its own mean gap (the step's own log-probs, before its update)."""
+    config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-3)
+    learner = Learner(config, GRPOLossConfig(), str(tiny_model_path), 0, 1, "127.0.0.1", _free_port(), seed=0)
+    try:
+        batch, advantages, _ = _batch()
+        batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25], "emitted": r[0],
+                              "logprob": -0.5, "end_reason": None, "entropy": 1.0}] for r in batch.response_ids]
+        with torch.no_grad():
+            logprobs, _ = learner.policy(batch)
+        rollout = [[float(logprobs[i, p]) + (0.3 if p == 0 else 0.1) for p in range(len(r))]
+                   for i, r in enumerate(batch.response_ids)]
+        tokens = sum(len(r) for r in batch.response_ids)
+        totals = learner.train_step(batch, advantages, rollout, 1, tokens)
+        assert totals["soft_tokens"] == len(batch.response_ids)
+        assert totals["logprob_gap_soft_sum"] / totals["soft_tokens"] == pytest.approx(0.3, abs=1e-5)
+        token_gap = (totals["logprob_gap_sum"] - totals["logprob_gap_soft_sum"]) / (tokens - totals["soft_tokens"])
+        assert token_gap == pytest.approx(0.1, abs=1e-5)
+    finally:
+        learner.shutdown()

@@ -11,7 +11,7 @@ from trainer.loop import (
     _mean_soft_entropy,
     _truncate_metrics,
     micro_batches,
-    sampling_for_step,
+    training_sampling,
     shards,
 )
 from trainer.settings import AlgorithmConfig, TrainConfig
@@ -21,13 +21,36 @@ def _config(mode: str) -> TrainConfig:
     return TrainConfig(seed=3, algorithm=AlgorithmConfig(mode=mode, group_size=4, max_tokens=32))
 
 
-def test_each_step_samples_with_its_own_reproducible_seed_and_the_runs_knobs():
+def test_training_samples_with_the_runs_seed_and_knobs():
     config = _config("add")
-    first, again, second = sampling_for_step(config, 0), sampling_for_step(config, 0), sampling_for_step(config, 1)
-    assert first == again and first.seed != second.seed
-    assert (first.group_size, first.max_tokens) == (4, 32)
-    assert first.soft_thinking == {**config.algorithm.soft_thinking, "mode": "add"}
-    assert sampling_for_step(_config("discrete"), 0).soft_thinking is None
+    sampling = training_sampling(config)
+    assert (sampling.seed, sampling.group_size, sampling.max_tokens) == (3, 4, 32)
+    assert sampling.soft_thinking == {**config.algorithm.soft_thinking, "mode": "add"}
+    assert training_sampling(_config("discrete")).soft_thinking is None
+
+
+def test_no_two_samples_of_a_run_share_a_random_stream():
+    """Three steps of 8 groups x G = 8 (group ids run on across steps): vLLM seeds each of
+    the 192 samples (its own ParentRequest code: sample i gets the request's seed + i) apart."""
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+
+    from rollout.worker import sampling_params
+
+    config = TrainConfig(seed=3, algorithm=AlgorithmConfig(mode="replace", group_size=8, prompts_per_step=8))
+    sampling = training_sampling(config)
+    seeds = []
+    for group_id in range(3 * 8):
+        parent = ParentRequest(_engine_request(sampling_params(sampling, group_id)))
+        seeds += [parent.get_child_info(i)[1].seed for i in range(sampling.group_size)]
+    assert len(seeds) == len(set(seeds)) == 192
+
+
+def _engine_request(params):
+    from vllm.v1.engine import EngineCoreRequest
+
+    return EngineCoreRequest(request_id="r", prompt_token_ids=[1], mm_features=None, sampling_params=params,
+                             pooling_params=None, arrival_time=0.0, lora_request=None, cache_salt=None,
+                             data_parallel_rank=None, external_req_id="r")
 
 
 @pytest.mark.parametrize("count, ranks", [(8, 1), (8, 3), (3, 4), (0, 2)])

@@ -37,6 +37,7 @@ def test_smoke_run_trains_pushes_evaluates_and_checkpoints(smoke_run):
     assert "eval_accuracy" not in metrics[1]
     first = metrics[1]
     assert first["logprob_gap"] <= 1e-3, "at step 1 the learner holds the rollout weights"
+    assert first["logprob_gap_soft"] <= 1e-3 and first["logprob_gap_token"] <= 1e-3  # each kind on its own
     assert first["grad_norm"] > 0 and first["reward_std"] > 0, "the smoke run must change the weights"
     assert all(m["push_checksum_match"] for m in metrics[1:]), "engines hold exactly the learner's weights"
     for key in ("reward_mean", "loss", "clip_fraction", "soft_step_fraction", "rollout_s", "learn_s", "push_s"):

@@ -1,6 +1,7 @@
 """The engine's batched soft step, driven directly (no engine): rows are independent of
 the batch they are in, and every output is what the row's knobs say."""
 
+import dataclasses
 import math
 
 import pytest
@@ -108,6 +109,34 @@ def test_cold_stop_forces_think_end_without_a_logprob():
     assert out.emitted_B.tolist() == [5, 6]
     assert [records.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
     assert torch.isnan(out.logprob_B).all()
+
+
+@pytest.mark.parametrize("ending", ["budget", "think_end"])
+def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
+    """Its mixture is never fed back: the action is the emitted token, log w_y on the kept
+    support (noise-free weights), whatever the noise; not the density of unused weights."""
+    noisy = [SoftThinkingParams(top_k=6, noise="gumbel", tau=0.5, emit="sample"),
+             SoftThinkingParams(top_k=6, noise="dirichlet", alpha=1.0, emit="sample")]
+    logits = _logits(2, seed=9)
+    thinking = soft_step.soft_step(logits, knobs_for([(p, 11 + i, 2) for i, p in enumerate(noisy)]), embed)
+    if ending == "budget":  # no think-end token: the budget ends thinking on the sampled token
+        rows = [(dataclasses.replace(p, max_soft_steps=3), 11 + i, 2) for i, p in enumerate(noisy)]
+    else:  # the same draws emit the same token, now the think-end token
+        rows = [(dataclasses.replace(p, think_end=int(t), think_end_id=int(t)), 11 + i, 2)
+                for i, (p, t) in enumerate(zip(noisy, thinking.emitted_B))]
+    out = soft_step.soft_step(logits, knobs_for(rows), embed)
+    assert torch.equal(out.emitted_B, thinking.emitted_B)
+    for i, (params, _, _) in enumerate(rows):
+        assert records.END_REASONS[int(out.end_code_B[i])] == ending
+        dist = soft_math.filter_distribution(
+            logits[i : i + 1], torch.tensor([params.temperature]), torch.tensor([params.top_k]),
+            torch.tensor([params.top_p]), torch.tensor([params.min_p]),
+        )
+        kept = int(out.kept_B[i])
+        slot = dist.token_ids_BK[0, :kept].tolist().index(int(out.emitted_B[i]))
+        expected = math.log(float(dist.weights_BK[0, slot]))
+        assert float(out.logprob_B[i]) == pytest.approx(expected, abs=1e-5)
+        assert abs(float(thinking.logprob_B[i]) - expected) > 0.1, "while thinking goes on, the density"
 
 
 def test_packed_rows_unpack_to_trace_entries():
