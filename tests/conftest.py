@@ -2,8 +2,9 @@
 
 An engine takes ~35 s to start on 2 CPU cores as vLLM starts it by default (engine core
 and model worker in processes of their own), ~10 s inside the test process, so tests share
-them, and the default-model engines run in this process (``in_process``); the tiny engine
-keeps vLLM's processes, the way users run it. Engines run in float32 so vLLM and
+them, and the default-model engines of tests/vllm_soft run in this process
+(``in_process``); the tiny engine and the rollout workers keep vLLM's processes, the way
+users run them. Engines run in float32 so vLLM and
 transformers can be compared, and have soft thinking enabled with built-in defaults: plain
 requests on them must behave exactly as on stock vLLM, which the tests check too.
 """
@@ -125,8 +126,7 @@ def default_rollout_worker(default_model_path):
     from rollout.settings import EngineConfig
     from rollout.worker import RolloutWorker
 
-    with engine_in_this_process():
-        worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
+    worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
     yield worker
     worker.shutdown()
     worker.llm.llm_engine.engine_core.shutdown()

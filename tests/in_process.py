@@ -1,5 +1,10 @@
 """vLLM engines inside the test process: no engine-core or worker process to start (each
-would import torch and vLLM again, ~25 s on 2 cores)."""
+would import torch and vLLM again, ~25 s on 2 cores).
+
+Such an engine initialises torch.distributed (world size 1) in the test process for the
+rest of the session, so tests that start a process group of their own (the learner's,
+tests/trainer/test_learner.py) fail after it: only tests/vllm_soft, which pytest runs
+last, starts engines this way."""
 
 import contextlib
 import os

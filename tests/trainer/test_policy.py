@@ -3,7 +3,6 @@ soft steps (whose log-probability is a density of the fed-back weights) included
 
 import pytest
 import torch
-from in_process import engine_in_this_process
 
 from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
@@ -56,8 +55,7 @@ def rollout_worker_with_engine_defaults(default_model_path):
     from rollout.worker import RolloutWorker
 
     engine = EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5, soft_thinking=ENGINE_DEFAULTS)
-    with engine_in_this_process():
-        worker = RolloutWorker(engine, {"correct": 1.0})
+    worker = RolloutWorker(engine, {"correct": 1.0})
     yield worker
     worker.shutdown()
     worker.llm.llm_engine.engine_core.shutdown()
