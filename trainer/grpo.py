@@ -96,11 +96,16 @@ def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     return total / mask_BT.sum().clamp(min=1.0)
 
 
+def logprob_gaps(learner_logprobs_BT: torch.Tensor, rollout_logprobs_BT: torch.Tensor) -> torch.Tensor:
+    """|learner - rollout| log-prob per token (detached): how exactly the learner replays the engine."""
+    return (learner_logprobs_BT.detach() - rollout_logprobs_BT).abs()
+
+
 def logprob_gap(
     learner_logprobs_BT: torch.Tensor, rollout_logprobs_BT: torch.Tensor, mask_BT: torch.Tensor
 ) -> torch.Tensor:
-    """Mean |learner - rollout| log-prob over real tokens: how exactly the learner replays the engine."""
-    return masked_mean((learner_logprobs_BT - rollout_logprobs_BT).abs(), mask_BT).detach()
+    """Mean ``logprob_gaps`` over real tokens."""
+    return masked_mean(logprob_gaps(learner_logprobs_BT, rollout_logprobs_BT), mask_BT)
 
 
 def grpo_loss(

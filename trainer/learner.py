@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from trainer.grpo import GRPOLossConfig, grpo_loss
+from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gaps
 from trainer.lora import add_adapters, decoder_layers, merge_adapters, save_adapter
 from trainer.policy import ReplayBatch, ReplayPolicy
 from trainer.settings import LearnerConfig, LoraConfig
@@ -113,7 +113,7 @@ class Learner:
             _add(totals, "tokens", tokens)
             _add(totals, "loss", float(loss.detach()))
             # Soft-step actions (densities) and tokens replay with different gaps: kept apart.
-            gap = (logprobs.detach() - rollout).abs()
+            gap = logprob_gaps(logprobs, rollout)
             soft = _soft_action_mask(micro.soft_steps, mask)
             _add(totals, "soft_tokens", float(soft.sum()))
             _add(totals, "logprob_gap_sum", float(gap[mask].sum()))
