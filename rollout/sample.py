@@ -73,11 +73,12 @@ class Sample:
                     f"soft_steps[{i}].position must be an int in [0, {num_tokens}) "
                     f"(got {position!r})"
                 )
-            if len(step.get("token_ids", ())) != len(step.get("weights", ())):
-                raise ValueError(
-                    f"soft_steps[{i}] must have as many weights as token_ids "
-                    f"(got {len(step.get('weights', ()))} and {len(step.get('token_ids', ()))})"
-                )
+            for key in ("weights", "log_weights"):
+                if len(step.get("token_ids", ())) != len(step.get(key, ())):
+                    raise ValueError(
+                        f"soft_steps[{i}] must have as many {key} as token_ids "
+                        f"(got {len(step.get(key, ()))} and {len(step.get('token_ids', ()))})"
+                    )
 
     def to_json(self) -> str:
         """This sample as one line of JSON (no trailing newline)."""

@@ -43,21 +43,13 @@ logger = logging.getLogger(__name__)
 PUSH_BUCKET_BYTES = 64 << 20
 
 
-def soft_knobs(config: TrainConfig) -> dict | None:
-    """The soft-thinking knobs of rollouts (None in discrete mode)."""
-    algorithm = config.algorithm
-    if algorithm.mode == "discrete":
-        return None
-    return {**algorithm.soft_thinking, "mode": algorithm.mode}
-
-
 def training_sampling(config: TrainConfig) -> SamplingConfig:
     """How every training group is sampled; group ids run on across steps, so with one
     base seed the streams never repeat."""
     algorithm = config.algorithm
     return SamplingConfig(
         group_size=algorithm.group_size, temperature=algorithm.temperature, max_tokens=algorithm.max_tokens,
-        seed=config.seed, soft_thinking=soft_knobs(config),
+        seed=config.seed, soft_thinking=algorithm.rollout_knobs(),
     )
 
 
@@ -208,7 +200,8 @@ def _checksums_match(learner: tuple, engines: list[tuple]) -> bool:
 def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
     """Held-out accuracy with the evaluation harness's modes and definition of correct
     (``rollout.eval``): greedy token decoding (the same for every training mode) and, for
-    soft modes, noise-free soft thinking with the run's knobs and argmax emission."""
+    soft modes, noise-free soft thinking with the run's knobs and argmax emission (no
+    multiplex draws: the full mixture they sample from)."""
     if config.eval.num_prompts == 0:
         return None
     source = dataclasses.replace(config.prompts, seed=config.eval.seed, size=config.eval.num_prompts)
@@ -216,9 +209,9 @@ def _evaluator(config: TrainConfig, tokenizer, pool: RolloutPool):
     groups = [GroupRequest(group_id=-1 - i, prompt=format_prompt(item, tokenizer, config.format), answer=item.answer,
                            entry=item.entry) for i, item in enumerate(items)]
     modes = {"eval_accuracy": MODES["greedy"]}
-    knobs = soft_knobs(config)
+    knobs = config.algorithm.rollout_knobs()
     if knobs is not None:
-        overrides = {f"soft_thinking.{knob}": value for knob, value in {**knobs, "emit": "argmax", "noise": "none"}.items()}
+        overrides = {f"soft_thinking.{knob}": value for knob, value in {**knobs, "emit": "argmax", "noise": "none", "multiplex": 0}.items()}
         modes["eval_soft_accuracy"] = MODES["soft"].with_overrides(overrides)
 
     def evaluate() -> dict:

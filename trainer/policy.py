@@ -90,8 +90,6 @@ class ReplayPolicy(nn.Module):
         logprobs = inputs.new_zeros(len(counts), max(counts), dtype=torch.float32)
         mask = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
-            logprobs[row, : len(r)] = response_logprobs(
-                logits[row], r, s, knobs.temperature, batch.temperature, knobs.noise, knobs.alpha, knobs.tau, knobs.emit
-            )
+            logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, knobs, batch.temperature)
             mask[row, : len(r)] = True
         return logprobs, mask

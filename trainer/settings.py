@@ -8,6 +8,15 @@ from rollout.settings import EngineConfig, PoolConfig
 from trainer.grpo import GRPOLossConfig
 
 Mode = Literal["discrete", "replace", "add"]
+SoftAction = Literal["token", "concrete", "multiplex"]
+
+SOFT_ACTIONS: dict[str, tuple[dict, dict]] = {
+    "token": ({"action": "token", "multiplex": 0}, {}),
+    "concrete": ({"action": "sampled", "multiplex": 0}, {"noise": ("gumbel", "dirichlet")}),
+    "multiplex": ({"action": "sampled", "noise": "none"}, {"multiplex": "positive"}),
+}
+"""Per soft action: (knobs it fixes, knobs it needs with their allowed values); a need's
+first value is its default (multiplex: 4 draws)."""
 
 
 @dataclass
@@ -79,9 +88,16 @@ class AlgorithmConfig:
 
     mode: Mode = "replace"
     """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing."""
-    soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "noise": "none", "max_soft_steps": 64})
+    soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "max_soft_steps": 64})
     """Soft knobs for replace/add (``scale`` comes from here too; the mode is ``mode``: a
     ``mode`` knob here must agree with it)."""
+    soft_action: SoftAction | None = None
+    """The soft step's RL action (what its log-probability scores): ``token``, the emitted
+    token alone (log w_y; noise on the fed-back weights, if any, explores off the action);
+    ``concrete``, the noisy weights fed back, by their density (noise gumbel, the default,
+    or dirichlet); ``multiplex``, m tokens drawn and fed back as their mixture, by the
+    draws' probability (``soft_thinking.multiplex``, default 4). None: as the knobs say
+    (``soft_thinking.action``, default 'sampled'). A knob that disagrees is an error."""
     prompts_per_step: int = 8
     group_size: int = 8
     temperature: float = 1.0
@@ -89,6 +105,35 @@ class AlgorithmConfig:
     scale_rewards: bool = True
     """Divide advantages by the group std (False: Dr. GRPO)."""
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+
+    def rollout_knobs(self) -> dict | None:
+        """The soft-thinking knobs of training rollouts: ``soft_thinking`` with the mode and
+        the soft action's knobs (None in discrete mode)."""
+        if self.mode == "discrete":
+            return None
+        knobs = {**self.soft_thinking, "mode": self.mode}
+        if self.soft_action is None:
+            return knobs
+        fixed, needed = SOFT_ACTIONS[self.soft_action]
+        for knob, value in fixed.items():
+            if knobs.get(knob, value) != value:
+                raise ValueError(
+                    f"algorithm.soft_action {self.soft_action!r} needs soft_thinking.{knob} = {value!r} (got {knobs[knob]!r})"
+                )
+            knobs[knob] = value
+        for knob, allowed in needed.items():
+            if allowed == "positive":
+                value = knobs.setdefault(knob, 4)
+                ok = isinstance(value, int) and value > 0
+            else:
+                value = knobs.setdefault(knob, allowed[0])
+                ok = value in allowed
+            if not ok:
+                raise ValueError(
+                    f"algorithm.soft_action {self.soft_action!r} needs soft_thinking.{knob} "
+                    f"{'> 0' if allowed == 'positive' else 'in ' + str(allowed)} (got {value!r})"
+                )
+        return knobs
 
     def __post_init__(self):
         knob_mode = self.soft_thinking.get("mode")
@@ -98,6 +143,9 @@ class AlgorithmConfig:
             raise ValueError("prompts_per_step must be >= 1 and group_size >= 2 (GRPO compares within a group)")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 for RL sampling (got {self.temperature})")
+        if self.soft_action is not None and self.soft_action not in SOFT_ACTIONS:
+            raise ValueError(f"algorithm.soft_action must be one of {', '.join(SOFT_ACTIONS)} or null (got {self.soft_action!r})")
+        self.rollout_knobs()  # a knob that disagrees with the soft action fails at load
 
 
 @dataclass

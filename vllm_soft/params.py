@@ -57,6 +57,17 @@ class SoftThinkingParams:
     """Dirichlet concentration scale: weights ~ Dirichlet(alpha * weights)."""
     tau: float = 1.0
     """Gumbel-Softmax temperature."""
+    multiplex: int = 0
+    """Multiplex Thinking: 0 off; m >= 1 feeds back the mixture of m tokens drawn from the
+    soft distribution (an emitted sample is the first draw). Excludes ``noise``."""
+    multiplex_replacement: bool = True
+    """Multiplex draws with replacement (False: m distinct tokens, m <= top_k)."""
+    multiplex_weights: Literal["probability", "uniform"] = "probability"
+    """Mixture of the drawn tokens: each weighted by its probability, or all equally."""
+    action: Literal["sampled", "token"] = "sampled"
+    """What a step's rollout log-probability scores (the RL action): 'sampled', everything
+    the step drew (the noise's density, the multiplex draws, a sampled token); 'token', the
+    emitted token alone, log w_y on the kept support (noise then explores off the action)."""
     think_end: str | int | None = None
     """Token (string or id) that ends thinking; None: thinking ends only by cold stop or budget."""
     entropy_threshold: float = 0.01
@@ -72,6 +83,11 @@ class SoftThinkingParams:
         _check_choice("mode", self.mode, ("replace", "add"))
         _check_choice("emit", self.emit, ("argmax", "sample"))
         _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel"))
+        _check_choice("multiplex_weights", self.multiplex_weights, ("probability", "uniform"))
+        _check_choice("action", self.action, ("sampled", "token"))
+        _check_int("multiplex", self.multiplex, low=0)
+        # OpenAI's vllm_xargs carries no booleans (they arrive as 0/1) and flags carry strings.
+        object.__setattr__(self, "multiplex_replacement", _as_bool("multiplex_replacement", self.multiplex_replacement))
         _check_int("top_k", self.top_k, low=1)
         _check_int("patience", self.patience, low=1)
         if self.max_soft_steps is not None:
@@ -83,6 +99,15 @@ class SoftThinkingParams:
         _check_float("tau", self.tau, "> 0", lambda v: v > 0.0)
         _check_float("scale", self.scale, "finite", lambda v: True)
         _check_float("entropy_threshold", self.entropy_threshold, ">= 0", lambda v: v >= 0.0)
+        if self.multiplex and self.noise != "none":
+            raise SoftThinkingParamError(
+                "multiplex", f"soft_thinking.multiplex ({self.multiplex}) and noise ({self.noise!r}) exclude each other: "
+                "the draws are the exploration; set noise to none or multiplex to 0"
+            )
+        if self.multiplex > self.top_k and not self.multiplex_replacement:
+            raise SoftThinkingParamError(
+                "multiplex", f"soft_thinking.multiplex must be <= top_k ({self.top_k}) without replacement (got {self.multiplex})"
+            )
         if isinstance(self.think_end, bool) or not isinstance(self.think_end, (str, int, type(None))):
             raise SoftThinkingParamError(
                 "think_end", f"soft_thinking.think_end must be a token string, a token id or null (got {self.think_end!r})"
@@ -128,6 +153,14 @@ class SoftThinkingParamError(ValueError):
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise SoftThinkingParamError(name, f"soft_thinking.{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1, "0", "1", "true", "false"):
+        return value in (1, "1", "true")
+    raise SoftThinkingParamError(name, f"soft_thinking.{name} must be true or false (got {value!r})")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

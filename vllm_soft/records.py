@@ -2,7 +2,8 @@
 JSON, the rollout ``Sample`` and the learner's replay.
 
 Imports only numpy. The engine's worker packs a step's rows into one float64 array
-(``soft_step.SoftStepOutput.packed``: K token ids, K weights, then ``PACKED_COLUMNS``),
+(``soft_step.SoftStepOutput.packed``: K token ids, K weights, K log-weights, K multiplex
+draws, then ``PACKED_COLUMNS``),
 the scheduler hands a finished request's rows out as ``pack_trace`` blocks, and the front
 end turns them into ``SoftStep`` entries (``unpack_trace``): the only place a packed row
 becomes a record.
@@ -16,7 +17,8 @@ END_REASONS = (None, "think_end", "cold_stop", "budget")
 """``end_code`` -> end reason; code 0: thinking goes on."""
 
 PACKED_COLUMNS = ("kept", "entropy", "emitted", "logprob", "end_code")
-"""Columns of a packed row after its K token ids and K weights."""
+"""Columns of a packed row after its four blocks of K slots (ids, weights, log-weights, draws)."""
+SLOT_BLOCKS = 4
 
 
 class SoftStep(TypedDict):
@@ -28,7 +30,13 @@ class SoftStep(TypedDict):
     token_ids: list[int]
     """The kept support, by descending probability."""
     weights: list[float]
-    """The mixture weights fed back (after noise), one per token id; they sum to 1."""
+    """The mixture weights fed back (after noise or multiplex draws), one per token id; they sum to 1."""
+    log_weights: list[float | None]
+    """Their logs, computed in log space (exact where a noisy weight underflows to 0, as a
+    noise density needs); None where a weight is exactly 0 (an undrawn multiplex token)."""
+    draws: list[int] | None
+    """Multiplex steps: per token id, how many draws took it (with replacement) or its draw
+    rank, 1 first, 0 undrawn (without replacement); None for other steps."""
     entropy: float
     """Entropy (nats) of the step's full tempered distribution (what cold stop compares)."""
     emitted: int
@@ -40,26 +48,37 @@ class SoftStep(TypedDict):
     """None while thinking goes on, else why it ended at this step: think_end, cold_stop, budget."""
 
 
+def _slots(width: int) -> int:
+    return (width - len(PACKED_COLUMNS)) // SLOT_BLOCKS
+
+
 def row_support(row: np.ndarray) -> tuple[list[int], list[float]]:
     """(token ids, weights) of the support of one packed row."""
-    slots = (row.shape[0] - len(PACKED_COLUMNS)) // 2
-    kept = int(row[2 * slots])
+    slots = _slots(row.shape[0])
+    kept = int(row[SLOT_BLOCKS * slots])
     return row[:kept].astype(np.int64).tolist(), row[slots : slots + kept].tolist()
 
 
 def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
     """Packed rows as records, row i at soft step ``first_position + i``; columns are
     converted for all rows at once, then sliced."""
-    slots = (payload.shape[1] - len(PACKED_COLUMNS)) // 2
+    slots = _slots(payload.shape[1])
     token_ids = payload[:, :slots].astype(np.int64).tolist()
     weights = payload[:, slots : 2 * slots].tolist()
-    kept, emitted, end_code = (payload[:, 2 * slots + c].astype(np.int64).tolist() for c in (0, 2, 4))
-    entropy, logprob = payload[:, 2 * slots + 1].tolist(), payload[:, 2 * slots + 3].tolist()
+    log_weights = np.where(np.isfinite(payload[:, 2 * slots : 3 * slots]), payload[:, 2 * slots : 3 * slots], np.nan).tolist()
+    draws = payload[:, 3 * slots : 4 * slots].astype(np.int64)
+    multiplexed = draws.any(axis=1).tolist()
+    draws = draws.tolist()
+    columns = SLOT_BLOCKS * slots
+    kept, emitted, end_code = (payload[:, columns + c].astype(np.int64).tolist() for c in (0, 2, 4))
+    entropy, logprob = payload[:, columns + 1].tolist(), payload[:, columns + 3].tolist()
     return [
         SoftStep(
             position=first_position + row,
             token_ids=token_ids[row][: kept[row]],
             weights=weights[row][: kept[row]],
+            log_weights=[None if value != value else value for value in log_weights[row][: kept[row]]],
+            draws=draws[row][: kept[row]] if multiplexed[row] else None,
             entropy=entropy[row],
             emitted=emitted[row],
             logprob=None if logprob[row] != logprob[row] else logprob[row],  # NaN: a forced token
@@ -72,7 +91,7 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
 def pack_trace(rows: list[np.ndarray]) -> list[dict]:
     """A request's packed rows, in step order, in the form the trace crosses processes in:
     runs of rows of one width as {"shape", "data": float64 bytes} blocks (plain msgpack
-    types; a step's width is 2K + 5 for the largest top-k K of its batch)."""
+    types; a step's width is 4K + 5 for the largest top-k K of its batch)."""
     blocks, start = [], 0
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:

@@ -1,19 +1,21 @@
 """Replaying a rollout in one parallel forward pass: the learner's side of the soft step.
 
-Imports only torch. A rollout is a prompt, the response tokens, and the trace of its soft
+Imports only torch (and the pure modules beside it). A rollout is a prompt, the response tokens, and the trace of its soft
 steps (``soft_steps``: the engine's ``vllm_soft.records.SoftStep`` records; replay reads
-``position``, ``token_ids``, ``weights``, ``logprob`` and ``end_reason``). From it:
+``position``, ``token_ids``, ``weights``, ``log_weights``, ``draws``, ``logprob`` and
+``end_reason``). From it:
 
     soft_inputs_embeds ────► inputs of prompt + response[:-1] (padded or packed), the
                              input after every soft step that thinking continued from
                              being its mixture (replace) or E[y] + scale * mixture (add);
                              differentiable in the embedding table
     response_logprobs ─────► log-probability of each response token under the policy that
-                             produced it: at a soft step, ``soft_math.soft_step_logprob``
-                             of the soft distribution renormalised over the recorded
-                             support (log w_y without noise; the Gumbel-Softmax or
-                             Dirichlet density of the fed-back weights with noise; log w_y
-                             at a step that ended thinking: no mixture was fed back); after
+                             produced it: at a soft step, ``soft_math.step_logprob`` of the
+                             soft distribution renormalised over the recorded support (the
+                             engine's own scoring: log w_y without noise or under action
+                             'token'; the noise density of the recorded log-weights; the
+                             multiplex draws; log w_y at a step that ended thinking: no
+                             mixture was fed back); after
                              thinking (or for plain requests), log softmax(z / T)[y];
                              a forced token has log-probability 0 (no choice was made)
 
@@ -21,23 +23,47 @@ With the rollout's weights, these equal the engine's rollout log-probabilities u
 numerical noise.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from vllm_soft.soft_math import MODE_CODES, concept_embeddings, mix_inputs, soft_step_logprob, token_logprob
+from vllm_soft.params import SoftThinkingParams
+from vllm_soft.soft_math import MODE_CODES, NOISE_CODES, ActionKnobs, concept_embeddings, mix_inputs, step_logprob
 
 
-def _support_tensors(steps: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Recorded supports, weights and which slots are real, padded to the largest support."""
+@dataclass
+class RecordedSupports:
+    """The recorded supports of soft steps, padded to the largest (S steps, K slots)."""
+
+    token_ids_SK: torch.Tensor
+    weights_SK: torch.Tensor
+    """Fed-back weights, float64, 0 on padding."""
+    log_weights_SK: torch.Tensor
+    """Their recorded logs, float64, -inf on padding and zero weights."""
+    draws_SK: torch.Tensor
+    """Multiplex draws, int64, 0 without."""
+    valid_SK: torch.Tensor
+
+
+def _support_tensors(steps: list[dict], device) -> RecordedSupports:
+    """Recorded supports, weights, log-weights, draws and which slots are real, padded."""
     slots = max(len(step["token_ids"]) for step in steps)
     token_ids = torch.zeros(len(steps), slots, dtype=torch.long)
     weights = torch.zeros(len(steps), slots, dtype=torch.float64)
+    log_weights = torch.full((len(steps), slots), float("-inf"), dtype=torch.float64)
+    draws = torch.zeros(len(steps), slots, dtype=torch.long)
     valid = torch.zeros(len(steps), slots, dtype=torch.bool)
     for row, step in enumerate(steps):
         size = len(step["token_ids"])
         token_ids[row, :size] = torch.tensor(step["token_ids"])
         weights[row, :size] = torch.tensor(step["weights"], dtype=torch.float64)
+        log_weights[row, :size] = torch.tensor(
+            [float("-inf") if value is None else value for value in step["log_weights"]], dtype=torch.float64
+        )
+        if step.get("draws") is not None:
+            draws[row, :size] = torch.tensor(step["draws"])
         valid[row, :size] = True
-    return token_ids.to(device), weights.to(device), valid.to(device)
+    return RecordedSupports(*(tensor.to(device) for tensor in (token_ids, weights, log_weights, draws, valid)))
 
 
 def soft_inputs_embeds(
@@ -71,9 +97,9 @@ def soft_inputs_embeds(
         return inputs_BTH
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
-    token_ids_SK, weights_SK, _ = _support_tensors(fed_back, device)
+    supports = _support_tensors(fed_back, device)
     # The engine's own functions (soft_step.soft_step), with the table as the embedding.
-    concept_SH = concept_embeddings(token_ids_SK, weights_SK, embedding_VH.__getitem__)
+    concept_SH = concept_embeddings(supports.token_ids_SK, supports.weights_SK, embedding_VH.__getitem__)
     index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
     steps = len(fed_back)
     add_S = torch.full((steps,), mode == "add", device=device)
@@ -98,18 +124,13 @@ def response_logprobs(
     logits_RV: torch.Tensor,
     response_ids: list[int],
     soft_steps: list[dict],
-    soft_temperature: float,
+    knobs: SoftThinkingParams,
     temperature: float,
-    noise: str = "none",
-    alpha: float = 1.0,
-    tau: float = 1.0,
-    emit: str = "sample",
 ) -> torch.Tensor:
     """Log-probability (R,) of each response token; ``logits_RV[i]`` predicts token i.
 
-    ``temperature``: the request's sampling temperature for discrete tokens (<= 0 means
-    greedy, scored at temperature 1); ``soft_temperature``, ``noise``, ``alpha``, ``tau``,
-    ``emit``: the soft knobs.
+    ``knobs``: the soft knobs the rollout used; ``temperature``: the request's sampling
+    temperature for discrete tokens (<= 0 means greedy, scored at temperature 1).
     """
     device = logits_RV.device
     targets = torch.tensor(response_ids, dtype=torch.long, device=device)
@@ -117,15 +138,33 @@ def response_logprobs(
     logprobs_R = torch.log_softmax(logits_RV.float() / scale, dim=-1).gather(1, targets[:, None])[:, 0]
     if not soft_steps:
         return logprobs_R
-    token_ids_SK, weights_SK, valid_SK = _support_tensors(soft_steps, device)
+    supports = _support_tensors(soft_steps, device)
+    valid_SK = supports.valid_SK
     rows = torch.tensor([s["position"] for s in soft_steps], device=device)
-    support_logits_SK = logits_RV[rows].float().gather(1, token_ids_SK) / soft_temperature
+    support_logits_SK = logits_RV[rows].float().gather(1, supports.token_ids_SK) / knobs.temperature
     support_logits_SK = support_logits_SK.masked_fill(~valid_SK, float("-inf"))
-    emitted_SK = (token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
+    emitted_SK = (supports.token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
     log_base_SK = torch.log_softmax(support_logits_SK, dim=-1)
-    soft_logprob_S = soft_step_logprob(log_base_SK, weights_SK, valid_SK, emitted_SK, noise, alpha, tau, emit)
-    ended_S = torch.tensor([s["end_reason"] is not None for s in soft_steps], device=device)
-    soft_logprob_S = torch.where(ended_S, token_logprob(log_base_SK, emitted_SK), soft_logprob_S).float()
+    steps = len(soft_steps)
+
+    def per_step(value, dtype):
+        return torch.full((steps,), value, dtype=dtype, device=device)
+
+    action = ActionKnobs(
+        noise_B=per_step(NOISE_CODES[knobs.noise], torch.long),
+        alpha_B=per_step(knobs.alpha, torch.float64),
+        tau_B=per_step(knobs.tau, torch.float64),
+        sample_B=per_step(knobs.emit == "sample", torch.bool),
+        multiplex_B=per_step(knobs.multiplex, torch.long),
+        replacement_B=per_step(knobs.multiplex_replacement, torch.bool),
+        token_only_B=per_step(knobs.action == "token", torch.bool),
+        ended_B=torch.tensor([s["end_reason"] is not None for s in soft_steps], device=device),
+        noise_kinds=frozenset({knobs.noise}),
+        any_multiplex=knobs.multiplex > 0,
+    )
+    soft_logprob_S = step_logprob(
+        log_base_SK, supports.log_weights_SK, valid_SK, emitted_SK, supports.draws_SK, action
+    ).float()
     forced_S = torch.tensor([s["logprob"] is None for s in soft_steps], device=device)
     soft_logprob_S = torch.where(forced_S, torch.zeros_like(soft_logprob_S), soft_logprob_S)
     return logprobs_R.index_put((rows,), soft_logprob_S)

@@ -192,6 +192,8 @@ NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}
 """Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
 EMIT_CODES = {"argmax": 0, "sample": 1}
 MODE_CODES = {"replace": 0, "add": 1}
+ACTION_CODES = {"sampled": 0, "token": 1}
+MIXTURE_CODES = {"probability": 0, "uniform": 1}
 
 
 def _per_row(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -200,42 +202,87 @@ def _per_row(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value.unsqueeze(-1) if value.dim() == 1 else value
 
 
-def gumbel_noise(weights_BK: torch.Tensor, tau_B: float | torch.Tensor, gumbel_BK: torch.Tensor) -> torch.Tensor:
-    """Gumbel-Softmax on each row's support (weights > 0): softmax((log w + g) / tau), float64."""
+def gumbel_log_weights(weights_BK: torch.Tensor, tau_B: float | torch.Tensor, gumbel_BK: torch.Tensor) -> torch.Tensor:
+    """Gumbel-Softmax on each row's support (weights > 0), as log-weights: log softmax((log w
+    + g) / tau), float64, -inf off the support. Kept in log space because a density needs
+    log x: weights far below the top one underflow to 0 in exp."""
     support = weights_BK > 0
     logits = (weights_BK.double().clamp_min(1e-300).log() + gumbel_BK) / _per_row(tau_B, weights_BK)
-    return torch.softmax(logits.masked_fill(~support, float("-inf")), dim=-1)
+    return torch.log_softmax(logits.masked_fill(~support, float("-inf")), dim=-1)
 
 
-def dirichlet_noise(weights_BK: torch.Tensor, log_gamma_BK: torch.Tensor) -> torch.Tensor:
-    """Dirichlet(alpha * w) on each row's support from log Gamma(alpha * w_k) draws: the
-    normalised gammas, taken as a softmax of their logs so tiny draws do not underflow."""
+def dirichlet_log_weights(weights_BK: torch.Tensor, log_gamma_BK: torch.Tensor) -> torch.Tensor:
+    """Dirichlet(alpha * w) on each row's support from log Gamma(alpha * w_k) draws, as
+    log-weights: the log of the normalised gammas, log softmax of their logs (tiny draws
+    neither underflow nor lose their share), float64, -inf off the support."""
     support = weights_BK > 0
-    return torch.softmax(log_gamma_BK.double().masked_fill(~support, float("-inf")), dim=-1)
+    return torch.log_softmax(log_gamma_BK.double().masked_fill(~support, float("-inf")), dim=-1)
 
 
-def sample_slots(weights_BK: torch.Tensor, uniform_B: torch.Tensor) -> torch.Tensor:
-    """A slot per row drawn from its weights by inverting the CDF at ``uniform_B``."""
-    cdf = torch.cumsum(weights_BK.double(), dim=-1)
-    below = (cdf < uniform_B.unsqueeze(-1) * cdf[:, -1:]).sum(-1)
-    last_kept = (weights_BK > 0).sum(-1) - 1
-    return torch.minimum(below, last_kept)
+def sample_slots(weights_BK: torch.Tensor, uniform_BN: torch.Tensor) -> torch.Tensor:
+    """Slots drawn from each row's weights by inverting the CDF, one per uniform: (B,) for
+    (B,) uniforms, (B, N) for (B, N)."""
+    single = uniform_BN.dim() == 1
+    uniform = uniform_BN.unsqueeze(-1) if single else uniform_BN
+    cdf_B1K = torch.cumsum(weights_BK.double(), dim=-1).unsqueeze(1)
+    below_BN = (cdf_B1K < uniform.unsqueeze(-1) * cdf_B1K[..., -1:]).sum(-1)
+    slots_BN = torch.minimum(below_BN, ((weights_BK > 0).sum(-1) - 1).unsqueeze(-1))
+    return slots_BN[:, 0] if single else slots_BN
 
 
-LOG_WEIGHT_FLOOR = -690.0
-"""log of the smallest weight a density sees (~1e-300): a draw that underflowed to 0 stays finite."""
+def multiplex_draws(
+    weights_BK: torch.Tensor,
+    uniform_BN: torch.Tensor,
+    gumbel_BK: torch.Tensor,
+    count_B: torch.Tensor,
+    replacement_B: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiplex Thinking's draws: ``count_B`` tokens from each row's weights, with or
+    without replacement; returns (draws_BK, first_slot_B), both int64.
+
+    ``draws_BK`` is what the record keeps (``records.SoftStep.draws``): with replacement, how
+    many draws took each slot; without, each slot's draw rank (1 first, 0 undrawn; at most
+    the support's size are drawn). ``uniform_BN``: N >= count uniforms per row, ``gumbel_BK``
+Gumbel draws.
+    With replacement, draw j inverts the CDF at uniform j; without, the ranks are the order
+    of log w + Gumbel (Gumbel-top-k: the same law as drawing one at a time and
+    renormalising, Vieira 2014).
+    """
+    rows, slots = weights_BK.shape
+    draws_N = uniform_BN.shape[1]
+    # With replacement: the first count_B uniforms, one slot each, counted per slot.
+    slot_BN = sample_slots(weights_BK, uniform_BN)
+    taken_BN = torch.arange(draws_N, device=weights_BK.device).unsqueeze(0) < count_B.unsqueeze(-1)
+    counts_BK = torch.zeros(rows, slots, dtype=torch.int64, device=weights_BK.device)
+    counts_BK = counts_BK.scatter_add(1, slot_BN, taken_BN.long())
+    # Without replacement: rank slots by perturbed log-weight.
+    keys_BK = weights_BK.double().clamp_min(1e-300).log() + gumbel_BK
+    keys_BK = keys_BK.masked_fill(weights_BK <= 0, float("-inf"))
+    order_BK = keys_BK.argsort(dim=-1, descending=True)
+    rank_BK = torch.empty_like(order_BK).scatter_(1, order_BK, torch.arange(1, slots + 1, device=weights_BK.device).expand(rows, slots))
+    ranks_BK = torch.where((rank_BK <= count_B.unsqueeze(-1)) & (weights_BK > 0), rank_BK, 0)
+    draws_BK = torch.where(replacement_B.unsqueeze(-1), counts_BK, ranks_BK)
+    first_B = torch.where(replacement_B, slot_BN[:, 0], order_BK[:, 0])
+    return draws_BK, first_B
 
 
-def _floored_log(weights_SK: torch.Tensor) -> torch.Tensor:
-    """log of (noisy) weights in float64, never below ``LOG_WEIGHT_FLOOR``."""
-    return weights_SK.double().clamp_min(0.0).log().clamp_min(LOG_WEIGHT_FLOOR)
+def multiplex_log_weights(
+    weights_BK: torch.Tensor, draws_BK: torch.Tensor, replacement_B: torch.Tensor, uniform_B: torch.Tensor
+) -> torch.Tensor:
+    """Log-weights of the fed-back mixture of the drawn tokens (``multiplex_draws``), float64,
+    -inf on undrawn slots: each draw weighted by its probability, or uniformly where
+    ``uniform_B``; with replacement a token drawn c times counts c times."""
+    counts_BK = torch.where(replacement_B.unsqueeze(-1), draws_BK, (draws_BK > 0).long()).double()
+    log_mass_BK = torch.where(uniform_B.unsqueeze(-1), 0.0, weights_BK.double().clamp_min(1e-300).log()) + counts_BK.log()
+    return torch.log_softmax(log_mass_BK, dim=-1)
 
 
 def concrete_log_density(
-    log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float | torch.Tensor
+    log_base_SK: torch.Tensor, log_noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float | torch.Tensor
 ) -> torch.Tensor:
-    """log density of Gumbel-Softmax weights ``noisy`` = softmax((log base + g) / tau) on the
-    valid slots (the Concrete distribution; Maddison et al. 2017), per row, in float64:
+    """log density of Gumbel-Softmax weights x = softmax((log base + g) / tau) on the valid
+    slots (the Concrete distribution; Maddison et al. 2017), per row, in float64, from
+    ``log_noisy`` = log x:
 
         log (n-1)! + (n-1) log tau + Σ_k [log base_k - (tau+1) log x_k] - n logsumexp_k(log base_k - tau log x_k)
 
@@ -244,7 +291,7 @@ def concrete_log_density(
     """
     tau_S1 = _per_row(tau, log_base_SK)
     log_base = log_base_SK.double().masked_fill(~valid_SK, 0.0)
-    log_x = _floored_log(noisy_SK).masked_fill(~valid_SK, 0.0)
+    log_x = log_noisy_SK.double().masked_fill(~valid_SK, 0.0)
     n = valid_SK.sum(-1).double()
     per_slot = (log_base - (tau_S1 + 1.0) * log_x).sum(-1)  # both terms are 0 on invalid slots
     normaliser = torch.logsumexp((log_base - tau_S1 * log_x).masked_fill(~valid_SK, float("-inf")), dim=-1)
@@ -252,9 +299,10 @@ def concrete_log_density(
 
 
 def dirichlet_log_density(
-    log_base_SK: torch.Tensor, noisy_SK: torch.Tensor, valid_SK: torch.Tensor, alpha: float | torch.Tensor
+    log_base_SK: torch.Tensor, log_noisy_SK: torch.Tensor, valid_SK: torch.Tensor, alpha: float | torch.Tensor
 ) -> torch.Tensor:
-    """log density of ``noisy`` ~ Dirichlet(alpha * base) on the valid slots, per row, in float64:
+    """log density of x ~ Dirichlet(alpha * base) on the valid slots, per row, in float64,
+    from ``log_noisy`` = log x:
 
         lgamma(alpha) - Σ_k lgamma(alpha base_k) + Σ_k (alpha base_k - 1) log x_k
 
@@ -263,73 +311,94 @@ def dirichlet_log_density(
     """
     alpha_S1 = _per_row(alpha, log_base_SK)
     concentration = (alpha_S1 * log_base_SK.double().exp()).masked_fill(~valid_SK, 1.0)
-    log_x = _floored_log(noisy_SK)
+    log_x = log_noisy_SK.double().masked_fill(~valid_SK, 0.0)
     terms = (-torch.lgamma(concentration) + (concentration - 1.0) * log_x).masked_fill(~valid_SK, 0.0).sum(-1)
     return torch.lgamma(alpha_S1).squeeze(-1) + terms
 
 
 def token_logprob(log_base_SK: torch.Tensor, emitted_SK: torch.Tensor) -> torch.Tensor:
     """log base_y (S,), float64: the emitted token scored on the kept support. The action of
-    a step without noise, and of a step that ends thinking (its mixture is never fed back,
-    so only the token acts). With noise and a sampled emission this is the noise-free
-    probability of the token, not its probability under the noise."""
+    a step without noise, of a step that ends thinking (its mixture is never fed back, so
+    only the token acts), and of every step under ``action: token``."""
     return torch.where(emitted_SK, log_base_SK.double(), 0.0).sum(-1)
 
 
-def soft_step_logprob(
-    log_base_SK: torch.Tensor,
-    weights_SK: torch.Tensor,
-    valid_SK: torch.Tensor,
-    emitted_SK: torch.Tensor,
-    noise: str,
-    alpha: float | torch.Tensor,
-    tau: float | torch.Tensor,
-    emit: str,
+def multiplex_logprob(
+    log_base_SK: torch.Tensor, draws_SK: torch.Tensor, valid_SK: torch.Tensor, replacement_S: torch.Tensor
 ) -> torch.Tensor:
-    """Log-probability (S,) of what each soft step chose, under the distribution ``log_base``
-    (log soft weights on the kept support, before noise); ``weights`` are the weights fed
-    back, ``emitted`` marks the emitted slot.
-
-    Without noise the choice is the emitted token: log base_y. With noise the weights
-    themselves are the action, drawn from a density (Gumbel-Softmax or Dirichlet); a sampled
-    emission adds log w_y (not a function of ``base``).
-    """
-    if noise == "none":
-        return token_logprob(log_base_SK, emitted_SK)
-    if noise == "gumbel":
-        density = concrete_log_density(log_base_SK, weights_SK, valid_SK, tau)
-    elif noise == "dirichlet":
-        density = dirichlet_log_density(log_base_SK, weights_SK, valid_SK, alpha)
-    else:
-        raise ValueError(f"noise must be one of none, dirichlet, gumbel (got {noise!r})")
-    if emit == "sample":
-        density = density + torch.where(emitted_SK, _floored_log(weights_SK), 0.0).sum(-1)
-    return density
+    """log-probability (S,) of a step's multiplex draws, float64: with replacement Σ_k c_k log
+    base_k (c_k: draws of slot k); without, the ordered draws' Σ_j log base_(j) - log Σ of
+    base over the slots not drawn before j (the mass left to draw from, as a logsumexp: no
+    1 - Σ cancellation). Differentiable in ``log_base``."""
+    log_base = log_base_SK.double().masked_fill(~valid_SK, float("-inf"))
+    draws = draws_SK.long()
+    with_replacement = torch.where(draws > 0, draws.double() * log_base.masked_fill(~valid_SK, 0.0), 0.0).sum(-1)
+    # Slot l was drawn before slot k: 0 < rank_l < rank_k.
+    before_SKL = (draws.unsqueeze(1) > 0) & (draws.unsqueeze(1) < draws.unsqueeze(-1))
+    remaining_SK = torch.logsumexp(log_base.unsqueeze(1).masked_fill(before_SKL, float("-inf")), dim=-1)
+    terms = torch.where(draws > 0, log_base - remaining_SK, 0.0)
+    without_replacement = terms.masked_fill(~valid_SK, 0.0).sum(-1)
+    return torch.where(replacement_S, with_replacement, without_replacement)
 
 
-def mixed_step_logprob(
+def step_logprob(
     log_base_BK: torch.Tensor,
-    weights_BK: torch.Tensor,
+    log_weights_BK: torch.Tensor,
     valid_BK: torch.Tensor,
     emitted_BK: torch.Tensor,
-    noise_B: torch.Tensor,
-    alpha_B: torch.Tensor,
-    tau_B: torch.Tensor,
-    sample_B: torch.Tensor,
-    noise_kinds: set[str],
+    draws_BK: torch.Tensor,
+    knobs: "ActionKnobs",
 ) -> torch.Tensor:
-    """``soft_step_logprob`` for rows that each have their own noise kind (``NOISE_CODES``)
-    and emission (``sample_B``): one batched call per kind in ``noise_kinds`` (the kinds
-    present, known to the caller without a device sync), selected per row."""
-    logprob = torch.zeros(log_base_BK.shape[0], dtype=torch.float64, device=log_base_BK.device)
-    for kind in (kind for kind in NOISE_CODES if kind in noise_kinds):  # one order: graphs cache across processes
-        emit = "argmax" if kind == "none" else "sample"  # 'sample' adds log w_y, masked below
-        kind_logprob = soft_step_logprob(log_base_BK, weights_BK, valid_BK, emitted_BK, kind, alpha_B, tau_B, emit)
-        if kind != "none":
-            emission_term = torch.where(emitted_BK, _floored_log(weights_BK), 0.0).sum(-1)
-            kind_logprob = kind_logprob - torch.where(sample_B, 0.0, emission_term)
-        logprob = torch.where(noise_B == NOISE_CODES[kind], kind_logprob, logprob)
-    return logprob
+    """Rollout log-probability (B,) of each soft step's action, float64, under the
+    distribution ``log_base`` (log soft weights on the kept support, before noise):
+    ``log_weights`` are the log fed-back weights, ``emitted`` marks the emitted slot,
+    ``draws`` the multiplex draws. The engine (``soft_step.decide``) and the learner
+    (``replay.response_logprobs``) both score with this function.
+
+    Per row: a step that ended thinking, or any step under ``action: token``, scores the
+    emitted token, log base_y. Otherwise the action is what the step drew: without noise
+    the emitted token; with noise the fed-back weights, by their density (Concrete for
+    Gumbel, Dirichlet), plus log x_y for a sampled emission; under multiplex the draws.
+    """
+    token = token_logprob(log_base_BK, emitted_BK)
+    logprob = token
+    for kind in ("dirichlet", "gumbel"):  # one order: graphs cache across processes
+        if kind not in knobs.noise_kinds:
+            continue
+        if kind == "gumbel":
+            density = concrete_log_density(log_base_BK, log_weights_BK, valid_BK, knobs.tau_B)
+        else:
+            density = dirichlet_log_density(log_base_BK, log_weights_BK, valid_BK, knobs.alpha_B)
+        emission = torch.where(emitted_BK, log_weights_BK.double().masked_fill(~valid_BK, 0.0), 0.0).sum(-1)
+        density = density + torch.where(knobs.sample_B, emission, 0.0)
+        logprob = torch.where(knobs.noise_B == NOISE_CODES[kind], density, logprob)
+    if knobs.any_multiplex:
+        draws = multiplex_logprob(log_base_BK, draws_BK, valid_BK, knobs.replacement_B)
+        logprob = torch.where(knobs.multiplex_B > 0, draws, logprob)
+    return torch.where(knobs.token_only_B | knobs.ended_B, token, logprob)
+
+
+@dataclass
+class ActionKnobs:
+    """What ``step_logprob`` needs to know of each row's knobs, as (B,) tensors, plus the
+    host's knowledge of which branches occur (so no branch needs a device read)."""
+
+    noise_B: torch.Tensor
+    """``NOISE_CODES`` of each row."""
+    alpha_B: torch.Tensor
+    tau_B: torch.Tensor
+    sample_B: torch.Tensor
+    """Whether the row samples its emitted token (bool)."""
+    multiplex_B: torch.Tensor
+    """Number of multiplex draws, 0: no multiplex (int64)."""
+    replacement_B: torch.Tensor
+    """Multiplex draws with replacement (bool)."""
+    token_only_B: torch.Tensor
+    """``action: token``: the step is scored as its emitted token (bool)."""
+    ended_B: torch.Tensor
+    """The step ended thinking (bool): its mixture was never fed back."""
+    noise_kinds: frozenset[str]
+    any_multiplex: bool
 
 
 def concept_embeddings(

@@ -30,9 +30,15 @@ from vllm_soft.params import SoftThinkingParams
 
 # Column layout of the per-request knob rows (``knob_row``) and of the gathered tensors.
 FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "alpha", "tau", "scale", "entropy_threshold")
-INT_COLUMNS = ("top_k", "noise", "emit", "mode", "think_end_id", "patience", "max_soft_steps", "seed")
+INT_COLUMNS = (
+    "top_k", "noise", "emit", "mode", "think_end_id", "patience", "max_soft_steps", "seed",
+    "multiplex", "multiplex_replacement", "multiplex_weights", "action",
+)
 (TEMPERATURE, TOP_P, MIN_P, ALPHA, TAU, SCALE, ENTROPY_THRESHOLD) = range(len(FLOAT_COLUMNS))
-(TOP_K, NOISE, EMIT, MODE, THINK_END_ID, PATIENCE, MAX_SOFT_STEPS, SEED) = range(len(INT_COLUMNS))
+(
+    TOP_K, NOISE, EMIT, MODE, THINK_END_ID, PATIENCE, MAX_SOFT_STEPS, SEED,
+    MULTIPLEX, MULTIPLEX_REPLACEMENT, MULTIPLEX_WEIGHTS, ACTION,
+) = range(len(INT_COLUMNS))
 
 
 def knob_row(params: SoftThinkingParams, seed: int) -> tuple[list[float], list[int]]:
@@ -48,6 +54,10 @@ def knob_row(params: SoftThinkingParams, seed: int) -> tuple[list[float], list[i
         params.patience,
         params.max_soft_steps or 0,
         stateless_random.as_int64(seed),
+        params.multiplex,
+        int(params.multiplex_replacement),
+        soft_math.MIXTURE_CODES[params.multiplex_weights],
+        soft_math.ACTION_CODES[params.action],
     ]
     return floats, ints
 
@@ -72,6 +82,8 @@ class StepKnobs:
     """Whether some row samples its emitted token."""
     any_add: bool
     """Whether some row mixes in mode 'add'."""
+    max_multiplex: int = 0
+    """The most multiplex draws among the rows (0: no row multiplexes)."""
 
     @classmethod
     def from_rows(
@@ -95,6 +107,7 @@ class StepKnobs:
             noise_kinds=frozenset(noise_names[code] for code in np.unique(host_ints_BI[:, NOISE]).tolist()),
             any_sample=bool((host_ints_BI[:, EMIT] == soft_math.EMIT_CODES["sample"]).any()),
             any_add=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["add"]).any()),
+            max_multiplex=int(host_ints_BI[:, MULTIPLEX].max()),
         )
 
     @classmethod
@@ -119,7 +132,12 @@ class SoftStepOutput:
     token_ids_BK: torch.Tensor
     """Candidate ids by descending probability (int64); the first ``kept_B`` are the support."""
     weights_BK: torch.Tensor
-    """Weights fed back (after noise), float64, 0 off the support."""
+    """Weights fed back (after noise or multiplex draws), float64, 0 off the support."""
+    log_weights_BK: torch.Tensor
+    """Their logs, computed in log space (float64, -inf where a weight is 0): exact where
+    noisy weights underflow, which the noise densities need."""
+    draws_BK: torch.Tensor
+    """Multiplex draws per slot (``records.SoftStep.draws``), int64; 0 without multiplex."""
     kept_B: torch.Tensor
     """Size of the support (int64)."""
     entropy_B: torch.Tensor
@@ -137,19 +155,19 @@ class SoftStepOutput:
     rows whose thinking goes on."""
 
     def packed(self) -> torch.Tensor:
-        """Everything the host needs, as one float64 (B, 2K + 5) tensor, for one transfer:
-        ids (exact in float64), weights, then ``records.PACKED_COLUMNS`` (read back by
-        ``records.unpack_rows``)."""
+        """Everything the host needs, as one float64 (B, 4K + 5) tensor, for one transfer:
+        ids and draws (exact in float64), weights, log-weights, then
+        ``records.PACKED_COLUMNS`` (read back by ``records.unpack_rows``)."""
         columns = (self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.end_code_B)
-        return torch.cat(
-            (self.token_ids_BK.double(), self.weights_BK, torch.stack([c.double() for c in columns], dim=-1)), dim=-1
-        )
+        blocks = (self.token_ids_BK.double(), self.weights_BK, self.log_weights_BK, self.draws_BK.double())
+        return torch.cat((*blocks, torch.stack([c.double() for c in columns], dim=-1)), dim=-1)
 
 
 COMPILED_NOISE_KINDS = frozenset({"none", "gumbel"})
 """Noise kinds the compiled step evaluates for every row. A batch with Dirichlet rows runs
 its per-row tail eagerly: Dirichlet's gamma draws (24 uniforms per slot) would otherwise
-cost every step of every batch about 0.5 ms on a 2-core CPU."""
+cost every step of every batch about 0.5 ms on a 2-core CPU. Batches with multiplex rows
+run it eagerly too (their draws' shapes depend on the number of draws)."""
 
 
 def decide(
@@ -160,16 +178,19 @@ def decide(
     low_entropy_streak_B: torch.Tensor,
     noise_kinds: frozenset[str],
     any_sample: bool,
+    max_multiplex: int = 0,
 ) -> tuple[torch.Tensor, ...]:
-    """Noise, emission, thinking's end and the rollout log-probability of every row, from
-    its filtered distribution: (weights_BK, kept_B, emitted_B, logprob_B, end_code_B,
-    low_entropy_streak_B). ``noise_kinds`` and ``any_sample`` say which branches to
-    evaluate; a branch no row takes may be evaluated anyway (its result is selected away,
-    and every draw depends only on (seed, step, lane)), which is how the compiled step
-    runs every batch with one graph."""
+    """Noise or multiplex draws, emission, thinking's end and the rollout log-probability of
+    every row, from its filtered distribution: (weights_BK, log_weights_BK, draws_BK,
+    kept_B, emitted_B, logprob_B, end_code_B, low_entropy_streak_B). ``noise_kinds``,
+    ``any_sample`` and ``max_multiplex`` say which branches to evaluate; a branch no row
+    takes may be evaluated anyway (its result is selected away, and every draw depends only
+    on (seed, step, lane)), which is how the compiled step runs every batch with one graph."""
     base_BK = dist.weights_BK.double()
+    log_base_BK = base_BK.log()  # -inf off the support
     seed_B, step_B = ints[:, SEED], soft_steps_done_B
     noise_B, slots = ints[:, NOISE], base_BK.shape[-1]
+    multiplex_B, replacement_B = ints[:, MULTIPLEX], ints[:, MULTIPLEX_REPLACEMENT] == 1
 
     # Every draw of the step in one Philox evaluation, each kind in its own lane.
     lanes = []
@@ -179,22 +200,39 @@ def decide(
         lanes += stateless_random.gamma_lanes(slots)
     if any_sample:
         lanes.append((stateless_random.EMIT, 1))
+    if max_multiplex:
+        lanes += [(stateless_random.MULTIPLEX, max_multiplex), (stateless_random.MULTIPLEX_KEYS, slots)]
     draws = iter(stateless_random.draw(seed_B, step_B, lanes) if lanes else [])
 
-    weights_BK = base_BK
+    log_weights_BK = log_base_BK
     if "gumbel" in noise_kinds:
-        perturbed = soft_math.gumbel_noise(base_BK, floats[:, TAU], stateless_random.gumbel(next(draws)))
-        weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["gumbel"]).unsqueeze(-1), perturbed, weights_BK)
+        perturbed = soft_math.gumbel_log_weights(base_BK, floats[:, TAU], stateless_random.gumbel(next(draws)))
+        log_weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["gumbel"]).unsqueeze(-1), perturbed, log_weights_BK)
     if "dirichlet" in noise_kinds:
         concentration_BK = torch.where(dist.kept_BK, floats[:, ALPHA].unsqueeze(-1) * base_BK, 1.0)
         log_gamma_BK = stateless_random.log_gammas(concentration_BK, next(draws), next(draws))
-        perturbed = soft_math.dirichlet_noise(base_BK, log_gamma_BK)
-        weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["dirichlet"]).unsqueeze(-1), perturbed, weights_BK)
+        perturbed = soft_math.dirichlet_log_weights(base_BK, log_gamma_BK)
+        log_weights_BK = torch.where((noise_B == soft_math.NOISE_CODES["dirichlet"]).unsqueeze(-1), perturbed, log_weights_BK)
+    emit_uniform = next(draws)[:, 0] if any_sample else None
+    multiplexed_B = multiplex_B > 0
+    draws_BK = torch.zeros_like(dist.token_ids_BK)
+    if max_multiplex:
+        uniforms, keys = next(draws), stateless_random.gumbel(next(draws))
+        drawn_BK, first_B = soft_math.multiplex_draws(base_BK, uniforms, keys, multiplex_B, replacement_B)
+        uniform_B = ints[:, MULTIPLEX_WEIGHTS] == soft_math.MIXTURE_CODES["uniform"]
+        mixture = soft_math.multiplex_log_weights(base_BK, drawn_BK, replacement_B, uniform_B)
+        log_weights_BK = torch.where(multiplexed_B.unsqueeze(-1), mixture, log_weights_BK)
+        draws_BK = torch.where(multiplexed_B.unsqueeze(-1), drawn_BK, draws_BK)
+    weights_BK = log_weights_BK.exp()
 
+    # Emission: the argmax of the fed-back weights, or a sample from them; under multiplex
+    # a sample is the first draw.
     sample_B = ints[:, EMIT] == soft_math.EMIT_CODES["sample"]
     slot_B = weights_BK.argmax(-1)
     if any_sample:
-        slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, next(draws)[:, 0]), slot_B)
+        slot_B = torch.where(sample_B, soft_math.sample_slots(weights_BK, emit_uniform), slot_B)
+    if max_multiplex:
+        slot_B = torch.where(sample_B & multiplexed_B, first_B, slot_B)
     chosen_B = dist.token_ids_BK.gather(-1, slot_B.unsqueeze(-1)).squeeze(-1)
 
     emitted_B, streak_B, end_code_B = soft_math.thinking_transition(
@@ -203,21 +241,21 @@ def decide(
     )
 
     emitted_slot_BK = torch.arange(slots, device=slot_B.device).unsqueeze(0) == slot_B.unsqueeze(-1)
-    logprob_B = soft_math.mixed_step_logprob(
-        base_BK.log(), weights_BK, dist.kept_BK, emitted_slot_BK, noise_B, floats[:, ALPHA], floats[:, TAU],
-        sample_B, set(noise_kinds),
+    action = soft_math.ActionKnobs(
+        noise_B=noise_B, alpha_B=floats[:, ALPHA], tau_B=floats[:, TAU], sample_B=sample_B,
+        multiplex_B=multiplex_B, replacement_B=replacement_B,
+        token_only_B=ints[:, ACTION] == soft_math.ACTION_CODES["token"], ended_B=end_code_B != 0,
+        noise_kinds=noise_kinds, any_multiplex=max_multiplex > 0,
     )
-    # A step that ends thinking feeds no mixture back: its action is the emitted token alone,
-    # scored log w_y on the kept support (``soft_math.token_logprob``).
-    logprob_B = torch.where(end_code_B != 0, soft_math.token_logprob(base_BK.log(), emitted_slot_BK), logprob_B)
+    logprob_B = soft_math.step_logprob(log_base_BK, log_weights_BK, dist.kept_BK, emitted_slot_BK, draws_BK, action)
     # A token forced by cold stop or the budget was no action of the policy: no log-probability.
     logprob_B = torch.where(emitted_B == chosen_B, logprob_B, float("nan"))
-    return weights_BK, dist.kept_BK.sum(-1), emitted_B, logprob_B, end_code_B, streak_B
+    return weights_BK, log_weights_BK, draws_BK, dist.kept_BK.sum(-1), emitted_B, logprob_B, end_code_B, streak_B
 
 
 def _decide_with_statistics(
     logits_BV, maxima_BN, max_B, total_B, entropy_B, floats, ints, steps_B, streak_B, slots_K,
-    noise_kinds=COMPILED_NOISE_KINDS, any_sample=True,
+    noise_kinds=COMPILED_NOISE_KINDS, any_sample=True, max_multiplex=0,
 ):
     """Filtering from the vocabulary statistics, then ``decide``: the tail of the step, by
     default with every compiled branch on (``slots_K``: an empty tensor whose length is the
@@ -226,7 +264,9 @@ def _decide_with_statistics(
         logits_BV, (maxima_BN, max_B, total_B, entropy_B), floats[:, TEMPERATURE], ints[:, TOP_K],
         floats[:, TOP_P], floats[:, MIN_P], slots_K.shape[0],
     )
-    return (dist.token_ids_BK, dist.entropy_B) + decide(dist, floats, ints, steps_B, streak_B, noise_kinds, any_sample)
+    return (dist.token_ids_BK, dist.entropy_B) + decide(
+        dist, floats, ints, steps_B, streak_B, noise_kinds, any_sample, max_multiplex
+    )
 
 
 class CompiledSoftStep:
@@ -274,10 +314,10 @@ class CompiledSoftStep:
             floats, ints, steps, streak = (_compiled_form(tensor) for tensor in inputs[1:])
             statistics = self._statistics(*self._dynamic(logits, floats[:, TEMPERATURE].float().contiguous()))
             tail_inputs = (logits, *statistics, floats, ints, steps, streak, torch.empty(knobs.max_k, device=logits.device))
-            if knobs.noise_kinds <= COMPILED_NOISE_KINDS:
+            if knobs.noise_kinds <= COMPILED_NOISE_KINDS and not knobs.max_multiplex:
                 outputs = self._tail(*self._dynamic(*tail_inputs))
             else:
-                outputs = _decide_with_statistics(*tail_inputs, knobs.noise_kinds, knobs.any_sample)
+                outputs = _decide_with_statistics(*tail_inputs, knobs.noise_kinds, knobs.any_sample, knobs.max_multiplex)
         return tuple(value[:rows] for value in outputs) if rows == 1 else outputs
 
 
@@ -314,9 +354,10 @@ def soft_step(
         )
         token_ids_BK, entropy_B = dist.token_ids_BK, dist.entropy_B
         decided = decide(
-            dist, floats, ints, knobs.soft_steps_done_B, knobs.low_entropy_streak_B, knobs.noise_kinds, knobs.any_sample
+            dist, floats, ints, knobs.soft_steps_done_B, knobs.low_entropy_streak_B, knobs.noise_kinds, knobs.any_sample,
+            knobs.max_multiplex,
         )
-    weights_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B = decided
+    weights_BK, log_weights_BK, draws_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B = decided
 
     rows, slots = token_ids_BK.shape
     ids = torch.cat((token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else token_ids_BK.reshape(-1)
@@ -330,6 +371,8 @@ def soft_step(
     return SoftStepOutput(
         token_ids_BK=token_ids_BK,
         weights_BK=weights_BK,
+        log_weights_BK=log_weights_BK,
+        draws_BK=draws_BK,
         kept_B=kept_B,
         entropy_B=entropy_B,
         emitted_B=emitted_B,

@@ -38,6 +38,10 @@ GUMBEL = 0
 EMIT = 1
 DIRICHLET_BOOST = 2
 DIRICHLET_PROPOSALS = 3
+MULTIPLEX = 4
+"""Multiplex draws with replacement: one uniform per draw."""
+MULTIPLEX_KEYS = 5
+"""Multiplex draws without replacement: one Gumbel key per slot."""
 GAMMA_ATTEMPTS = 8
 """Marsaglia-Tsang attempts per gamma draw; each accepts with probability >= 0.95 (shape >= 1),
 so all eight fail with probability < 4e-11 (then the last proposal is used)."""

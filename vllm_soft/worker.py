@@ -350,17 +350,19 @@ class SoftThinkingRunner:
     # -- memory profiling -------------------------------------------------------------
 
     def profile(self, num_reqs: int, embed) -> None:
-        """Run the soft step once for ``num_reqs`` rows with every branch on (noise, sampled
-        emission, add mode), inside vLLM's memory profiling: its buffers and peak count
+        """Run the soft step once for ``num_reqs`` rows with every branch on (noise, multiplex,
+        sampled emission, add mode), inside vLLM's memory profiling: its buffers and peak count
         against the KV-cache budget. Leaves no request state behind."""
         rows = max(num_reqs, 1)
         logits = torch.randn(rows, self.vocab_size, device=self.device)
+        top_k = self.defaults.top_k
         branches = [
-            SoftThinkingParams(top_k=self.defaults.top_k, noise="dirichlet", emit="sample", mode="add"),
-            SoftThinkingParams(top_k=self.defaults.top_k, noise="gumbel"),
-            SoftThinkingParams(top_k=self.defaults.top_k),
+            SoftThinkingParams(top_k=top_k, noise="dirichlet", emit="sample", mode="add"),
+            SoftThinkingParams(top_k=top_k, noise="gumbel"),
+            SoftThinkingParams(top_k=top_k, multiplex=top_k, emit="sample"),
+            SoftThinkingParams(top_k=top_k),
         ]
-        knobs = soft_step.StepKnobs.for_requests([(branches[i % 3], 0, 0) for i in range(rows)], self.device)
+        knobs = soft_step.StepKnobs.for_requests([(branches[i % 4], 0, 0) for i in range(rows)], self.device)
         out = soft_step.soft_step(logits, knobs, embed, self._workspace_for(logits), self.compiled)
         out.packed()
 

@@ -8,7 +8,7 @@ from rollout.eval.results import markdown, plot, summarize_mode
 
 def _sample(group: int, index: int, right: bool, length: int, cold_stop: bool | None = None) -> Sample:
     steps = [] if cold_stop is None else [
-        {"position": 0, "token_ids": [7], "weights": [1.0], "end_reason": "cold_stop" if cold_stop else "think_end"}
+        {"position": 0, "token_ids": [7], "weights": [1.0], "log_weights": [0.0], "end_reason": "cold_stop" if cold_stop else "think_end"}
     ]
     return Sample(group_id=group, sample_index=index, prompt="p", prompt_token_ids=[1], response_token_ids=[7] * length,
                   response_text="", rollout_logprobs=[0.0] * length, finish_reason="stop", soft_steps=steps,

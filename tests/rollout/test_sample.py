@@ -19,8 +19,8 @@ def _sample(**overrides) -> Sample:
         rollout_logprobs=[-0.5, -1.25, float("-inf"), 0.0],
         finish_reason="stop",
         soft_steps=[
-            {"position": 0, "token_ids": [10, 20], "weights": [0.75, 0.25]},
-            {"position": 1, "token_ids": [11], "weights": [1.0]},
+            {"position": 0, "token_ids": [10, 20], "weights": [0.75, 0.25], "log_weights": [-0.2877, -1.3863]},
+            {"position": 1, "token_ids": [11], "weights": [1.0], "log_weights": [0.0]},
         ],
         reward=1.1,
         reward_parts={"correct": 1.0, "format": 1.0},
@@ -54,14 +54,16 @@ def test_logprobs_must_match_response_tokens():
 
 @pytest.mark.parametrize("position", [-1, 4, 1.0, None])
 def test_soft_step_position_must_index_the_response(position):
-    step = {"position": position, "token_ids": [1], "weights": [1.0]}
+    step = {"position": position, "token_ids": [1], "weights": [1.0], "log_weights": [0.0]}
     with pytest.raises(ValueError, match=r"soft_steps\[0\]\.position"):
         _sample(soft_steps=[step])
 
 
-def test_soft_step_needs_one_weight_per_token():
-    with pytest.raises(ValueError, match="weights"):
-        _sample(soft_steps=[{"position": 0, "token_ids": [1, 2], "weights": [1.0]}])
+@pytest.mark.parametrize("key", ["weights", "log_weights"])
+def test_soft_step_needs_one_weight_and_log_weight_per_token(key):
+    step = {"position": 0, "token_ids": [1, 2], "weights": [0.5, 0.5], "log_weights": [-0.69, -0.69]} | {key: [1.0]}
+    with pytest.raises(ValueError, match=f"as many {key} as token_ids"):
+        _sample(soft_steps=[step])
 
 
 def test_from_json_names_unknown_fields():

@@ -1,6 +1,7 @@
 """One learner rank in this process (gloo, world size 1) on the tiny model: mixed precision
 computes in bf16 but keeps float32 weights and AdamW state, and moves the weights."""
 
+import math
 import random
 import socket
 
@@ -101,7 +102,8 @@ def test_soft_step_and_token_gaps_are_counted_apart(tiny_model_path):
     learner = Learner(config, GRPOLossConfig(), str(tiny_model_path), 0, 1, "127.0.0.1", _free_port(), seed=0)
     try:
         batch, advantages, _ = _batch()
-        batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25], "emitted": r[0],
+        batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25],
+                              "log_weights": [math.log(0.75), math.log(0.25)], "draws": None, "emitted": r[0],
                               "logprob": -0.5, "end_reason": None, "entropy": 1.0}] for r in batch.response_ids]
         with torch.no_grad():
             logprobs, _ = learner.policy(batch)

@@ -76,7 +76,7 @@ def test_weight_checksums_match_to_summation_order_only():
 
 def test_mean_soft_entropy_is_over_every_soft_step_of_the_batch():
     def sample(entropies):
-        steps = [{"position": i, "token_ids": [1], "weights": [1.0], "entropy": e} for i, e in enumerate(entropies)]
+        steps = [{"position": i, "token_ids": [1], "weights": [1.0], "log_weights": [0.0], "entropy": e} for i, e in enumerate(entropies)]
         return Sample(0, 0, "p", [1], [2] * max(len(entropies), 1), "x", [0.0] * max(len(entropies), 1), "length",
                       soft_steps=steps)
 

@@ -1,6 +1,7 @@
 """Shared-prompt packing and block attention: each response's log-probs and gradients equal
 those of its own plain forward (one sequence, no padding, the model's SDPA)."""
 
+import math
 import random
 
 import pytest
@@ -63,7 +64,7 @@ def _random_batch(knobs: SoftThinkingParams) -> ReplayBatch:
             for position in range(min(2, len(response))):
                 weights = torch.softmax(torch.randn(3, dtype=torch.float64), 0).tolist()
                 soft.append(dict(position=position, token_ids=[response[position], 1, 2], weights=weights,
-                                 logprob=-1.0, end_reason=None))
+                                 log_weights=[math.log(w) for w in weights], draws=None, logprob=-1.0, end_reason=None))
             prompts.append(prompt)
             responses.append(response)
             steps.append(soft)
@@ -77,7 +78,7 @@ def _one_by_one(model, batch: ReplayBatch) -> list[torch.Tensor]:
     for prompt, response, steps in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps):
         inputs = rebuild_inputs_embeds(embedding, prompt, response, steps, knobs.mode, knobs.scale)
         logits = model(inputs_embeds=inputs[None]).logits[0, len(prompt) - 1 :]
-        out.append(response_logprobs(logits, response, steps, knobs.temperature, batch.temperature))
+        out.append(response_logprobs(logits, response, steps, knobs, batch.temperature))
     return out
 
 

@@ -17,3 +17,27 @@ def test_engine_model_must_be_unset_or_the_model():
     assert TrainConfig(model="tiny", engine=EngineConfig(model="tiny")).engine.model == "tiny"
     with pytest.raises(ValueError, match=r"^engine.model \('tiny'\) disagrees with model \('smollm2-135m'\)"):
         TrainConfig(model="smollm2-135m", engine=EngineConfig(model="tiny"))
+
+
+@pytest.mark.parametrize("action, soft_thinking, expected", [
+    ("token", {"noise": "gumbel", "tau": 0.5}, {"noise": "gumbel", "tau": 0.5, "action": "token", "multiplex": 0}),
+    ("concrete", {}, {"noise": "gumbel", "action": "sampled", "multiplex": 0}),
+    ("concrete", {"noise": "dirichlet"}, {"noise": "dirichlet", "action": "sampled", "multiplex": 0}),
+    ("multiplex", {}, {"multiplex": 4, "action": "sampled", "noise": "none"}),
+    ("multiplex", {"multiplex": 2, "multiplex_replacement": False}, {"multiplex": 2, "multiplex_replacement": False}),
+])
+def test_a_soft_action_sets_the_rollout_knobs_it_needs(action, soft_thinking, expected):
+    knobs = AlgorithmConfig(mode="replace", soft_thinking=soft_thinking, soft_action=action).rollout_knobs()
+    assert {knob: knobs[knob] for knob in expected} == expected and knobs["mode"] == "replace"
+
+
+@pytest.mark.parametrize("action, soft_thinking, message", [
+    ("token", {"action": "sampled"}, "needs soft_thinking.action = 'token' (got 'sampled')"),
+    ("concrete", {"noise": "none"}, "needs soft_thinking.noise in ('gumbel', 'dirichlet') (got 'none')"),
+    ("concrete", {"multiplex": 3}, "needs soft_thinking.multiplex = 0 (got 3)"),
+    ("multiplex", {"noise": "gumbel"}, "needs soft_thinking.noise = 'none' (got 'gumbel')"),
+    ("multiplex", {"multiplex": 0}, "needs soft_thinking.multiplex > 0 (got 0)"),
+])
+def test_a_knob_that_disagrees_with_the_soft_action_is_an_error_naming_both(action, soft_thinking, message):
+    with pytest.raises(ValueError, match=f"^algorithm.soft_action {action!r} {message}$".replace("(", r"\(").replace(")", r"\)")):
+        AlgorithmConfig(mode="replace", soft_thinking=soft_thinking, soft_action=action)

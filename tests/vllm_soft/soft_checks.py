@@ -132,9 +132,9 @@ def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingP
         base = torch.tensor([reference.weights], dtype=torch.float64)
         step_B = torch.tensor([step])
         if knobs.noise == "gumbel":
-            weights = soft_math.gumbel_noise(base, knobs.tau, stateless_random.gumbels(seed_B, step_B, base.shape[1]))
+            weights = soft_math.gumbel_log_weights(base, knobs.tau, stateless_random.gumbels(seed_B, step_B, base.shape[1])).exp()
         elif knobs.noise == "dirichlet":
-            weights = soft_math.dirichlet_noise(base, stateless_random.gamma_draws(knobs.alpha * base, seed_B, step_B))
+            weights = soft_math.dirichlet_log_weights(base, stateless_random.gamma_draws(knobs.alpha * base, seed_B, step_B)).exp()
         else:
             weights = base
         assert entry["weights"] == pytest.approx(weights[0].tolist(), abs=1e-3), f"step {step}: not the draws of (seed, step)"

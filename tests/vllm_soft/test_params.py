@@ -29,7 +29,27 @@ BAD_KNOBS = [
     ("max_soft_steps", 0, ">= 1"),
     ("scale", float("nan"), "finite"),
     ("think_end", 3.5, "token string"),
+    ("multiplex", -1, ">= 0"),
+    ("multiplex_replacement", 2, "true or false"),
+    ("multiplex_weights", "equal", "probability, uniform"),
+    ("action", "draws", "sampled, token"),
 ]
+
+
+@pytest.mark.parametrize("knobs, named", [
+    ({"multiplex": 2, "noise": "gumbel"}, "noise ('gumbel')"),
+    ({"multiplex": 5, "top_k": 4, "multiplex_replacement": False}, "<= top_k (4)"),
+])
+def test_knobs_that_exclude_each_other_are_an_error_naming_both(knobs, named):
+    with pytest.raises(SoftThinkingParamError, match="soft_thinking.multiplex") as excinfo:
+        SoftThinkingParams().with_overrides(knobs)
+    assert excinfo.value.parameter == "multiplex" and named in str(excinfo.value)
+
+
+def test_multiplex_replacement_takes_the_forms_clients_send():
+    """vllm_xargs carries 0/1, flags carry strings."""
+    for value, expected in ((0, False), ("1", True), ("false", False), (True, True)):
+        assert SoftThinkingParams(multiplex_replacement=value).multiplex_replacement is expected
 
 
 @pytest.mark.parametrize("knob, value, allowed", BAD_KNOBS)
@@ -42,7 +62,7 @@ def test_bad_knob_names_itself_and_the_allowed_range(knob, value, allowed):
 
 
 def test_unknown_knob_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown soft_thinking knob.*'topk'.*valid knobs: alpha, emit"):
+    with pytest.raises(ValueError, match="unknown soft_thinking knob.*'topk'.*valid knobs: action, alpha, emit"):
         SoftThinkingParams().with_overrides({"topk": 3})
 
 

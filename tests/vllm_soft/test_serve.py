@@ -102,10 +102,28 @@ def test_chat_carries_the_trace(server):
     _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS)
 
 
+def test_multiplex_is_a_decoding_option_over_the_api(server):
+    """Multiplex Thinking over the API: each step feeds back the mixture of the drawn tokens
+    (a JSON boolean knob arrives through vllm_xargs too), and the trace says what was drawn."""
+    client, model, _ = server
+    knobs = {"top_k": 6, "top_p": 1.0, "min_p": 0.0, "multiplex": 3, "multiplex_replacement": False, "emit": "sample"}
+    response = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2 + 3?"}], max_tokens=MAX_TOKENS,
+        temperature=0.0, seed=1, extra_body=_extra_body(knobs),
+    )
+    trace = soft_trace(response.choices[0])
+    assert len(trace) == MAX_TOKENS
+    for step in trace:
+        assert sorted(d for d in step["draws"] if d) == [1, 2, 3], "three distinct tokens, ranked"
+        assert [d > 0 for d in step["draws"]] == [w > 0 for w in step["weights"]]
+        assert step["draws"][step["token_ids"].index(step["emitted"])] == 1, "the emitted token is the first draw"
+
+
 @pytest.mark.parametrize(
     "xargs, knob",
     [({"soft_thinking_top_p": 3}, "top_p"), ({"soft_thinking_mode": "mix"}, "mode"),
-     ({"soft_thinking_think_end": "<no-such-token>"}, "think_end"), ({"soft_thinking_topk": 2}, "topk")],
+     ({"soft_thinking_think_end": "<no-such-token>"}, "think_end"), ({"soft_thinking_topk": 2}, "topk"),
+     ({"soft_thinking_multiplex": 2, "soft_thinking_noise": "gumbel"}, "multiplex")],
 )
 def test_bad_knob_is_http_400_naming_it_and_the_server_keeps_serving(server, xargs, knob):
     client, model, _ = server

@@ -68,14 +68,19 @@ def test_masked_tokens_never_enter_the_support():
     assert torch.isfinite(dist.entropy_B).all()
 
 
-def _noisy(weights: torch.Tensor, noise: str, alpha: float, tau: float, draws: int, seed: int = 0) -> torch.Tensor:
-    """``draws`` noisy copies of one row of weights, one per soft step of one seed."""
+def _noisy_log(weights: torch.Tensor, noise: str, alpha: float, tau: float, draws: int, seed: int = 0) -> torch.Tensor:
+    """Log-weights of ``draws`` noisy copies of one row of weights, one per soft step of one seed."""
     rows = weights.expand(draws, -1).double()
     seed_B, step_B = torch.full((draws,), seed), torch.arange(draws)
     if noise == "gumbel":
-        return soft_math.gumbel_noise(rows, tau, stateless_random.gumbels(seed_B, step_B, rows.shape[-1]))
+        return soft_math.gumbel_log_weights(rows, tau, stateless_random.gumbels(seed_B, step_B, rows.shape[-1]))
     concentration = torch.where(rows > 0, alpha * rows, 1.0)
-    return soft_math.dirichlet_noise(rows, stateless_random.gamma_draws(concentration, seed_B, step_B))
+    return soft_math.dirichlet_log_weights(rows, stateless_random.gamma_draws(concentration, seed_B, step_B))
+
+
+def _noisy(weights: torch.Tensor, noise: str, alpha: float, tau: float, draws: int, seed: int = 0) -> torch.Tensor:
+    """``_noisy_log``'s weights."""
+    return _noisy_log(weights, noise, alpha, tau, draws, seed).exp()
 
 
 @pytest.mark.parametrize("noise", ["dirichlet", "gumbel"])
@@ -167,42 +172,138 @@ ALL_VALID = torch.ones(1, 4, dtype=torch.bool)
 def test_gumbel_softmax_density_equals_torch_relaxed_one_hot_categorical(tau):
     for noisy in _noisy(BASE, "gumbel", 1.0, tau, 5, seed=1):
         expected = RelaxedOneHotCategorical(torch.tensor(tau, dtype=torch.float64), probs=BASE).log_prob(noisy)
-        mine = soft_math.concrete_log_density(BASE.log()[None], noisy[None], ALL_VALID, tau)
+        mine = soft_math.concrete_log_density(BASE.log()[None], noisy.log()[None], ALL_VALID, tau)
         torch.testing.assert_close(mine[0], expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 20.0])
 def test_dirichlet_density_equals_torch_dirichlet(alpha):
     for noisy in _noisy(BASE, "dirichlet", alpha, 1.0, 5, seed=2):
-        mine = soft_math.dirichlet_log_density(BASE.log()[None], noisy[None], ALL_VALID, alpha)
+        mine = soft_math.dirichlet_log_density(BASE.log()[None], noisy.log()[None], ALL_VALID, alpha)
         torch.testing.assert_close(mine[0], Dirichlet(alpha * BASE).log_prob(noisy), rtol=1e-9, atol=1e-9)
 
 
+def _action(rows: int, noise: str = "none", sample: bool = True, multiplex: int = 0, replacement: bool = True,
+            token_only: bool = False, ended: bool = False, alpha: float = 2.0, tau: float = 0.5) -> soft_math.ActionKnobs:
+    """The same knobs for every one of ``rows`` steps."""
+    def full(value, dtype):
+        return torch.full((rows,), value, dtype=dtype)
+
+    return soft_math.ActionKnobs(
+        noise_B=full(soft_math.NOISE_CODES[noise], torch.long), alpha_B=full(alpha, torch.float64),
+        tau_B=full(tau, torch.float64), sample_B=full(sample, torch.bool), multiplex_B=full(multiplex, torch.long),
+        replacement_B=full(replacement, torch.bool), token_only_B=full(token_only, torch.bool),
+        ended_B=full(ended, torch.bool), noise_kinds=frozenset({noise}), any_multiplex=multiplex > 0,
+    )
+
+
 @pytest.mark.parametrize("noise", ["none", "gumbel", "dirichlet"])
-def test_soft_step_logprob_ignores_padding_and_is_zero_for_a_single_token_support(noise):
-    noisy = BASE if noise == "none" else _noisy(BASE, noise, 2.0, 0.5, 1, seed=3)[0]
+def test_step_logprob_ignores_padding_and_is_zero_for_a_single_token_support(noise):
+    log_noisy = BASE.log() if noise == "none" else _noisy_log(BASE, noise, 2.0, 0.5, 1, seed=3)[0]
     emitted = torch.tensor([[False, True, False, False]])
-    args = (noise, 2.0, 0.5, "sample")
-    whole = soft_math.soft_step_logprob(BASE.log()[None], noisy[None], ALL_VALID, emitted, *args)
-    padded = soft_math.soft_step_logprob(
-        torch.cat([BASE.log(), torch.tensor([-math.inf])])[None], torch.cat([noisy, torch.zeros(1, dtype=torch.float64)])[None],
-        torch.tensor([[True] * 4 + [False]]), torch.cat([emitted, torch.tensor([[False]])], dim=1), *args,
+    no_draws = torch.zeros(1, 5, dtype=torch.long)
+    whole = soft_math.step_logprob(BASE.log()[None], log_noisy[None], ALL_VALID, emitted, no_draws[:, :4], _action(1, noise))
+    minus_inf = torch.tensor([-math.inf], dtype=torch.float64)
+    padded = soft_math.step_logprob(
+        torch.cat([BASE.log(), minus_inf])[None], torch.cat([log_noisy, minus_inf])[None],
+        torch.tensor([[True] * 4 + [False]]), torch.cat([emitted, torch.tensor([[False]])], dim=1), no_draws, _action(1, noise),
     )
     torch.testing.assert_close(padded, whole)
     if noise == "none":
         torch.testing.assert_close(whole[0], BASE[1].log())
-    single = soft_math.soft_step_logprob(
-        torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool),
-        torch.ones(1, 1, dtype=torch.bool), *args,
-    )
+    else:  # the density plus the sampled token's log x_y
+        density = {"gumbel": soft_math.concrete_log_density, "dirichlet": soft_math.dirichlet_log_density}[noise]
+        expected = density(BASE.log()[None], log_noisy[None], ALL_VALID, 0.5 if noise == "gumbel" else 2.0) + log_noisy[1]
+        torch.testing.assert_close(whole, expected)
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    single = soft_math.step_logprob(zero, zero, torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool),
+                                    torch.zeros(1, 1, dtype=torch.long), _action(1, noise))
     assert float(single[0]) == 0.0
+
+
+@pytest.mark.parametrize("override", [{"token_only": True}, {"ended": True}])
+def test_token_action_and_ended_steps_score_the_emitted_token_under_noise(override):
+    log_noisy = _noisy_log(BASE, "gumbel", 1.0, 0.5, 1, seed=4)
+    emitted = torch.tensor([[False, False, True, False]])
+    logprob = soft_math.step_logprob(
+        BASE.log()[None], log_noisy, ALL_VALID, emitted, torch.zeros(1, 4, dtype=torch.long), _action(1, "gumbel", **override)
+    )
+    torch.testing.assert_close(logprob[0], BASE[2].log())
+
+
+def test_tiny_dirichlet_draws_keep_a_finite_exact_density():
+    """(e) Concentrations of 1e-3 make most gamma draws underflow in exp (weights of exactly
+    0); their logs stay exact, and the density is Dirichlet's at those logs."""
+    base = torch.tensor([0.97, 0.01, 0.01, 0.01], dtype=torch.float64)
+    log_noisy = _noisy_log(base, "dirichlet", alpha=0.1, tau=1.0, draws=200, seed=5)
+    assert (log_noisy.exp() == 0).any(), "the check needs weights that underflow"
+    density = soft_math.dirichlet_log_density(base.log().expand(200, 4), log_noisy, torch.ones(200, 4, dtype=torch.bool), 0.1)
+    assert torch.isfinite(density).all()
+    concentration = 0.1 * base
+    expected = (torch.lgamma(torch.tensor(0.1, dtype=torch.float64)) - torch.lgamma(concentration).sum()
+                + ((concentration - 1.0) * log_noisy).sum(-1))
+    torch.testing.assert_close(density, expected, rtol=1e-12, atol=1e-9)
+
+
+def _multiplex(weights: torch.Tensor, rows: int, count: int, replacement: bool, seed: int = 0):
+    weights_BK = weights.expand(rows, -1).double()
+    seed_B, step_B = torch.full((rows,), seed), torch.arange(rows)
+    uniforms, keys = stateless_random.draw(
+        seed_B, step_B, [(stateless_random.MULTIPLEX, count), (stateless_random.MULTIPLEX_KEYS, weights.shape[0])]
+    )
+    return soft_math.multiplex_draws(
+        weights_BK, uniforms, stateless_random.gumbel(keys), torch.full((rows,), count), torch.full((rows,), replacement)
+    )
+
+
+def test_multiplex_draws_with_replacement_count_like_a_multinomial():
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    draws, first = _multiplex(weights, rows=4000, count=4, replacement=True)
+    assert (draws.sum(-1) == 4).all() and (draws[:, 4] == 0).all()
+    torch.testing.assert_close(draws.double().mean(0), 4 * weights.double(), atol=0.05, rtol=0)
+    assert (draws.gather(1, first[:, None]) > 0).all()  # the first draw is among the draws
+    first_share = torch.bincount(first, minlength=5).double() / 4000
+    torch.testing.assert_close(first_share, weights.double(), atol=0.025, rtol=0)
+
+
+def test_multiplex_draws_without_replacement_rank_distinct_tokens_like_sequential_draws():
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    draws, first = _multiplex(weights, rows=4000, count=3, replacement=False)
+    assert (torch.sort(draws, dim=-1).values[:, -3:] == torch.tensor([1, 2, 3])).all() and (draws[:, 4] == 0).all()
+    assert (draws.gather(1, first[:, None]) == 1).all()
+    # P(first = a, second = b) = w_a * w_b / (1 - w_a): sequential draws, renormalised.
+    share = float(((draws[:, 0] == 1) & (draws[:, 1] == 2)).double().mean())
+    assert abs(share - 0.5 * 0.3 / 0.5) < 0.025, share
+
+
+def test_multiplex_logprob_is_the_draws_probability():
+    log_base = BASE.log()[None]
+    counts = torch.tensor([[2, 0, 1, 0]])
+    with_replacement = soft_math.multiplex_logprob(log_base, counts, ALL_VALID, torch.tensor([True]))
+    torch.testing.assert_close(with_replacement[0], 2 * BASE[0].log() + BASE[2].log())
+    ranks = torch.tensor([[2, 0, 1, 3]])  # drew slot 2, then 0, then 3
+    without = soft_math.multiplex_logprob(log_base, ranks, ALL_VALID, torch.tensor([False]))
+    expected = BASE[2] * BASE[0] / (1 - BASE[2]) * BASE[3] / (1 - BASE[2] - BASE[0])
+    torch.testing.assert_close(without[0], expected.log())
+    logits = BASE.log()[None].clone().requires_grad_(True)
+    soft_math.multiplex_logprob(torch.log_softmax(logits, -1), ranks, ALL_VALID, torch.tensor([False])).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_multiplex_mixture_weights_the_drawn_tokens(uniform):
+    weights = BASE[None]
+    counts = torch.tensor([[2, 0, 1, 0]])
+    log_mix = soft_math.multiplex_log_weights(weights, counts, torch.tensor([True]), torch.tensor([uniform]))
+    mass = torch.tensor([2.0, 0.0, 1.0, 0.0], dtype=torch.float64) * (1.0 if uniform else BASE)
+    torch.testing.assert_close(log_mix.exp()[0], mass / mass.sum())
 
 
 def test_noisy_step_logprob_rises_when_the_policy_moves_toward_the_drawn_weights():
     """The gradient of a Gumbel-Softmax step's log-density points toward the drawn mixture."""
     noisy = torch.tensor([[0.05, 0.9, 0.04, 0.01]], dtype=torch.float64)
     logits = BASE.log()[None].clone().requires_grad_(True)
-    soft_math.concrete_log_density(torch.log_softmax(logits, -1), noisy, ALL_VALID, 0.5).sum().backward()
+    soft_math.concrete_log_density(torch.log_softmax(logits, -1), noisy.log(), ALL_VALID, 0.5).sum().backward()
     assert int(logits.grad.argmax()) == 1
 
 

@@ -31,6 +31,9 @@ MIXED = [
     SoftThinkingParams(top_k=8, temperature=1.3, emit="sample", mode="add"),
     SoftThinkingParams(top_k=20, noise="gumbel", tau=2.0),
     SoftThinkingParams(top_k=5, top_p=1.0, noise="dirichlet", alpha=0.5, emit="sample"),
+    SoftThinkingParams(top_k=6, multiplex=3, emit="sample"),
+    SoftThinkingParams(top_k=6, top_p=1.0, multiplex=4, multiplex_replacement=False, multiplex_weights="uniform", mode="add"),
+    SoftThinkingParams(top_k=10, noise="gumbel", tau=0.5, emit="sample", action="token"),
 ]
 
 
@@ -73,7 +76,20 @@ def test_top_k_1_without_noise_is_greedy():
     assert out.end_code_B.tolist() == [0] * 8
 
 
-def test_logprob_is_soft_step_logprob_of_each_row():
+def _action_knobs(params: SoftThinkingParams, ended: bool) -> soft_math.ActionKnobs:
+    def one(value, dtype):
+        return torch.tensor([value], dtype=dtype)
+
+    return soft_math.ActionKnobs(
+        noise_B=one(soft_math.NOISE_CODES[params.noise], torch.long), alpha_B=one(params.alpha, torch.float64),
+        tau_B=one(params.tau, torch.float64), sample_B=one(params.emit == "sample", torch.bool),
+        multiplex_B=one(params.multiplex, torch.long), replacement_B=one(params.multiplex_replacement, torch.bool),
+        token_only_B=one(params.action == "token", torch.bool), ended_B=one(ended, torch.bool),
+        noise_kinds=frozenset({params.noise}), any_multiplex=params.multiplex > 0,
+    )
+
+
+def test_logprob_is_step_logprob_of_each_row():
     rows = [(params, 7 + i, i) for i, params in enumerate(MIXED)]
     logits = _logits(len(rows), seed=3)
     out = soft_step.soft_step(logits, knobs_for(rows), embed)
@@ -85,9 +101,9 @@ def test_logprob_is_soft_step_logprob_of_each_row():
         )
         base = dist.weights_BK[:, :kept].double()
         emitted = (dist.token_ids_BK[:, :kept] == out.emitted_B[i]).reshape(1, kept)
-        expected = soft_math.soft_step_logprob(
-            base.log(), out.weights_BK[i : i + 1, :kept], torch.ones_like(emitted), emitted,
-            params.noise, params.alpha, params.tau, params.emit,
+        expected = soft_math.step_logprob(
+            base.log(), out.log_weights_BK[i : i + 1, :kept], torch.ones_like(emitted), emitted,
+            out.draws_BK[i : i + 1, :kept], _action_knobs(params, ended=False),
         )
         torch.testing.assert_close(out.logprob_B[i : i + 1], expected, rtol=1e-5, atol=1e-5)  # float32 filter
 
@@ -116,8 +132,9 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
     """Its mixture is never fed back: the action is the emitted token, log w_y on the kept
     support (noise-free weights), whatever the noise; not the density of unused weights."""
     noisy = [SoftThinkingParams(top_k=6, noise="gumbel", tau=0.5, emit="sample"),
-             SoftThinkingParams(top_k=6, noise="dirichlet", alpha=1.0, emit="sample")]
-    logits = _logits(2, seed=9)
+             SoftThinkingParams(top_k=6, noise="dirichlet", alpha=1.0, emit="sample"),
+             SoftThinkingParams(top_k=6, multiplex=3, emit="sample")]
+    logits = _logits(3, seed=9)
     thinking = soft_step.soft_step(logits, knobs_for([(p, 11 + i, 2) for i, p in enumerate(noisy)]), embed)
     if ending == "budget":  # no think-end token: the budget ends thinking on the sampled token
         rows = [(dataclasses.replace(p, max_soft_steps=3), 11 + i, 2) for i, p in enumerate(noisy)]
@@ -136,7 +153,7 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
         slot = dist.token_ids_BK[0, :kept].tolist().index(int(out.emitted_B[i]))
         expected = math.log(float(dist.weights_BK[0, slot]))
         assert float(out.logprob_B[i]) == pytest.approx(expected, abs=1e-5)
-        assert abs(float(thinking.logprob_B[i]) - expected) > 0.1, "while thinking goes on, the density"
+        assert abs(float(thinking.logprob_B[i]) - expected) > 0.1, "while thinking goes on, the density or the draws"
 
 
 def test_packed_rows_unpack_to_trace_entries():
@@ -152,6 +169,18 @@ def test_packed_rows_unpack_to_trace_entries():
         assert entry["emitted"] == int(out.emitted_B[i])
         assert entry["entropy"] == pytest.approx(float(out.entropy_B[i]))
         assert math.isclose(sum(entry["weights"]), 1.0, rel_tol=1e-6)
+        # Log-weights are exact where a noisy weight underflowed to 0 (then they are finite);
+        # None only where a weight is 0 by construction (an undrawn multiplex token).
+        for weight, log_weight in zip(entry["weights"], entry["log_weights"]):
+            assert weight == 0.0 if log_weight is None else weight == pytest.approx(math.exp(log_weight), rel=1e-12, abs=0)
+        params = rows[i][0]
+        assert (entry["draws"] is not None) == (params.multiplex > 0)
+        if params.multiplex:  # the emitted sample is the first draw; the mixture holds the drawn tokens only
+            slot = entry["token_ids"].index(entry["emitted"])
+            assert entry["draws"][slot] >= 1 and (params.multiplex_replacement or entry["draws"][slot] == 1)
+            assert [d > 0 for d in entry["draws"]] == [w > 0 for w in entry["weights"]]
+            total = sum(entry["draws"]) if params.multiplex_replacement else max(entry["draws"])
+            assert total == params.multiplex
     assert all(entry["end_reason"] is None for entry in entries[:-1])
     assert [entry["logprob"] for entry in entries[:-1]] == pytest.approx(out.logprob_B[:-1].tolist())
     assert (entries[-1]["end_reason"], entries[-1]["logprob"], entries[-1]["emitted"]) == ("budget", None, 6)
@@ -167,7 +196,7 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
         rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
         steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed).packed().numpy())
     blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
-    assert [block["shape"] for block in blocks] == [[2, 11], [1, 45], [1, 11]]
+    assert [block["shape"] for block in blocks] == [[2, 17], [1, 85], [1, 17]]
     entries = records.unpack_trace(blocks)
     assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
     for entry, step in zip(entries, steps):
@@ -193,13 +222,13 @@ def _assert_same_step(got: soft_step.SoftStepOutput, want: soft_step.SoftStepOut
     torch.testing.assert_close(got.next_inputs_BH, want.next_inputs_BH, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dirichlet", [False, True], ids=["compiled tail", "dirichlet rows: eager tail"])
-def test_compiled_step_gives_the_eager_step(compiled_step, dirichlet):
+@pytest.mark.parametrize("eager_rows", [False, True], ids=["compiled tail", "dirichlet and multiplex rows: eager tail"])
+def test_compiled_step_gives_the_eager_step(compiled_step, eager_rows):
     """The engine's compiled step (CPU; one graph with every compiled branch on) and the
     eager one (a branch per host flag) agree on every output for rows of every kind,
     masked tokens included, and a row's values do not depend on the batch it is in (its
     draws and statistics bitwise; weights to the rounding of sums over padding)."""
-    kinds = [params for params in MIXED if dirichlet or params.noise != "dirichlet"]
+    kinds = [params for params in MIXED if eager_rows or (params.noise != "dirichlet" and not params.multiplex)]
     rows = [(params, 50 + i, i) for i, params in enumerate(kinds * 3)]
     with torch.inference_mode():
         logits = _logits(len(rows), seed=7)

@@ -14,27 +14,30 @@ go: if vLLM lets general plugins declare CLI arguments.
 import argparse
 import functools
 import logging
+import typing
+from collections.abc import Callable
+from typing import Any
 
 from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, REQUESTS_KEY, SoftThinkingParams, knob_docs
 
 logger = logging.getLogger("vllm_soft")
 
-_INT_KNOBS = {"top_k", "patience", "max_soft_steps"}
-_CHOICES = {"mode": ["replace", "add"], "emit": ["argmax", "sample"], "noise": ["none", "dirichlet", "gumbel"]}
-
-
 def _think_end(value: str) -> str | int:
     return int(value) if value.isdigit() else value
 
 
-def _flag_type(knob: str):
-    if knob in _CHOICES:
-        return str
-    if knob in _INT_KNOBS:
-        return int
+def _flag_type(knob: str) -> tuple[Callable[[str], Any], list[str] | None]:
+    """(argparse type, choices) of a knob's flag, from its field's annotation."""
+    annotation = typing.get_type_hints(SoftThinkingParams)[knob]
     if knob == "think_end":
-        return _think_end
-    return float
+        return _think_end, None
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, list(typing.get_args(annotation))
+    if annotation is bool:
+        return str, ["true", "false"]
+    if int in (annotation, *typing.get_args(annotation)):
+        return int, None
+    return float, None
 
 
 def add_soft_thinking_args(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +59,11 @@ def add_soft_thinking_args(parser: argparse.ArgumentParser) -> None:
     docs = knob_docs()
     defaults = SoftThinkingParams()
     for knob in sorted(KNOBS):
+        flag_type, choices = _flag_type(knob)
         group.add_argument(
             f"--soft-thinking-{knob.replace('_', '-')}",
-            type=_flag_type(knob),
-            choices=_CHOICES.get(knob),
+            type=flag_type,
+            choices=choices,
             default=None,
             help=f"{docs[knob]} (default: {getattr(defaults, knob)})",
         )
