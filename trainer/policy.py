@@ -90,6 +90,6 @@ class ReplayPolicy(nn.Module):
         logprobs = inputs.new_zeros(len(counts), max(counts), dtype=torch.float32)
         mask = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
-            logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, knobs, batch.temperature)
+            logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, knobs, batch.temperature, embedding)
             mask[row, : len(r)] = True
         return logprobs, mask

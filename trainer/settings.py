@@ -8,12 +8,13 @@ from rollout.settings import EngineConfig, PoolConfig
 from trainer.grpo import GRPOLossConfig
 
 Mode = Literal["discrete", "replace", "add"]
-SoftAction = Literal["token", "concrete", "multiplex"]
+SoftAction = Literal["token", "concrete", "multiplex", "gaussian"]
 
 SOFT_ACTIONS: dict[str, tuple[dict, dict]] = {
     "token": ({"action": "token", "multiplex": 0}, {}),
     "concrete": ({"action": "sampled", "multiplex": 0}, {"noise": ("gumbel", "dirichlet")}),
     "multiplex": ({"action": "sampled", "noise": "none"}, {"multiplex": "positive"}),
+    "gaussian": ({"action": "sampled", "noise": "gaussian", "multiplex": 0}, {}),
 }
 """Per soft action: (knobs it fixes, knobs it needs with their allowed values); a need's
 first value is its default (multiplex: 4 draws)."""
@@ -96,7 +97,9 @@ class AlgorithmConfig:
     token alone (log w_y; noise on the fed-back weights, if any, explores off the action);
     ``concrete``, the noisy weights fed back, by their density (noise gumbel, the default,
     or dirichlet); ``multiplex``, m tokens drawn and fed back as their mixture, by the
-    draws' probability (``soft_thinking.multiplex``, default 4). None: as the knobs say
+    draws' probability (``soft_thinking.multiplex``, default 4); ``gaussian``, the concept
+    embedding plus Gaussian noise (``soft_thinking.sigma``), by its Gaussian density (Soft
+    Tokens, Hard Truths). None: as the knobs say
     (``soft_thinking.action``, default 'sampled'). A knob that disagrees is an error."""
     prompts_per_step: int = 8
     group_size: int = 8

@@ -51,12 +51,15 @@ class SoftThinkingParams:
     """Temperature of the soft distribution (the request's own temperature applies after thinking)."""
     emit: Literal["argmax", "sample"] = "argmax"
     """Emitted token: argmax of the weights (readable trace) or a sample from them (the RL action)."""
-    noise: Literal["none", "dirichlet", "gumbel"] = "none"
-    """Exploration noise on the weights."""
+    noise: Literal["none", "dirichlet", "gumbel", "gaussian"] = "none"
+    """Exploration noise: on the weights (dirichlet, gumbel) or on the concept embedding (gaussian)."""
     alpha: float = 1.0
     """Dirichlet concentration scale: weights ~ Dirichlet(alpha * weights)."""
     tau: float = 1.0
     """Gumbel-Softmax temperature."""
+    sigma: float = 0.5
+    """Gaussian noise's standard deviation, in units of the embedding table's RMS entry
+    sqrt(mean E_ij^2) (at 1 the noise vector has about a token embedding's norm)."""
     multiplex: int = 0
     """Multiplex Thinking: 0 off; m >= 1 feeds back the mixture of m tokens drawn from the
     soft distribution (an emitted sample is the first draw). Excludes ``noise``."""
@@ -82,7 +85,7 @@ class SoftThinkingParams:
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, ("replace", "add"))
         _check_choice("emit", self.emit, ("argmax", "sample"))
-        _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel"))
+        _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel", "gaussian"))
         _check_choice("multiplex_weights", self.multiplex_weights, ("probability", "uniform"))
         _check_choice("action", self.action, ("sampled", "token"))
         _check_int("multiplex", self.multiplex, low=0)
@@ -97,6 +100,7 @@ class SoftThinkingParams:
         _check_float("temperature", self.temperature, "> 0", lambda v: v > 0.0)
         _check_float("alpha", self.alpha, "> 0", lambda v: v > 0.0)
         _check_float("tau", self.tau, "> 0", lambda v: v > 0.0)
+        _check_float("sigma", self.sigma, "> 0", lambda v: v > 0.0)
         _check_float("scale", self.scale, "finite", lambda v: True)
         _check_float("entropy_threshold", self.entropy_threshold, ">= 0", lambda v: v >= 0.0)
         if self.multiplex and self.noise != "none":

@@ -16,8 +16,9 @@ import numpy as np
 END_REASONS = (None, "think_end", "cold_stop", "budget")
 """``end_code`` -> end reason; code 0: thinking goes on."""
 
-PACKED_COLUMNS = ("kept", "entropy", "emitted", "logprob", "end_code")
-"""Columns of a packed row after its four blocks of K slots (ids, weights, log-weights, draws)."""
+PACKED_COLUMNS = ("kept", "entropy", "emitted", "logprob", "noise_scale", "seed_low", "seed_high", "end_code")
+"""Columns of a packed row after its four blocks of K slots (ids, weights, log-weights,
+draws); the end code comes last (the worker reads it as ``row[-1]``)."""
 SLOT_BLOCKS = 4
 
 
@@ -37,6 +38,13 @@ class SoftStep(TypedDict):
     draws: list[int] | None
     """Multiplex steps: per token id, how many draws took it (with replacement) or its draw
     rank, 1 first, 0 undrawn (without replacement); None for other steps."""
+    noise_scale: float | None
+    """Gaussian noise: its standard deviation (absolute; the knob ``sigma`` times the
+    embedding table's RMS entry); the fed-back concept is the mixture plus noise_scale * n,
+    n the standard normals of (``seed``, step). None for other steps."""
+    seed: int
+    """The request's soft-step seed: every draw of soft step k is a function of (seed, k)
+    (``vllm_soft.stateless_random``), so a replay can regenerate the step's noise."""
     entropy: float
     """Entropy (nats) of the step's full tempered distribution (what cold stop compares)."""
     emitted: int
@@ -70,8 +78,10 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
     multiplexed = draws.any(axis=1).tolist()
     draws = draws.tolist()
     columns = SLOT_BLOCKS * slots
-    kept, emitted, end_code = (payload[:, columns + c].astype(np.int64).tolist() for c in (0, 2, 4))
-    entropy, logprob = payload[:, columns + 1].tolist(), payload[:, columns + 3].tolist()
+    column = {name: payload[:, columns + c] for c, name in enumerate(PACKED_COLUMNS)}
+    kept, emitted, end_code = (column[name].astype(np.int64).tolist() for name in ("kept", "emitted", "end_code"))
+    entropy, logprob, noise_scale = (column[name].tolist() for name in ("entropy", "logprob", "noise_scale"))
+    seeds = (column["seed_high"].astype(np.uint64) << np.uint64(32) | column["seed_low"].astype(np.uint64)).tolist()
     return [
         SoftStep(
             position=first_position + row,
@@ -79,6 +89,8 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
             weights=weights[row][: kept[row]],
             log_weights=[None if value != value else value for value in log_weights[row][: kept[row]]],
             draws=draws[row][: kept[row]] if multiplexed[row] else None,
+            noise_scale=noise_scale[row] or None,
+            seed=seeds[row],
             entropy=entropy[row],
             emitted=emitted[row],
             logprob=None if logprob[row] != logprob[row] else logprob[row],  # NaN: a forced token
@@ -91,7 +103,7 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
 def pack_trace(rows: list[np.ndarray]) -> list[dict]:
     """A request's packed rows, in step order, in the form the trace crosses processes in:
     runs of rows of one width as {"shape", "data": float64 bytes} blocks (plain msgpack
-    types; a step's width is 4K + 5 for the largest top-k K of its batch)."""
+    types; a step's width is 4K + 8 for the largest top-k K of its batch)."""
     blocks, start = [], 0
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:

@@ -27,8 +27,17 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm_soft import stateless_random
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.soft_math import MODE_CODES, NOISE_CODES, ActionKnobs, concept_embeddings, mix_inputs, step_logprob
+from vllm_soft.soft_math import (
+    MODE_CODES,
+    NOISE_CODES,
+    ActionKnobs,
+    concept_embeddings,
+    gaussian_log_density,
+    mix_inputs,
+    step_logprob,
+)
 
 
 @dataclass
@@ -66,6 +75,31 @@ def _support_tensors(steps: list[dict], device) -> RecordedSupports:
     return RecordedSupports(*(tensor.to(device) for tensor in (token_ids, weights, log_weights, draws, valid)))
 
 
+def concept_noise(steps: list[dict], hidden_size: int, device) -> torch.Tensor | None:
+    """The Gaussian noise the engine added to each step's concept (float64, (S, H)):
+    noise_scale times the standard normals of (seed, soft step), regenerated; zero for
+    steps without it. None when no step has any."""
+    noisy = [row for row, step in enumerate(steps) if step.get("noise_scale")]
+    if not noisy:
+        return None
+    seeds = torch.tensor([stateless_random.as_int64(steps[row]["seed"]) for row in noisy], device=device)
+    counters = torch.tensor([steps[row]["position"] for row in noisy], device=device)  # soft step k sits at k
+    scales = torch.tensor([steps[row]["noise_scale"] for row in noisy], dtype=torch.float64, device=device)
+    noise_SH = torch.zeros(len(steps), hidden_size, dtype=torch.float64, device=device)
+    noise_SH[noisy] = scales.unsqueeze(-1) * stateless_random.normals(seeds, counters, hidden_size)
+    return noise_SH
+
+
+def recorded_concepts(steps: list[dict], embed, device) -> torch.Tensor:
+    """The concept embeddings (S, H, float32) the engine fed back after ``steps``: the
+    recorded mixture of ``embed``'s embeddings, plus the step's Gaussian noise if it had
+    any. What the learner replays, and what the engine rebuilds after a preemption."""
+    supports = _support_tensors(steps, device)
+    concept_SH = concept_embeddings(supports.token_ids_SK, supports.weights_SK, embed)
+    noise_SH = concept_noise(steps, concept_SH.shape[-1], device)
+    return concept_SH if noise_SH is None else concept_SH + noise_SH.float()
+
+
 def soft_inputs_embeds(
     embedding_VH: torch.Tensor,
     input_ids_BT: torch.Tensor,
@@ -78,8 +112,9 @@ def soft_inputs_embeds(
 ) -> torch.Tensor:
     """Input embeddings (B, T, H) of ``input_ids_BT`` as the engine fed them: response i
     lies in row ``rows[i]``, its token p at column ``response_starts[i] + p``, and the input
-    after each soft step that thinking continued from is its mixture (``replace``) or
-    E[y] + scale * mixture (``add``).
+    after each soft step that thinking continued from is its concept (``recorded_concepts``:
+    the mixture, plus Gaussian noise if the step had it; ``replace``) or E[y] + scale *
+    concept (``add``).
 
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
@@ -97,9 +132,8 @@ def soft_inputs_embeds(
         return inputs_BTH
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
-    supports = _support_tensors(fed_back, device)
     # The engine's own functions (soft_step.soft_step), with the table as the embedding.
-    concept_SH = concept_embeddings(supports.token_ids_SK, supports.weights_SK, embedding_VH.__getitem__)
+    concept_SH = recorded_concepts(fed_back, embedding_VH.__getitem__, device)
     index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
     steps = len(fed_back)
     add_S = torch.full((steps,), mode == "add", device=device)
@@ -126,11 +160,14 @@ def response_logprobs(
     soft_steps: list[dict],
     knobs: SoftThinkingParams,
     temperature: float,
+    embedding_VH: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-probability (R,) of each response token; ``logits_RV[i]`` predicts token i.
 
     ``knobs``: the soft knobs the rollout used; ``temperature``: the request's sampling
-    temperature for discrete tokens (<= 0 means greedy, scored at temperature 1).
+    temperature for discrete tokens (<= 0 means greedy, scored at temperature 1);
+    ``embedding_VH``: the input embedding table, needed with Gaussian noise (the fed-back
+    concept's density is measured from the policy's own concept).
     """
     device = logits_RV.device
     targets = torch.tensor(response_ids, dtype=torch.long, device=device)
@@ -146,6 +183,16 @@ def response_logprobs(
     emitted_SK = (supports.token_ids_SK == targets[rows].unsqueeze(1)) & valid_SK
     log_base_SK = torch.log_softmax(support_logits_SK, dim=-1)
     steps = len(soft_steps)
+    embedding_density_S = None
+    if knobs.noise == "gaussian":
+        if embedding_VH is None:
+            raise ValueError("response_logprobs: Gaussian noise needs embedding_VH (the input embedding table)")
+        # Fed back: the recorded mixture + noise; the policy's concept: its own weights' mixture.
+        weight_gap_SK = supports.weights_SK - log_base_SK.double().exp()
+        offset_SH = concept_embeddings(supports.token_ids_SK, weight_gap_SK, embedding_VH.__getitem__).double()
+        offset_SH = offset_SH + concept_noise(soft_steps, offset_SH.shape[-1], device)
+        scales_S = torch.tensor([s["noise_scale"] or 1.0 for s in soft_steps], dtype=torch.float64, device=device)
+        embedding_density_S = gaussian_log_density(offset_SH, scales_S)
 
     def per_step(value, dtype):
         return torch.full((steps,), value, dtype=dtype, device=device)
@@ -161,6 +208,7 @@ def response_logprobs(
         ended_B=torch.tensor([s["end_reason"] is not None for s in soft_steps], device=device),
         noise_kinds=frozenset({knobs.noise}),
         any_multiplex=knobs.multiplex > 0,
+        embedding_density_B=embedding_density_S,
     )
     soft_logprob_S = step_logprob(
         log_base_SK, supports.log_weights_SK, valid_SK, emitted_SK, supports.draws_SK, action

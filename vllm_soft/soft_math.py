@@ -15,6 +15,7 @@ Shape suffixes: B rows (requests), V vocabulary, K kept-support slots (padded wi
 weight 0 and ``kept`` False), H hidden size.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -188,7 +189,7 @@ def vocabulary_statistics(logits_CV: torch.Tensor, temperature_C: torch.Tensor):
     return maxima_CN, max_C1.squeeze(-1), total_C, entropy_C
 
 
-NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2}
+NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2, "gaussian": 3}
 """Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
 EMIT_CODES = {"argmax": 0, "sample": 1}
 MODE_CODES = {"replace": 0, "add": 1}
@@ -277,6 +278,16 @@ def multiplex_log_weights(
     return torch.log_softmax(log_mass_BK, dim=-1)
 
 
+def gaussian_log_density(offset_BH: torch.Tensor, sigma_B: torch.Tensor) -> torch.Tensor:
+    """log N(offset; 0, sigma^2 I) per row, float64: the density of a concept embedding
+    perturbed by isotropic Gaussian noise, ``offset`` being the perturbed concept minus the
+    policy's own. Differentiable in ``offset``."""
+    hidden = offset_BH.shape[-1]
+    sigma = _per_row(sigma_B, offset_BH)
+    squared = ((offset_BH.double() / sigma) ** 2).sum(-1)
+    return -0.5 * squared - hidden * torch.log(sigma).squeeze(-1) - 0.5 * hidden * math.log(2.0 * math.pi)
+
+
 def concrete_log_density(
     log_base_SK: torch.Tensor, log_noisy_SK: torch.Tensor, valid_SK: torch.Tensor, tau: float | torch.Tensor
 ) -> torch.Tensor:
@@ -357,8 +368,10 @@ def step_logprob(
 
     Per row: a step that ended thinking, or any step under ``action: token``, scores the
     emitted token, log base_y. Otherwise the action is what the step drew: without noise
-    the emitted token; with noise the fed-back weights, by their density (Concrete for
-    Gumbel, Dirichlet), plus log x_y for a sampled emission; under multiplex the draws.
+    the emitted token; with noise on the weights the fed-back weights, by their density
+    (Concrete for Gumbel, Dirichlet), plus log x_y for a sampled emission; with Gaussian
+    noise the perturbed concept embedding, by ``knobs.embedding_density_B``, plus log
+    base_y for a sampled emission; under multiplex the draws.
     """
     token = token_logprob(log_base_BK, emitted_BK)
     logprob = token
@@ -372,6 +385,9 @@ def step_logprob(
         emission = torch.where(emitted_BK, log_weights_BK.double().masked_fill(~valid_BK, 0.0), 0.0).sum(-1)
         density = density + torch.where(knobs.sample_B, emission, 0.0)
         logprob = torch.where(knobs.noise_B == NOISE_CODES[kind], density, logprob)
+    if "gaussian" in knobs.noise_kinds:
+        density = knobs.embedding_density_B + torch.where(knobs.sample_B, token, 0.0)
+        logprob = torch.where(knobs.noise_B == NOISE_CODES["gaussian"], density, logprob)
     if knobs.any_multiplex:
         draws = multiplex_logprob(log_base_BK, draws_BK, valid_BK, knobs.replacement_B)
         logprob = torch.where(knobs.multiplex_B > 0, draws, logprob)
@@ -399,6 +415,8 @@ class ActionKnobs:
     """The step ended thinking (bool): its mixture was never fed back."""
     noise_kinds: frozenset[str]
     any_multiplex: bool
+    embedding_density_B: torch.Tensor | None = None
+    """Rows with Gaussian noise: ``gaussian_log_density`` of their perturbed concept (float64)."""
 
 
 def concept_embeddings(

@@ -29,22 +29,26 @@ from vllm_soft import soft_math, stateless_random
 from vllm_soft.params import SoftThinkingParams
 
 # Column layout of the per-request knob rows (``knob_row``) and of the gathered tensors.
-FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "alpha", "tau", "scale", "entropy_threshold")
+FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "alpha", "tau", "scale", "entropy_threshold", "sigma")
 INT_COLUMNS = (
     "top_k", "noise", "emit", "mode", "think_end_id", "patience", "max_soft_steps", "seed",
     "multiplex", "multiplex_replacement", "multiplex_weights", "action",
 )
-(TEMPERATURE, TOP_P, MIN_P, ALPHA, TAU, SCALE, ENTROPY_THRESHOLD) = range(len(FLOAT_COLUMNS))
+(TEMPERATURE, TOP_P, MIN_P, ALPHA, TAU, SCALE, ENTROPY_THRESHOLD, SIGMA) = range(len(FLOAT_COLUMNS))
 (
     TOP_K, NOISE, EMIT, MODE, THINK_END_ID, PATIENCE, MAX_SOFT_STEPS, SEED,
     MULTIPLEX, MULTIPLEX_REPLACEMENT, MULTIPLEX_WEIGHTS, ACTION,
 ) = range(len(INT_COLUMNS))
 
 
-def knob_row(params: SoftThinkingParams, seed: int) -> tuple[list[float], list[int]]:
+def knob_row(params: SoftThinkingParams, seed: int, embedding_rms: float = 1.0) -> tuple[list[float], list[int]]:
     """A request's knobs as one float row and one int row (``FLOAT_COLUMNS``, ``INT_COLUMNS``);
-    absent think-end token: -1, no budget: 0; ``seed``: the request's 64-bit soft-step seed."""
-    floats = [params.temperature, params.top_p, params.min_p, params.alpha, params.tau, params.scale, params.entropy_threshold]
+    absent think-end token: -1, no budget: 0; ``seed``: the request's 64-bit soft-step seed;
+    sigma: absolute, ``params.sigma`` times the embedding table's RMS entry ``embedding_rms``."""
+    floats = [
+        params.temperature, params.top_p, params.min_p, params.alpha, params.tau, params.scale,
+        params.entropy_threshold, params.sigma * embedding_rms,
+    ]
     ints = [
         params.top_k,
         soft_math.NOISE_CODES[params.noise],
@@ -77,7 +81,7 @@ class StepKnobs:
     max_k: int
     """The largest top_k among the rows (known on the host)."""
     noise_kinds: frozenset[str]
-    """Noise kinds among the rows ('none', 'dirichlet', 'gumbel')."""
+    """Noise kinds among the rows ('none', 'dirichlet', 'gumbel', 'gaussian')."""
     any_sample: bool
     """Whether some row samples its emitted token."""
     any_add: bool
@@ -111,10 +115,12 @@ class StepKnobs:
         )
 
     @classmethod
-    def for_requests(cls, rows: list[tuple[SoftThinkingParams, int, int]], device="cpu") -> "StepKnobs":
+    def for_requests(
+        cls, rows: list[tuple[SoftThinkingParams, int, int]], device="cpu", embedding_rms: float = 1.0
+    ) -> "StepKnobs":
         """Knobs of (params, seed, soft steps done) rows, streaks 0: for a step without slot
         tables (memory profiling, tests)."""
-        floats, ints = zip(*(knob_row(params, seed) for params, seed, _ in rows))
+        floats, ints = zip(*(knob_row(params, seed, embedding_rms) for params, seed, _ in rows))
         host_ints = np.array(ints, dtype=np.int64)
         return cls.from_rows(
             torch.tensor(floats, dtype=torch.float64, device=device),
@@ -153,12 +159,20 @@ class SoftStepOutput:
     next_inputs_BH: torch.Tensor
     """The input embedding of the emitted token's position (float32); meaningful only for
     rows whose thinking goes on."""
+    noise_scale_B: torch.Tensor
+    """Standard deviation of the Gaussian noise on the concept (float64); 0 for other rows."""
+    seed_B: torch.Tensor
+    """The request's soft-step seed (int64 holding 64 bits)."""
 
     def packed(self) -> torch.Tensor:
-        """Everything the host needs, as one float64 (B, 4K + 5) tensor, for one transfer:
+        """Everything the host needs, as one float64 (B, 4K + 8) tensor, for one transfer:
         ids and draws (exact in float64), weights, log-weights, then
         ``records.PACKED_COLUMNS`` (read back by ``records.unpack_rows``)."""
-        columns = (self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.end_code_B)
+        seed_low, seed_high = self.seed_B & 0xFFFFFFFF, (self.seed_B >> 32) & 0xFFFFFFFF  # exact in float64
+        columns = (
+            self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.noise_scale_B, seed_low, seed_high,
+            self.end_code_B,
+        )
         blocks = (self.token_ids_BK.double(), self.weights_BK, self.log_weights_BK, self.draws_BK.double())
         return torch.cat((*blocks, torch.stack([c.double() for c in columns], dim=-1)), dim=-1)
 
@@ -166,8 +180,9 @@ class SoftStepOutput:
 COMPILED_NOISE_KINDS = frozenset({"none", "gumbel"})
 """Noise kinds the compiled step evaluates for every row. A batch with Dirichlet rows runs
 its per-row tail eagerly: Dirichlet's gamma draws (24 uniforms per slot) would otherwise
-cost every step of every batch about 0.5 ms on a 2-core CPU. Batches with multiplex rows
-run it eagerly too (their draws' shapes depend on the number of draws)."""
+cost every step of every batch about 0.5 ms on a 2-core CPU. Batches with multiplex or
+Gaussian rows run it eagerly too (their draws' shapes depend on the number of draws or the
+hidden size)."""
 
 
 def decide(
@@ -179,11 +194,14 @@ def decide(
     noise_kinds: frozenset[str],
     any_sample: bool,
     max_multiplex: int = 0,
-) -> tuple[torch.Tensor, ...]:
+    hidden_size: int = 0,
+) -> tuple[torch.Tensor | None, ...]:
     """Noise or multiplex draws, emission, thinking's end and the rollout log-probability of
     every row, from its filtered distribution: (weights_BK, log_weights_BK, draws_BK,
-    kept_B, emitted_B, logprob_B, end_code_B, low_entropy_streak_B). ``noise_kinds``,
-    ``any_sample`` and ``max_multiplex`` say which branches to evaluate; a branch no row
+    kept_B, emitted_B, logprob_B, end_code_B, low_entropy_streak_B, concept_noise_BH), the
+    last the Gaussian noise to add to the concept embeddings (None when no row has it;
+    ``hidden_size`` is needed then). ``noise_kinds``, ``any_sample`` and ``max_multiplex``
+    say which branches to evaluate; a branch no row
     takes may be evaluated anyway (its result is selected away, and every draw depends only
     on (seed, step, lane)), which is how the compiled step runs every batch with one graph."""
     base_BK = dist.weights_BK.double()
@@ -202,6 +220,8 @@ def decide(
         lanes.append((stateless_random.EMIT, 1))
     if max_multiplex:
         lanes += [(stateless_random.MULTIPLEX, max_multiplex), (stateless_random.MULTIPLEX_KEYS, slots)]
+    if "gaussian" in noise_kinds:
+        lanes.append(stateless_random.gaussian_lane(hidden_size))
     draws = iter(stateless_random.draw(seed_B, step_B, lanes) if lanes else [])
 
     log_weights_BK = log_base_BK
@@ -224,6 +244,12 @@ def decide(
         log_weights_BK = torch.where(multiplexed_B.unsqueeze(-1), mixture, log_weights_BK)
         draws_BK = torch.where(multiplexed_B.unsqueeze(-1), drawn_BK, draws_BK)
     weights_BK = log_weights_BK.exp()
+    concept_noise_BH, embedding_density_B = None, None
+    if "gaussian" in noise_kinds:
+        gaussian_B = (noise_B == soft_math.NOISE_CODES["gaussian"]).unsqueeze(-1)
+        normal_BH = stateless_random.normal(next(draws))[:, :hidden_size]
+        concept_noise_BH = torch.where(gaussian_B, floats[:, SIGMA].unsqueeze(-1) * normal_BH, 0.0)
+        embedding_density_B = soft_math.gaussian_log_density(concept_noise_BH, floats[:, SIGMA])
 
     # Emission: the argmax of the fed-back weights, or a sample from them; under multiplex
     # a sample is the first draw.
@@ -245,17 +271,18 @@ def decide(
         noise_B=noise_B, alpha_B=floats[:, ALPHA], tau_B=floats[:, TAU], sample_B=sample_B,
         multiplex_B=multiplex_B, replacement_B=replacement_B,
         token_only_B=ints[:, ACTION] == soft_math.ACTION_CODES["token"], ended_B=end_code_B != 0,
-        noise_kinds=noise_kinds, any_multiplex=max_multiplex > 0,
+        noise_kinds=noise_kinds, any_multiplex=max_multiplex > 0, embedding_density_B=embedding_density_B,
     )
     logprob_B = soft_math.step_logprob(log_base_BK, log_weights_BK, dist.kept_BK, emitted_slot_BK, draws_BK, action)
     # A token forced by cold stop or the budget was no action of the policy: no log-probability.
     logprob_B = torch.where(emitted_B == chosen_B, logprob_B, float("nan"))
-    return weights_BK, log_weights_BK, draws_BK, dist.kept_BK.sum(-1), emitted_B, logprob_B, end_code_B, streak_B
+    kept_B = dist.kept_BK.sum(-1)
+    return weights_BK, log_weights_BK, draws_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B, concept_noise_BH
 
 
 def _decide_with_statistics(
     logits_BV, maxima_BN, max_B, total_B, entropy_B, floats, ints, steps_B, streak_B, slots_K,
-    noise_kinds=COMPILED_NOISE_KINDS, any_sample=True, max_multiplex=0,
+    noise_kinds=COMPILED_NOISE_KINDS, any_sample=True, max_multiplex=0, hidden_size=0,
 ):
     """Filtering from the vocabulary statistics, then ``decide``: the tail of the step, by
     default with every compiled branch on (``slots_K``: an empty tensor whose length is the
@@ -265,7 +292,7 @@ def _decide_with_statistics(
         floats[:, TOP_P], floats[:, MIN_P], slots_K.shape[0],
     )
     return (dist.token_ids_BK, dist.entropy_B) + decide(
-        dist, floats, ints, steps_B, streak_B, noise_kinds, any_sample, max_multiplex
+        dist, floats, ints, steps_B, streak_B, noise_kinds, any_sample, max_multiplex, hidden_size
     )
 
 
@@ -303,7 +330,7 @@ class CompiledSoftStep:
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
         return tensors
 
-    def __call__(self, logits_BV: torch.Tensor, knobs: StepKnobs) -> tuple[torch.Tensor, ...]:
+    def __call__(self, logits_BV: torch.Tensor, knobs: StepKnobs, hidden_size: int = 0) -> tuple[torch.Tensor | None, ...]:
         """``_decide_with_statistics``'s results for the rows of ``logits_BV``."""
         inputs = (logits_BV, knobs.floats_BF, knobs.ints_BI, knobs.soft_steps_done_B, knobs.low_entropy_streak_B)
         rows = logits_BV.shape[0]
@@ -317,8 +344,10 @@ class CompiledSoftStep:
             if knobs.noise_kinds <= COMPILED_NOISE_KINDS and not knobs.max_multiplex:
                 outputs = self._tail(*self._dynamic(*tail_inputs))
             else:
-                outputs = _decide_with_statistics(*tail_inputs, knobs.noise_kinds, knobs.any_sample, knobs.max_multiplex)
-        return tuple(value[:rows] for value in outputs) if rows == 1 else outputs
+                outputs = _decide_with_statistics(
+                    *tail_inputs, knobs.noise_kinds, knobs.any_sample, knobs.max_multiplex, hidden_size
+                )
+        return tuple(None if value is None else value[:rows] for value in outputs) if rows == 1 else outputs
 
 
 def _compiled_form(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -336,6 +365,7 @@ def soft_step(
     embed: Callable[[torch.Tensor], torch.Tensor],
     workspace: torch.Tensor | None = None,
     compiled: CompiledSoftStep | None = None,
+    hidden_size: int = 0,
 ) -> SoftStepOutput:
     """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
 
@@ -343,11 +373,14 @@ def soft_step(
     token ids to input embeddings (the model's own embedding, so tensor-parallel shards
     and untied heads are handled by the model). ``compiled`` (the engine's, on CPU) runs
     everything but the embeddings compiled; otherwise eager kernels, with ``workspace``
-    serving the vocabulary pass.
+    serving the vocabulary pass. ``hidden_size``: the embeddings' size, needed by rows with
+    Gaussian noise (drawn before the embeddings are looked up).
     """
     floats, ints = knobs.floats_BF, knobs.ints_BI
+    if "gaussian" in knobs.noise_kinds and hidden_size <= 0:
+        raise ValueError("soft_step: rows with Gaussian noise need hidden_size (the embeddings' size)")
     if compiled is not None:
-        token_ids_BK, entropy_B, *decided = compiled(logits_BV, knobs)
+        token_ids_BK, entropy_B, *decided = compiled(logits_BV, knobs, hidden_size)
     else:
         dist = soft_math.filter_distribution(
             logits_BV, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P], floats[:, MIN_P], workspace, knobs.max_k
@@ -355,14 +388,16 @@ def soft_step(
         token_ids_BK, entropy_B = dist.token_ids_BK, dist.entropy_B
         decided = decide(
             dist, floats, ints, knobs.soft_steps_done_B, knobs.low_entropy_streak_B, knobs.noise_kinds, knobs.any_sample,
-            knobs.max_multiplex,
+            knobs.max_multiplex, hidden_size,
         )
-    weights_BK, log_weights_BK, draws_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B = decided
+    weights_BK, log_weights_BK, draws_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B, concept_noise_BH = decided
 
     rows, slots = token_ids_BK.shape
     ids = torch.cat((token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else token_ids_BK.reshape(-1)
     embeds = embed(ids)
     concept_BH = soft_math.weighted_embeddings(weights_BK, embeds[: rows * slots].reshape(rows, slots, -1))
+    if concept_noise_BH is not None:
+        concept_BH = concept_BH + concept_noise_BH.float()
     next_inputs_BH = concept_BH
     if knobs.any_add:
         add_B = ints[:, MODE] == soft_math.MODE_CODES["add"]
@@ -380,4 +415,6 @@ def soft_step(
         end_code_B=end_code_B,
         low_entropy_streak_B=streak_B,
         next_inputs_BH=next_inputs_BH,
+        noise_scale_B=torch.where(ints[:, NOISE] == soft_math.NOISE_CODES["gaussian"], floats[:, SIGMA], 0.0),
+        seed_B=ints[:, SEED],
     )

@@ -42,6 +42,8 @@ MULTIPLEX = 4
 """Multiplex draws with replacement: one uniform per draw."""
 MULTIPLEX_KEYS = 5
 """Multiplex draws without replacement: one Gumbel key per slot."""
+GAUSSIAN = 6
+"""Gaussian noise on the concept embedding: one uniform per hidden dimension (Box-Muller pairs)."""
 GAMMA_ATTEMPTS = 8
 """Marsaglia-Tsang attempts per gamma draw; each accepts with probability >= 0.95 (shape >= 1),
 so all eight fail with probability < 4e-11 (then the last proposal is used)."""
@@ -110,6 +112,24 @@ def uniforms(seed_B: torch.Tensor, step_B: torch.Tensor, purpose: int, count: in
 def gumbel(uniform_BN: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel draws from uniforms in (0, 1)."""
     return -torch.log(-torch.log(uniform_BN))
+
+
+def normal(uniform_BN: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws (Box-Muller, both outputs of each pair) from an even number of
+    uniforms in (0, 1), float64."""
+    u1, u2 = uniform_BN[:, 0::2], uniform_BN[:, 1::2]
+    radius, angle = torch.sqrt(-2.0 * torch.log(u1)), 2.0 * torch.pi * u2
+    return torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1).reshape(uniform_BN.shape)
+
+
+def gaussian_lane(hidden_size: int) -> tuple[int, int]:
+    """The ``draw`` lane of ``hidden_size`` normals (an even number of uniforms)."""
+    return GAUSSIAN, hidden_size + hidden_size % 2
+
+
+def normals(seed_B: torch.Tensor, step_B: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """(B, hidden_size) standard normals of the GAUSSIAN lane, as the soft step makes them."""
+    return normal(draw(seed_B, step_B, [gaussian_lane(hidden_size)])[0])[:, :hidden_size]
 
 
 def gamma_lanes(count: int) -> list[tuple[int, int]]:

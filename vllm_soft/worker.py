@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vllm_soft import records, soft_math, soft_step, stateless_random
+from vllm_soft import records, replay, soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
 
 logger = logging.getLogger("vllm_soft")
@@ -130,6 +130,7 @@ class SoftThinkingRunner:
         self._workspace: torch.Tensor | None = None
         self.compiled = _compiled_step(vocab_size, device, defaults.top_k) if compile_step else None
         self._pinned: torch.Tensor | None = None
+        self._embedding_rms: float | None = None
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
 
@@ -238,25 +239,21 @@ class SoftThinkingRunner:
 
     def _rebuild(self, view: BatchView, inputs_embeds, embed, rows, rebuild_from, rebuild_to) -> None:
         """Inputs of recorded soft positions scheduled again (a recompute after preemption),
-        from the host records, with the step's own functions. Not on the decode path."""
+        from the host records, with the learner's replay functions. Not on the decode path."""
         starts, computed = view.query_starts, view.num_computed
-        flat, ids, weights, add, scale = [], [], [], [], []
+        flat, steps, add, scale = [], [], [], []
         for row in rows.tolist():
             state = self.requests[view.req_ids[row]]
             first = state.first_soft_position
             for position in range(int(rebuild_from[row]), int(rebuild_to[row])):
-                token_ids, step_weights = records.row_support(state.mixtures[position - first])
+                packed = state.mixtures[position - first]
+                steps += records.unpack_rows(packed[None], first_position=position - first)
                 flat.append(int(starts[row]) + position - int(computed[row]))
-                ids.append(token_ids)
-                weights.append(step_weights)
                 add.append(state.params.mode == "add")
                 scale.append(state.params.scale)
-        slots = max(map(len, ids))
         device = inputs_embeds.device
-        ids_BK = torch.tensor([i + [0] * (slots - len(i)) for i in ids], device=device)
-        weights_BK = torch.tensor([w + [0.0] * (slots - len(w)) for w in weights], dtype=torch.float64, device=device)
         flat_B = torch.tensor(flat, device=device)
-        concept = soft_math.concept_embeddings(ids_BK, weights_BK, embed)
+        concept = replay.recorded_concepts(steps, embed, device)
         mixed = soft_math.mix_inputs(
             torch.tensor(add, device=device), inputs_embeds[flat_B], concept, torch.tensor(scale, device=device)
         )
@@ -291,12 +288,31 @@ class SoftThinkingRunner:
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
         """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
         soft_logits = logits_BV if plan.all_rows else logits_BV.index_select(0, plan.rows_dev)
-        out = soft_step.soft_step(soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled)
+        if "gaussian" in plan.knobs.noise_kinds:  # the gathered copy: sigma in embedding units -> absolute
+            plan.knobs.floats_BF[:, soft_step.SIGMA] *= self.embedding_rms(embed)
+        out = soft_step.soft_step(
+            soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled, self.hidden_size
+        )
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
         self.progress_S2.index_copy_(0, plan.slots_dev, progress)
         plan.payload, plan.copied = self._to_host(out.packed())
         return out.emitted_B
+
+    def embedding_rms(self, embed) -> float:
+        """The input embedding table's RMS entry sqrt(mean E_ij^2), Gaussian noise's unit:
+        computed on first use, 8192 rows at a time, and kept until ``weights_changed``."""
+        if self._embedding_rms is None:
+            total = 0.0
+            for start in range(0, self.vocab_size, 8192):
+                ids = torch.arange(start, min(start + 8192, self.vocab_size), device=self.device)
+                total += float(embed(ids).double().pow(2).sum())
+            self._embedding_rms = (total / (self.vocab_size * self.hidden_size)) ** 0.5
+        return self._embedding_rms
+
+    def weights_changed(self) -> None:
+        """Forget what was computed from the weights (after a weight update)."""
+        self._embedding_rms = None
 
     def _to_host(self, payload: torch.Tensor):
         """Start the step's one device→host copy (pinned, non-blocking on CUDA)."""
@@ -360,10 +376,10 @@ class SoftThinkingRunner:
             SoftThinkingParams(top_k=top_k, noise="dirichlet", emit="sample", mode="add"),
             SoftThinkingParams(top_k=top_k, noise="gumbel"),
             SoftThinkingParams(top_k=top_k, multiplex=top_k, emit="sample"),
-            SoftThinkingParams(top_k=top_k),
+            SoftThinkingParams(top_k=top_k, noise="gaussian"),
         ]
         knobs = soft_step.StepKnobs.for_requests([(branches[i % 4], 0, 0) for i in range(rows)], self.device)
-        out = soft_step.soft_step(logits, knobs, embed, self._workspace_for(logits), self.compiled)
+        out = soft_step.soft_step(logits, knobs, embed, self._workspace_for(logits), self.compiled, self.hidden_size)
         out.packed()
 
 

@@ -21,6 +21,7 @@ ACTIONS = {
     "token under gumbel noise": {"noise": "gumbel", "tau": 0.5, "action": "token"},
     "dirichlet, tiny concentrations": {"noise": "dirichlet", "alpha": 0.3},
     "multiplex": {"multiplex": 4},
+    "gaussian": {"noise": "gaussian", "sigma": 0.5},
     "multiplex without replacement, uniform": {"multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform"},
 }
 
@@ -49,7 +50,8 @@ def test_rebuilt_inputs_reproduce_rollout_logprobs(action, default_rollout_worke
         with torch.no_grad():
             logits = default_hf_model(inputs_embeds=inputs.unsqueeze(0)).logits[0]
         replayed = response_logprobs(
-            logits[len(sample.prompt_token_ids) - 1 :], sample.response_token_ids, sample.soft_steps, resolved, temperature=1.0
+            logits[len(sample.prompt_token_ids) - 1 :], sample.response_token_ids, sample.soft_steps, resolved,
+            temperature=1.0, embedding_VH=embedding,
         )
         gap = (replayed - torch.tensor(sample.rollout_logprobs)).abs()
         assert float(gap.max()) <= TOLERANCE, f"largest gap {float(gap.max()):.2e} at {int(gap.argmax())}"

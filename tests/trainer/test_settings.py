@@ -25,6 +25,7 @@ def test_engine_model_must_be_unset_or_the_model():
     ("concrete", {"noise": "dirichlet"}, {"noise": "dirichlet", "action": "sampled", "multiplex": 0}),
     ("multiplex", {}, {"multiplex": 4, "action": "sampled", "noise": "none"}),
     ("multiplex", {"multiplex": 2, "multiplex_replacement": False}, {"multiplex": 2, "multiplex_replacement": False}),
+    ("gaussian", {"sigma": 0.3}, {"noise": "gaussian", "sigma": 0.3, "action": "sampled"}),
 ])
 def test_a_soft_action_sets_the_rollout_knobs_it_needs(action, soft_thinking, expected):
     knobs = AlgorithmConfig(mode="replace", soft_thinking=soft_thinking, soft_action=action).rollout_knobs()
@@ -37,6 +38,7 @@ def test_a_soft_action_sets_the_rollout_knobs_it_needs(action, soft_thinking, ex
     ("concrete", {"multiplex": 3}, "needs soft_thinking.multiplex = 0 (got 3)"),
     ("multiplex", {"noise": "gumbel"}, "needs soft_thinking.noise = 'none' (got 'gumbel')"),
     ("multiplex", {"multiplex": 0}, "needs soft_thinking.multiplex > 0 (got 0)"),
+    ("gaussian", {"noise": "gumbel"}, "needs soft_thinking.noise = 'gaussian' (got 'gumbel')"),
 ])
 def test_a_knob_that_disagrees_with_the_soft_action_is_an_error_naming_both(action, soft_thinking, message):
     with pytest.raises(ValueError, match=f"^algorithm.soft_action {action!r} {message}$".replace("(", r"\(").replace(")", r"\)")):

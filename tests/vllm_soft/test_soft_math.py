@@ -245,6 +245,16 @@ def test_tiny_dirichlet_draws_keep_a_finite_exact_density():
     torch.testing.assert_close(density, expected, rtol=1e-12, atol=1e-9)
 
 
+def test_gaussian_log_density_is_torch_normal_and_the_draws_are_standard_normal():
+    normals = stateless_random.normals(torch.arange(200), torch.zeros(200, dtype=torch.long), 577)
+    assert normals.shape == (200, 577)
+    assert abs(float(normals.mean())) < 0.01 and abs(float(normals.var()) - 1.0) < 0.01
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    offset = sigma.unsqueeze(-1) * normals[:2]
+    expected = torch.distributions.Normal(0.0, sigma.unsqueeze(-1)).log_prob(offset).sum(-1)
+    torch.testing.assert_close(soft_math.gaussian_log_density(offset, sigma), expected, rtol=1e-12, atol=1e-9)
+
+
 def _multiplex(weights: torch.Tensor, rows: int, count: int, replacement: bool, seed: int = 0):
     weights_BK = weights.expand(rows, -1).double()
     seed_B, step_B = torch.full((rows,), seed), torch.arange(rows)

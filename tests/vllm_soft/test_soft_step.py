@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vllm_soft import records, soft_math, soft_step
+from vllm_soft import records, soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams
 
 VOCAB, HIDDEN = 300, 16
@@ -34,6 +34,8 @@ MIXED = [
     SoftThinkingParams(top_k=6, multiplex=3, emit="sample"),
     SoftThinkingParams(top_k=6, top_p=1.0, multiplex=4, multiplex_replacement=False, multiplex_weights="uniform", mode="add"),
     SoftThinkingParams(top_k=10, noise="gumbel", tau=0.5, emit="sample", action="token"),
+    SoftThinkingParams(top_k=7, noise="gaussian", sigma=0.3, emit="sample"),
+    SoftThinkingParams(top_k=4, noise="gaussian", sigma=2.0, mode="add", scale=0.5),
 ]
 
 
@@ -46,9 +48,9 @@ def test_each_row_is_the_same_alone_and_inside_a_batch():
     normalises over the batch's widest support, so sums run over other paddings)."""
     rows = [(params, 1000 + i, 3 * i) for i, params in enumerate(MIXED * 3)]
     logits = _logits(len(rows))
-    batch = soft_step.soft_step(logits, knobs_for(rows), embed)
+    batch = soft_step.soft_step(logits, knobs_for(rows), embed, hidden_size=HIDDEN)
     for i, row in enumerate(rows):
-        alone = soft_step.soft_step(logits[i : i + 1], knobs_for([row]), embed)
+        alone = soft_step.soft_step(logits[i : i + 1], knobs_for([row]), embed, hidden_size=HIDDEN)
         kept = int(alone.kept_B[0])
         assert int(batch.kept_B[i]) == kept
         assert torch.equal(batch.token_ids_BK[i, :kept], alone.token_ids_BK[0, :kept])
@@ -61,7 +63,7 @@ def test_each_row_is_the_same_alone_and_inside_a_batch():
 def test_draws_depend_on_seed_and_step():
     params = SoftThinkingParams(top_k=10, top_p=1.0, noise="gumbel", emit="sample")
     logits = _logits(1).expand(4, -1)
-    out = soft_step.soft_step(logits, knobs_for([(params, 1, 0), (params, 1, 0), (params, 1, 1), (params, 2, 0)]), embed)
+    out = soft_step.soft_step(logits, knobs_for([(params, 1, 0), (params, 1, 0), (params, 1, 1), (params, 2, 0)]), embed, hidden_size=HIDDEN)
     assert torch.equal(out.weights_BK[0], out.weights_BK[1])
     assert not torch.equal(out.weights_BK[0], out.weights_BK[2])
     assert not torch.equal(out.weights_BK[0], out.weights_BK[3])
@@ -69,7 +71,7 @@ def test_draws_depend_on_seed_and_step():
 
 def test_top_k_1_without_noise_is_greedy():
     logits = _logits(8)
-    out = soft_step.soft_step(logits, knobs_for([(SoftThinkingParams(top_k=1), i, 0) for i in range(8)]), embed)
+    out = soft_step.soft_step(logits, knobs_for([(SoftThinkingParams(top_k=1), i, 0) for i in range(8)]), embed, hidden_size=HIDDEN)
     assert torch.equal(out.emitted_B, logits.argmax(-1))
     assert torch.equal(out.next_inputs_BH, TABLE[logits.argmax(-1)])
     assert torch.equal(out.logprob_B, torch.zeros(8, dtype=torch.float64))
@@ -92,7 +94,7 @@ def _action_knobs(params: SoftThinkingParams, ended: bool) -> soft_math.ActionKn
 def test_logprob_is_step_logprob_of_each_row():
     rows = [(params, 7 + i, i) for i, params in enumerate(MIXED)]
     logits = _logits(len(rows), seed=3)
-    out = soft_step.soft_step(logits, knobs_for(rows), embed)
+    out = soft_step.soft_step(logits, knobs_for(rows), embed, hidden_size=HIDDEN)
     for i, (params, _, _) in enumerate(rows):
         kept = int(out.kept_B[i])
         dist = soft_math.filter_distribution(
@@ -101,19 +103,25 @@ def test_logprob_is_step_logprob_of_each_row():
         )
         base = dist.weights_BK[:, :kept].double()
         emitted = (dist.token_ids_BK[:, :kept] == out.emitted_B[i]).reshape(1, kept)
+        action = _action_knobs(params, ended=False)
+        if params.noise == "gaussian":  # the concept's noise, regenerated from (seed, step)
+            noise = params.sigma * stateless_random.normals(torch.tensor([7 + i]), torch.tensor([i]), HIDDEN)
+            action.embedding_density_B = soft_math.gaussian_log_density(noise, torch.tensor([params.sigma]))
         expected = soft_math.step_logprob(
             base.log(), out.log_weights_BK[i : i + 1, :kept], torch.ones_like(emitted), emitted,
-            out.draws_BK[i : i + 1, :kept], _action_knobs(params, ended=False),
+            out.draws_BK[i : i + 1, :kept], action,
         )
         torch.testing.assert_close(out.logprob_B[i : i + 1], expected, rtol=1e-5, atol=1e-5)  # float32 filter
 
 
 def test_next_inputs_are_the_mixtures_of_the_fed_back_weights():
     rows = [(params, i, 0) for i, params in enumerate(MIXED)]
-    out = soft_step.soft_step(_logits(len(rows), seed=4), knobs_for(rows), embed)
+    out = soft_step.soft_step(_logits(len(rows), seed=4), knobs_for(rows), embed, hidden_size=HIDDEN)
     for i, (params, _, _) in enumerate(rows):
         kept = int(out.kept_B[i])
         concept = (out.weights_BK[i, :kept].float().unsqueeze(-1) * TABLE[out.token_ids_BK[i, :kept]]).sum(0)
+        if params.noise == "gaussian":  # noise on the concept, from the draws of (seed, step 0)
+            concept = concept + params.sigma * stateless_random.normals(torch.tensor([i]), torch.tensor([0]), HIDDEN)[0].float()
         expected = concept if params.mode == "replace" else TABLE[out.emitted_B[i]] + params.scale * concept
         torch.testing.assert_close(out.next_inputs_BH[i], expected, rtol=1e-5, atol=1e-5)
 
@@ -121,7 +129,7 @@ def test_next_inputs_are_the_mixtures_of_the_fed_back_weights():
 def test_cold_stop_forces_think_end_without_a_logprob():
     params = SoftThinkingParams(entropy_threshold=100.0, patience=1, think_end=5, think_end_id=5)
     budget = SoftThinkingParams(max_soft_steps=4, think_end=6, think_end_id=6)
-    out = soft_step.soft_step(_logits(2, seed=5), knobs_for([(params, 0, 0), (budget, 0, 3)]), embed)
+    out = soft_step.soft_step(_logits(2, seed=5), knobs_for([(params, 0, 0), (budget, 0, 3)]), embed, hidden_size=HIDDEN)
     assert out.emitted_B.tolist() == [5, 6]
     assert [records.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
     assert torch.isnan(out.logprob_B).all()
@@ -135,13 +143,13 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
              SoftThinkingParams(top_k=6, noise="dirichlet", alpha=1.0, emit="sample"),
              SoftThinkingParams(top_k=6, multiplex=3, emit="sample")]
     logits = _logits(3, seed=9)
-    thinking = soft_step.soft_step(logits, knobs_for([(p, 11 + i, 2) for i, p in enumerate(noisy)]), embed)
+    thinking = soft_step.soft_step(logits, knobs_for([(p, 11 + i, 2) for i, p in enumerate(noisy)]), embed, hidden_size=HIDDEN)
     if ending == "budget":  # no think-end token: the budget ends thinking on the sampled token
         rows = [(dataclasses.replace(p, max_soft_steps=3), 11 + i, 2) for i, p in enumerate(noisy)]
     else:  # the same draws emit the same token, now the think-end token
         rows = [(dataclasses.replace(p, think_end=int(t), think_end_id=int(t)), 11 + i, 2)
                 for i, (p, t) in enumerate(zip(noisy, thinking.emitted_B))]
-    out = soft_step.soft_step(logits, knobs_for(rows), embed)
+    out = soft_step.soft_step(logits, knobs_for(rows), embed, hidden_size=HIDDEN)
     assert torch.equal(out.emitted_B, thinking.emitted_B)
     for i, (params, _, _) in enumerate(rows):
         assert records.END_REASONS[int(out.end_code_B[i])] == ending
@@ -159,7 +167,7 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
 def test_packed_rows_unpack_to_trace_entries():
     forced = SoftThinkingParams(max_soft_steps=1, think_end=6, think_end_id=6)
     rows = [(params, i, 0) for i, params in enumerate(MIXED)] + [(forced, 0, 0)]
-    out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed)
+    out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed, hidden_size=HIDDEN)
     entries = records.unpack_rows(out.packed().numpy())
     assert len(entries) == len(rows)
     for i, entry in enumerate(entries):
@@ -173,7 +181,9 @@ def test_packed_rows_unpack_to_trace_entries():
         # None only where a weight is 0 by construction (an undrawn multiplex token).
         for weight, log_weight in zip(entry["weights"], entry["log_weights"]):
             assert weight == 0.0 if log_weight is None else weight == pytest.approx(math.exp(log_weight), rel=1e-12, abs=0)
-        params = rows[i][0]
+        params, seed, _ = rows[i]
+        assert entry["seed"] == seed
+        assert entry["noise_scale"] == (params.sigma if params.noise == "gaussian" else None)
         assert (entry["draws"] is not None) == (params.multiplex > 0)
         if params.multiplex:  # the emitted sample is the first draw; the mixture holds the drawn tokens only
             slot = entry["token_ids"].index(entry["emitted"])
@@ -194,9 +204,9 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
     steps = []
     for step, batch_top_k in enumerate((3, 3, 20, 3)):
         rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
-        steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed).packed().numpy())
+        steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed, hidden_size=HIDDEN).packed().numpy())
     blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
-    assert [block["shape"] for block in blocks] == [[2, 17], [1, 85], [1, 17]]
+    assert [block["shape"] for block in blocks] == [[2, 20], [1, 88], [1, 20]]
     entries = records.unpack_trace(blocks)
     assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
     for entry, step in zip(entries, steps):
@@ -222,22 +232,22 @@ def _assert_same_step(got: soft_step.SoftStepOutput, want: soft_step.SoftStepOut
     torch.testing.assert_close(got.next_inputs_BH, want.next_inputs_BH, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("eager_rows", [False, True], ids=["compiled tail", "dirichlet and multiplex rows: eager tail"])
+@pytest.mark.parametrize("eager_rows", [False, True], ids=["compiled tail", "dirichlet, gaussian and multiplex rows: eager tail"])
 def test_compiled_step_gives_the_eager_step(compiled_step, eager_rows):
     """The engine's compiled step (CPU; one graph with every compiled branch on) and the
     eager one (a branch per host flag) agree on every output for rows of every kind,
     masked tokens included, and a row's values do not depend on the batch it is in (its
     draws and statistics bitwise; weights to the rounding of sums over padding)."""
-    kinds = [params for params in MIXED if eager_rows or (params.noise != "dirichlet" and not params.multiplex)]
+    kinds = [params for params in MIXED if eager_rows or (params.noise in ("none", "gumbel") and not params.multiplex)]
     rows = [(params, 50 + i, i) for i, params in enumerate(kinds * 3)]
     with torch.inference_mode():
         logits = _logits(len(rows), seed=7)
         logits[2, :150] = float("-inf")
-        eager = soft_step.soft_step(logits, knobs_for(rows), embed)
-        fused = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step)
+        eager = soft_step.soft_step(logits, knobs_for(rows), embed, hidden_size=HIDDEN)
+        fused = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step, hidden_size=HIDDEN)
         _assert_same_step(fused, eager)
         for i in [i for i, (params, _, _) in enumerate(rows) if params.top_k >= 3][:5]:  # below: eager
-            alone = soft_step.soft_step(logits[i : i + 1], knobs_for([rows[i]]), embed, compiled=compiled_step)
+            alone = soft_step.soft_step(logits[i : i + 1], knobs_for([rows[i]]), embed, compiled=compiled_step, hidden_size=HIDDEN)
             kept = int(alone.kept_B[0])
             assert torch.equal(alone.token_ids_BK[0, :kept], fused.token_ids_BK[i, :kept])
             assert torch.equal(alone.emitted_B[0], fused.emitted_B[i])
@@ -251,12 +261,12 @@ def test_compiled_step_takes_any_batch_and_input_form_without_compiling_again(co
     rows = [(params, 9 + i, 2 * i) for i, params in enumerate(MIXED * 2)]
     with torch.inference_mode():
         logits = _logits(len(rows), seed=8)
-        expected = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step)
+        expected = soft_step.soft_step(logits, knobs_for(rows), embed, compiled=compiled_step, hidden_size=HIDDEN)
     wide = torch.zeros(len(rows), 2 * VOCAB, dtype=torch.float64)
     wide[:, ::2] = logits.double()
     for form in (logits.clone(), logits.double(), wide[:, ::2]):  # not inference tensors
-        _assert_same_step(soft_step.soft_step(form, knobs_for(rows), embed, compiled=compiled_step), expected)
+        _assert_same_step(soft_step.soft_step(form, knobs_for(rows), embed, compiled=compiled_step, hidden_size=HIDDEN), expected)
     for count in (1, 3, 5):
         batch = [(params.with_overrides({"top_k": 2 + 9 * count}), seed, step) for params, seed, step in rows[:count]]
-        got = soft_step.soft_step(logits[:count], knobs_for(batch), embed, compiled=compiled_step)
-        _assert_same_step(got, soft_step.soft_step(logits[:count], knobs_for(batch), embed))
+        got = soft_step.soft_step(logits[:count], knobs_for(batch), embed, compiled=compiled_step, hidden_size=HIDDEN)
+        _assert_same_step(got, soft_step.soft_step(logits[:count], knobs_for(batch), embed, hidden_size=HIDDEN))

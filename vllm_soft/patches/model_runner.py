@@ -3,7 +3,8 @@
 Why: vLLM has no hook to read a request's processed logits and feed an arbitrary
 embedding back as its next input. What: wraps ``GPUModelRunner`` (which the CPU runner
 subclasses, so one patch covers both) ``__init__``, ``_update_states``, ``_preprocess``,
-``_sample``, ``sample_tokens`` and ``_dummy_sampler_run``, and ``Sampler.sample``; the
+``_sample``, ``sample_tokens``, ``_dummy_sampler_run`` and ``reload_weights`` (weights
+changed: the Gaussian noise's unit is measured again), and ``Sampler.sample``; the
 logic lives in ``vllm_soft.worker``. Only the V1 runner has the soft step: soft-thinking
 engines select it (``patches/engine.py``). When it can go: once vLLM offers per-request
 input-embedding and logits hooks in the decode loop; the long-term home is Model Runner
@@ -93,6 +94,7 @@ def apply() -> None:
     init, update_states = GPUModelRunner.__init__, GPUModelRunner._update_states
     preprocess, sample, sample_tokens = GPUModelRunner._preprocess, GPUModelRunner._sample, GPUModelRunner.sample_tokens
     dummy_sampler_run = GPUModelRunner._dummy_sampler_run
+    reload_weights = GPUModelRunner.reload_weights
     sampler_sample = Sampler.sample
 
     @functools.wraps(init)
@@ -154,6 +156,13 @@ def apply() -> None:
             output.vllm_soft_trace = soft.commit(plan, output.sampled_token_ids, lengths)
         return output
 
+    @functools.wraps(reload_weights)
+    def reload_weights_(self, *args, **kwargs):
+        result = reload_weights(self, *args, **kwargs)
+        if self.vllm_soft is not None:
+            self.vllm_soft.weights_changed()
+        return result
+
     @functools.wraps(dummy_sampler_run)
     def _dummy_sampler_run(self, hidden_states, *args, **kwargs):
         output = dummy_sampler_run(self, hidden_states, *args, **kwargs)
@@ -182,4 +191,5 @@ def apply() -> None:
     GPUModelRunner._sample = _sample
     GPUModelRunner.sample_tokens = sample_tokens_
     GPUModelRunner._dummy_sampler_run = _dummy_sampler_run
+    GPUModelRunner.reload_weights = reload_weights_
     Sampler.sample = Sampler_sample
