@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm_soft import stateless_random
 from vllm_soft.params import SoftThinkingParams
 
 
@@ -43,7 +44,9 @@ def rebuild_inputs_embeds(
     embedding: torch.Tensor, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams
 ) -> torch.Tensor:
     """Inputs of the whole sequence but its last token, float32, with every soft step that
-    thinking continued after fed back as its mixture (replace) or added to E[y] (add)."""
+    thinking continued after fed back as its mixture (replace) or added to E[y] (add); a
+    step with Gaussian noise adds it to the mixture (its standard normals regenerated
+    from the recorded seed: the generator is the engine's, the rest is this file's)."""
     ids = torch.tensor(prompt_ids + completion_ids[:-1])
     inputs = embedding[ids].float().clone()
     for entry in trace:
@@ -51,6 +54,10 @@ def rebuild_inputs_embeds(
         if entry["end_reason"] is not None or position >= len(inputs):
             continue
         concept = (torch.tensor(entry["weights"]).unsqueeze(-1) * embedding[entry["token_ids"]].float()).sum(0)
+        if entry.get("noise_scale"):
+            seed = torch.tensor([stateless_random.as_int64(entry["seed"])])
+            normals = stateless_random.normals(seed, torch.tensor([entry["position"]]), concept.shape[0])[0]
+            concept = concept + (entry["noise_scale"] * normals).float()
         inputs[position] = concept if knobs.mode == "replace" else inputs[position] + knobs.scale * concept
     return inputs
 

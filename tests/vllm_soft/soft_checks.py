@@ -135,10 +135,25 @@ def assert_draws_follow_seed(model, prompt_ids, completion, knobs: SoftThinkingP
             weights = soft_math.gumbel_log_weights(base, knobs.tau, stateless_random.gumbels(seed_B, step_B, base.shape[1])).exp()
         elif knobs.noise == "dirichlet":
             weights = soft_math.dirichlet_log_weights(base, stateless_random.gamma_draws(knobs.alpha * base, seed_B, step_B)).exp()
-        else:
+        elif knobs.multiplex:  # with replacement: one uniform per draw, each inverts the CDF
+            uniforms = stateless_random.uniforms(seed_B, step_B, stateless_random.MULTIPLEX, knobs.multiplex)
+            boundaries = torch.cumsum(base[0], 0)[:-1].tolist()
+            if any(abs(b - u) < SAMPLE_NEAR_TIE for u in uniforms[0].tolist() for b in boundaries):
+                return step
+            keys = stateless_random.gumbels(seed_B, step_B, base.shape[1])  # unused with replacement
+            draws, first = soft_math.multiplex_draws(base, uniforms, keys, torch.tensor([knobs.multiplex]), torch.tensor([True]))
+            assert entry["draws"] == draws[0].tolist(), f"step {step}: not the multiplex draws of (seed, step)"
+            if knobs.emit == "sample" and entry["end_reason"] is None:
+                assert entry["emitted"] == entry["token_ids"][int(first[0])], f"step {step}: not the first draw"
+            uniform = torch.tensor([knobs.multiplex_weights == "uniform"])
+            weights = soft_math.multiplex_log_weights(base, draws, torch.tensor([True]), uniform).exp()
+        else:  # no noise, or noise on the concept (its draws checked through the replay's inputs)
             weights = base
+        if knobs.noise == "gaussian":
+            table = model.get_input_embeddings().weight.double()
+            assert entry["noise_scale"] == pytest.approx(knobs.sigma * float(table.pow(2).mean().sqrt()), rel=1e-4)
         assert entry["weights"] == pytest.approx(weights[0].tolist(), abs=1e-3), f"step {step}: not the draws of (seed, step)"
-        if knobs.emit == "sample" and entry["end_reason"] is None:
+        if knobs.emit == "sample" and entry["end_reason"] is None and not knobs.multiplex:
             uniform = float(stateless_random.uniforms(seed_B, step_B, stateless_random.EMIT, 1)[0, 0])
             cdf = torch.cumsum(torch.tensor(entry["weights"], dtype=torch.float64), 0)
             boundaries = (cdf[:-1] / cdf[-1]).tolist()

@@ -141,6 +141,8 @@ SEEDED_SOFT_KNOBS = [
     {"noise": "gumbel", "tau": 0.5, "emit": "sample"},
     {"noise": "dirichlet", "alpha": 1.0, "emit": "sample"},
     {"emit": "sample", "temperature": 1.0, "mode": "add", "scale": 0.5},
+    {"noise": "gaussian", "sigma": 0.5, "emit": "sample"},
+    {"multiplex": 3, "emit": "sample"},
 ]
 
 
