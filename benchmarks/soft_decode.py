@@ -7,6 +7,8 @@ or on CUDA, float32 elsewhere), for each batch size:
   plain   - plain greedy requests on an engine with soft thinking enabled
   soft    - the same engine, every request soft (replace, top_k 10, built-in knobs otherwise)
   soft_noisy - every request soft with Gumbel noise (tau 0.5) and sampled emission, seeded
+  multiplex - every request soft with Multiplex Thinking (4 draws, sampled emission), seeded
+  gaussian - every request soft with Gaussian noise on the concept (sigma 0.5), seeded
   hf_soft - a transformers decode loop with a KV cache running the same soft step
             (vllm_soft.soft_math), as research code does today
   stock   - (once, at the largest batch) plain requests on an engine without soft
@@ -82,7 +84,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     batches = sorted(int(b) for b in results["tokens_per_s"])
-    series = ["plain", "soft", "soft_noisy", "hf_soft"]
+    series = ["plain", "soft", "soft_noisy", "multiplex", "gaussian", "hf_soft"]
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(series)
     for i, name in enumerate(series):
@@ -133,6 +135,9 @@ def main() -> None:
         temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, seed=0,
         extra_args={"soft_thinking": {"top_k": args.top_k, "noise": "gumbel", "tau": 0.5, "emit": "sample"}},
     )
+    seeded = dict(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, seed=0)
+    multiplex = SamplingParams(**seeded, extra_args={"soft_thinking": {"top_k": args.top_k, "multiplex": 4, "emit": "sample"}})
+    gaussian = SamplingParams(**seeded, extra_args={"soft_thinking": {"top_k": args.top_k, "noise": "gaussian", "emit": "sample"}})
     tokens_per_s: dict[str, dict[str, float]] = {str(b): {} for b in args.batches}
     # Median over rounds of (kind / plain) tokens/s, each round's runs back to back.
     ratios: dict[str, dict[str, float]] = {str(b): {} for b in args.batches}
@@ -145,19 +150,19 @@ def main() -> None:
 
     llm = LLM(**engine, additional_config={"soft_thinking": {}})
     llm.chat(make_prompts(2), soft, use_tqdm=False)
-    kinds = {"plain": plain, "soft": soft, "soft_noisy": soft_noisy}
+    kinds = {"plain": plain, "soft": soft, "soft_noisy": soft_noisy, "multiplex": multiplex, "gaussian": gaussian}
     for batch in args.batches:
         prompts = make_prompts(batch)
         runs = {name: [] for name in kinds}
         for round_index in range(args.rounds):
             names = list(kinds)
-            names = names[round_index % 3 :] + names[: round_index % 3]  # no kind always runs first
+            names = names[round_index % len(names) :] + names[: round_index % len(names)]  # no kind always runs first
             for name in names:
                 runs[name].append(vllm_tokens_per_second(llm, prompts, kinds[name]))
         for name, values in runs.items():
             tokens_per_s[str(batch)][name] = statistics.median(values)
             print(f"batch {batch} {name} rounds: " + " ".join(f"{v:.1f}" for v in values), flush=True)
-        for name in ("soft", "soft_noisy"):  # paired within each round: drifts of the machine cancel
+        for name in list(kinds)[1:]:  # paired within each round: drifts of the machine cancel
             ratios[str(batch)][name] = statistics.median(v / p for v, p in zip(runs[name], runs["plain"]))
         print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in tokens_per_s[str(batch)].items())
               + "; paired ratios " + ", ".join(f"{k} {v:.3f}" for k, v in ratios[str(batch)].items()), flush=True)
@@ -185,15 +190,17 @@ def main() -> None:
 
     print(f"\nstock vLLM (no soft thinking) plain at batch {largest}: {stock:.1f} tokens/s "
           f"(patched engine plain: {tokens_per_s[str(largest)]['plain']:.1f})")
-    print("\n| batch | plain tok/s | soft tok/s | soft/plain | noisy soft tok/s | noisy/plain | transformers soft tok/s | soft/transformers |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    compared = list(kinds)[1:]
+    print("\n| batch | plain tok/s | " + " | ".join(f"{k} tok/s | {k}/plain" for k in compared)
+          + " | transformers soft tok/s | soft/transformers |")
+    print("|---:|---:|" + "---:|---:|" * len(compared) + "---:|---:|")
     for batch in args.batches:
         row = tokens_per_s[str(batch)]
         hf = row.get("hf_soft")
         hf_cells = f"{hf:.1f} | {row['soft'] / hf:.2f}x" if hf else "- | -"
         ratio = ratios[str(batch)]
-        noisy = f"{row['soft_noisy']:.1f} | {ratio['soft_noisy']:.2f}x"
-        print(f"| {batch} | {row['plain']:.1f} | {row['soft']:.1f} | {ratio['soft']:.2f}x | {noisy} | {hf_cells} |")
+        cells = " | ".join(f"{row[k]:.1f} | {ratio[k]:.2f}x" for k in compared)
+        print(f"| {batch} | {row['plain']:.1f} | {cells} | {hf_cells} |")
     print(f"\nwrote {args.out / 'soft_decode.json'} and {args.out / 'soft_decode.png'}")
 
 
