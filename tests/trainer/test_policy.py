@@ -1,5 +1,6 @@
-"""The learner's replay of rollouts: log-probs at step 0 equal the engine's (float32), noisy
-soft steps (whose log-probability is a density of the fed-back weights) included."""
+"""The learner's replay of rollouts: log-probs at step 0 equal the engine's (float32) for
+every soft action: the token, the noise densities (of the fed-back weights, or of the
+concept embedding), the multiplex draws."""
 
 import pytest
 import torch
@@ -12,13 +13,22 @@ from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
 
+SOFT = {"emit": "sample", "max_soft_steps": 6}
 MODES = {
     "discrete": None,
-    "replace": {"mode": "replace", "emit": "sample", "max_soft_steps": 12},
-    "add": {"mode": "add", "scale": 0.7, "emit": "sample", "max_soft_steps": 12},
-    "replace_gumbel": {"mode": "replace", "noise": "gumbel", "tau": 0.5, "max_soft_steps": 12},
-    "add_dirichlet": {"mode": "add", "noise": "dirichlet", "alpha": 2.0, "emit": "sample", "max_soft_steps": 12},
+    "token": {"mode": "replace", **SOFT},
+    "token, add": {"mode": "add", "scale": 0.7, **SOFT},
+    "concrete, argmax emission": {"mode": "replace", "noise": "gumbel", "tau": 0.5, "max_soft_steps": 6},
+    "dirichlet, add": {"mode": "add", "noise": "dirichlet", "alpha": 2.0, **SOFT},
+    "dirichlet, tiny concentrations": {"noise": "dirichlet", "alpha": 0.3, **SOFT},
+    "token under gumbel noise": {"noise": "gumbel", "tau": 0.5, "action": "token", **SOFT},
+    "multiplex": {"multiplex": 4, **SOFT},
+    "multiplex without replacement, uniform, add": {
+        "mode": "add", "scale": 0.7, "multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform", **SOFT,
+    },
+    "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
 }
+"""Every soft action (what a step's log-probability scores) the learner must replay."""
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -33,6 +43,9 @@ def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_ro
     gap, mask = _replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
     assert int(mask.sum()) == sum(len(s.response_token_ids) for s in samples)
     assert bool((mode == "discrete") == all(not s.soft_steps for s in samples))
+    assert any(len(s.response_token_ids) > len(s.soft_steps) for s in samples), "discrete tokens after thinking too"
+    if knobs and knobs.get("multiplex"):
+        assert all(step["draws"] is not None for s in samples for step in s.soft_steps)
     assert gap <= 1e-3
 
 
