@@ -1,6 +1,7 @@
-"""The smoke run on real Ray clusters: `ray job submit` to a `ray start --head`, and two
-nodes (simulated on this machine) with learners and rollouts placed by custom resources, one
-rollout worker killed mid-run."""
+"""The smoke run on real Ray clusters: `ray job submit` to a `ray start --head` (a LoRA run:
+it trains only the adapters and pushes merged weights), and two nodes (simulated on this
+machine) with learners and rollouts placed by custom resources, one rollout worker killed
+mid-run."""
 
 import os
 import socket
@@ -10,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from trainer_process import SMOKE, finish, start_trainer, wait_for_step
 
 from rollout.pool import ACTOR_NAME_PREFIX
+from trainer import checkpoints
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -31,7 +35,7 @@ def _ray(*args, cwd: Path, env: dict, timeout: int = 900) -> subprocess.Complete
     return subprocess.run([str(BIN / "ray"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ray_job_submit_runs_the_smoke_job_to_succeeded(tmp_path, tiny_model_path):
+def test_ray_job_submit_runs_a_lora_smoke_job_that_trains_only_adapters(tmp_path, tiny_model_path):
     # The job's `python` is the head's: put this virtualenv first on the head's PATH. Run
     # from an empty folder (a `ray` folder in the working directory would shadow the package).
     # Loopback only: no token authentication (Ray 2.60 turns it on once ~/.ray/auth_token exists).
@@ -54,15 +58,26 @@ def test_ray_job_submit_runs_the_smoke_job_to_succeeded(tmp_path, tiny_model_pat
         submitted = _ray(
             "job", "submit", address, "--submission-id=smoke", "--",
             "python", str(REPO / "trainer" / "run.py"), "--config", SMOKE, f"output_dir={run_dir}", "steps=1",
+            "learner.learning_rate=0.01", "learner.lora.rank=4", "learner.lora.alpha=8",
+            "learner.lora.target_modules=[q_proj,v_proj]",
             cwd=tmp_path, env=env,
         )
         status = _ray("job", "status", address, "smoke", cwd=tmp_path, env=env)
         report = (status.stdout + status.stderr).lower()
         assert "succeeded" in report and "failed" not in report, submitted.stdout[-4000:] + submitted.stderr[-2000:]
-        assert [m["step"] for m in read_metrics(run_dir)] == [1]
     finally:
         head.terminate()
         head.wait(timeout=120)
+    (metrics,) = read_metrics(run_dir)
+    assert metrics["step"] == 1 and metrics["logprob_gap"] <= 1e-3 and metrics["grad_norm"] > 0
+    assert metrics["push_checksum_match"], "engines hold the learner's merged weights"
+    (checkpoint,) = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(run_dir))
+    assert (checkpoint / "adapter" / "adapter_config.json").exists()
+    trained = load_file(str(checkpoint / "model" / "model.safetensors"))
+    base = load_file(str(Path(tiny_model_path) / "model.safetensors"))
+    moved = {name for name in base if not torch.equal(trained[name], base[name])}
+    assert moved, "one step at lr 0.01 must move the adapted layers"
+    assert all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in moved), sorted(moved)[:5]
 
 
 def test_two_node_cluster_places_by_resources_and_survives_a_killed_rollout_worker(tmp_path, tiny_model_path):

@@ -3,6 +3,7 @@ Triton works (as on any CUDA machine, where vLLM would build Model Runner V2).""
 
 
 import pytest
+from in_process import engine_in_this_process
 
 from vllm_soft import plugin
 
@@ -81,7 +82,8 @@ def test_soft_request_to_an_engine_without_a_soft_step_is_rejected(tiny_model_pa
     """A plain engine's workers have no soft step: a soft request is an error, not a plain decode."""
     from vllm import LLM, SamplingParams, TokensPrompt
 
-    llm = LLM(model=str(tiny_model_path), enforce_eager=True, max_model_len=256, kv_cache_memory_bytes=1 << 26)
+    with engine_in_this_process():  # the check is the front end's: no engine processes needed
+        llm = LLM(model=str(tiny_model_path), enforce_eager=True, max_model_len=256, kv_cache_memory_bytes=1 << 26)
     try:
         soft = SamplingParams(max_tokens=4, extra_args={"soft_thinking": {}})
         with pytest.raises(ValueError, match="started without it"):

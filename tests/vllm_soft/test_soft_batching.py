@@ -18,7 +18,7 @@ def _preemptions(llm) -> int:
 def test_mixed_batch_survives_preemption_with_recompute(preempting_engine, default_hf_model, default_tokenizer):
     """Soft positions of preempted requests are rebuilt from their mixtures on recompute."""
     before = _preemptions(preempting_engine)
-    check_mixed_batch(preempting_engine, default_hf_model, default_tokenizer, max_tokens=40)
+    check_mixed_batch(preempting_engine, default_hf_model, default_tokenizer, max_tokens=32)
     assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
 
 
@@ -193,14 +193,15 @@ def test_seeded_soft_draws_are_the_same_alone_and_in_a_batch_of_64(default_engin
     prompts = chat_prompts(default_tokenizer, 64)
     params, seeded = _mixed_params(64, 16)
     completions = generate(default_engine, prompts, params)
-    _check_seeded(default_hf_model, prompts, params, seeded, completions, default_engine)
+    # Every other seeded request (8, every knob set) is checked: each check runs it alone again.
+    _check_seeded(default_hf_model, prompts, params, seeded[::2], completions, default_engine)
 
 
 def test_seeded_soft_draws_survive_preemption(preempting_engine, default_hf_model, default_tokenizer):
     """The same after the scheduler preempts and recomputes requests (their soft positions
     rebuilt from the records): the draws continue from the recorded step count."""
     prompts = chat_prompts(default_tokenizer, 24)
-    params, seeded = _mixed_params(24, 40)
+    params, seeded = _mixed_params(24, 32)
     before = _preemptions(preempting_engine)
     completions = generate(preempting_engine, prompts, params)
     assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
