@@ -15,6 +15,7 @@ and every worker loads them in place; the pool keeps the latest for replacements
 
 import collections
 import logging
+import os
 import time
 import uuid
 
@@ -40,7 +41,9 @@ class RolloutPool:
 
     def __init__(self, engine: EngineConfig, rewards: dict[str, float], pool: PoolConfig):
         if not ray.is_initialized():
-            ray.init()
+            # RAY_ADDRESS's cluster, else a new local one: never the address a killed run left
+            # behind in /tmp/ray, whose cluster is gone (ray.init() would wait on it).
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         self.engine, self.rewards, self.config = engine, rewards, pool
         self.transport = TRANSPORTS[pool.weight_transport]()
         self._weights: tuple[object, int] | None = None

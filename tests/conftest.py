@@ -3,8 +3,8 @@
 An engine takes ~35 s to start on 2 CPU cores as vLLM starts it by default (engine core
 and model worker in processes of their own), ~10 s inside the test process, so tests share
 them, and the default-model engines of tests/vllm_soft run in this process
-(``in_process``); the tiny engine and the rollout workers keep vLLM's processes, the way
-users run them. Engines run in float32 so vLLM and
+(``in_process``), as do the learner-replay tests' rollout workers; the tiny engine and the
+rollout pools keep vLLM's processes, the way users run them. Engines run in float32 so vLLM and
 transformers can be compared, and have soft thinking enabled with built-in defaults: plain
 requests on them must behave exactly as on stock vLLM, which the tests check too.
 """
@@ -118,15 +118,3 @@ def preempting_engine(default_model_path):
     )
     yield llm
     llm.llm_engine.engine_core.shutdown()
-
-
-@pytest.fixture(scope="session")
-def default_rollout_worker(default_model_path):
-    """A rollout worker (no Ray) on the default model in float32, for replay checks."""
-    from rollout.settings import EngineConfig
-    from rollout.worker import RolloutWorker
-
-    worker = RolloutWorker(EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5), {"correct": 1.0})
-    yield worker
-    worker.shutdown()
-    worker.llm.llm_engine.engine_core.shutdown()

@@ -3,8 +3,8 @@ would import torch and vLLM again, ~25 s on 2 cores).
 
 Such an engine initialises torch.distributed (world size 1) in the test process for the
 rest of the session, so tests that start a process group of their own (the learner's,
-tests/trainer/test_learner.py) fail after it: only tests/vllm_soft, which pytest runs
-last, starts engines this way."""
+tests/trainer/test_learner.py) fail after it: only tests that pytest runs after those start
+engines this way (tests/trainer/test_policy.py and tests/vllm_soft)."""
 
 import contextlib
 import os

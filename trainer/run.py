@@ -53,8 +53,9 @@ def main(argv=None) -> None:
     configure_cpu_threads()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
-    else:  # a local cluster with room for every actor (they take turns: rollout, then learning)
-        ray.init(num_cpus=max(os.cpu_count() or 1, required_cpus(config)))
+    else:  # a new local cluster with room for every actor (they take turns: rollout, then learning);
+        # "local": never the address a killed run left behind in /tmp/ray, whose cluster is gone
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, required_cpus(config)))
     train(config, run_dir.resolve(), resume_from)
 
 

@@ -7,14 +7,17 @@ from rollout.settings import EngineConfig, PoolConfig
 
 @pytest.fixture(scope="session")
 def tiny_engine_config():
-    return EngineConfig(model="tiny", dtype="float32", max_model_len=512, kv_cache_gib=0.25, max_num_seqs=64)
+    # Engine cores in the workers' processes: each start (and the killed worker's restart)
+    # ~25 s sooner; the weight-push test's fresh engine covers vLLM's own process layout.
+    return EngineConfig(model="tiny", dtype="float32", max_model_len=512, kv_cache_gib=0.25, max_num_seqs=64,
+                        engine_core_process=False)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -17,7 +17,7 @@ ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -42,6 +42,7 @@ def test_command_writes_table_json_and_plot_and_a_resumed_run_recomputes_only_mi
         "--bench", "gpqa_diamond", "--data", f"gpqa_diamond={_gpqa_csv(tmp_path / 'gpqa_diamond.csv')}",
         "--modes", "greedy", "scm_add", "soft_gumbel", "--set", "scm_add.soft_thinking.scale=0.5", "--n", "2",
         "--num-problems", "4", "--max-tokens", "8", "--dtype", "float32", "--cpus-per-worker", "1", "--out", str(tmp_path),
+        "--no-engine-core-process",
     ]
     paths = run(build_parser().parse_args(argv))
     cells = json.loads(paths["json"].read_text())

@@ -78,8 +78,9 @@ def test_weight_push_same_keeps_outputs_perturbed_equals_fresh_engine(tiny_pool,
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (tiny_model_path / name).exists():
             (tmp_path / "perturbed" / name).write_bytes((tiny_model_path / name).read_bytes())
-    # The fresh engine runs its core in the worker's process: the same tokens either way.
-    engine = dataclasses.replace(tiny_engine_config, model=str(tmp_path / "perturbed"), engine_core_process=False)
+    # The fresh engine runs its core in a process of its own (the shared pool's run in their
+    # workers' processes): the same tokens either way.
+    engine = dataclasses.replace(tiny_engine_config, model=str(tmp_path / "perturbed"), engine_core_process=True)
     fresh = RolloutPool(engine, {"correct": 1.0}, PoolConfig(num_workers=1))
     try:
         assert tokens(fresh) == pushed

@@ -4,6 +4,7 @@ concept embedding), the multiplex draws."""
 
 import pytest
 import torch
+from in_process import engine_in_this_process
 
 from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
@@ -29,6 +30,29 @@ MODES = {
     "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
 }
 """Every soft action (what a step's log-probability scores) the learner must replay."""
+
+
+def _rollout_worker(model_path, **engine_knobs):
+    """A rollout worker (no Ray) on the default model in float32, its engine in this process
+    (this file runs after test_learner.py; see tests/in_process.py)."""
+    from rollout.settings import EngineConfig
+    from rollout.worker import RolloutWorker
+
+    with engine_in_this_process():
+        return RolloutWorker(EngineConfig(model=str(model_path), dtype="float32", kv_cache_gib=0.5, **engine_knobs),
+                             {"correct": 1.0})
+
+
+def _shutdown(worker) -> None:
+    worker.shutdown()
+    worker.llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def default_rollout_worker(default_model_path):
+    worker = _rollout_worker(default_model_path)
+    yield worker
+    _shutdown(worker)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -64,14 +88,9 @@ ENGINE_DEFAULTS = {"mode": "add", "scale": 0.6, "temperature": 0.8}
 
 @pytest.fixture(scope="module")
 def rollout_worker_with_engine_defaults(default_model_path):
-    from rollout.settings import EngineConfig
-    from rollout.worker import RolloutWorker
-
-    engine = EngineConfig(model=str(default_model_path), dtype="float32", kv_cache_gib=0.5, soft_thinking=ENGINE_DEFAULTS)
-    worker = RolloutWorker(engine, {"correct": 1.0})
+    worker = _rollout_worker(default_model_path, soft_thinking=ENGINE_DEFAULTS)
     yield worker
-    worker.shutdown()
-    worker.llm.llm_engine.engine_core.shutdown()
+    _shutdown(worker)
 
 
 def test_replay_uses_the_knobs_the_engine_resolved_not_the_requests(
