@@ -64,7 +64,9 @@ class RolloutPool:
         )
         worker = actor.remote(self.engine, self.rewards, config.reward_timeout_s, index, config.weight_transport)
         if self._weights is not None:
-            worker.load_weights.remote(*self._weights)  # runs before any generate call it gets
+            # Wait for it: the actor runs calls concurrently and receives weights outside its
+            # lock, so a generate call sent now could run first, on the weights it started with.
+            ray.get(worker.load_weights.remote(*self._weights))
         return worker
 
     @property
