@@ -243,9 +243,8 @@ def multiplex_draws(
 
     ``draws_BK`` is what the record keeps (``records.SoftStep.draws``): with replacement, how
     many draws took each slot; without, each slot's draw rank (1 first, 0 undrawn; at most
-    the support's size are drawn). ``uniform_BN``: N >= count uniforms per row, ``gumbel_BK``
-Gumbel draws.
-    With replacement, draw j inverts the CDF at uniform j; without, the ranks are the order
+    the support's size are drawn). ``uniform_BN``: N >= count uniforms per row; ``gumbel_BK``:
+    one Gumbel draw per slot. With replacement, draw j inverts the CDF at uniform j; without, the ranks are the order
     of log w + Gumbel (Gumbel-top-k: the same law as drawing one at a time and
     renormalising, Vieira 2014).
     """
