@@ -438,6 +438,60 @@ def mix_inputs(add_B: torch.Tensor, token_embeds_BH: torch.Tensor, concept_BH: t
     return torch.where(add_B.unsqueeze(-1), added, concept_BH)
 
 
+def normalized_concept(weights_BK: torch.Tensor, embeds_BKH: torch.Tensor) -> torch.Tensor:
+    """HRPO's latent input h~ = Σ_k w_k · e_k / ||w||_2 per row, float32: the mixture
+    rescaled so that a one-hot step gives the token's own embedding and a spread one is
+    not shrunk towards zero."""
+    weights_BK = weights_BK.float()
+    norm_B1 = weights_BK.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return weighted_embeddings(weights_BK / norm_B1, embeds_BKH)
+
+
+GATE_SHARPNESS = 8.0
+"""HRPO's c: a = exp(-c · softplus(-Λ) · r)."""
+
+
+@dataclass(frozen=True)
+class GateTensors:
+    """HRPO's gate: r = σ(W_r ê + b_r), i = σ(W_i ê + b_i), a = exp(-c softplus(-Λ) r)."""
+
+    weight_r_HH: torch.Tensor
+    bias_r_H: torch.Tensor
+    weight_i_HH: torch.Tensor
+    bias_i_H: torch.Tensor
+    lambda_H: torch.Tensor
+
+
+def gate_retention(token_embeds_BH: torch.Tensor, gate: GateTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_BH, i_BH): how much of the token embedding is kept, and the input gate on the
+    latent, both in (0, 1), from the emitted token's embedding ê."""
+    dtype = gate.lambda_H.dtype
+    token_BH = token_embeds_BH.to(dtype)
+    r_BH = torch.sigmoid(torch.nn.functional.linear(token_BH, gate.weight_r_HH, gate.bias_r_H))
+    i_BH = torch.sigmoid(torch.nn.functional.linear(token_BH, gate.weight_i_HH, gate.bias_i_H))
+    a_BH = torch.exp(-GATE_SHARPNESS * torch.nn.functional.softplus(-gate.lambda_H) * r_BH)
+    return a_BH, i_BH
+
+
+def gated_inputs(
+    token_embeds_BH: torch.Tensor, latent_BH: torch.Tensor, gate: GateTensors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HRPO's hybrid input e = a ⊙ ê + sqrt(1 - a² + 1e-8) ⊙ (i ⊙ h~) and a, in the gate's
+    dtype; ``latent_BH`` is h~ (``normalized_concept``). The 1e-8 keeps the square root's
+    gradient finite where a reaches 1."""
+    a_BH, i_BH = gate_retention(token_embeds_BH, gate)
+    dtype = a_BH.dtype
+    mixed_BH = a_BH * token_embeds_BH.to(dtype) + torch.sqrt(1.0 - a_BH * a_BH + 1e-8) * (i_BH * latent_BH.to(dtype))
+    return mixed_BH, a_BH
+
+
+def gate_lambda_for(retention_H: torch.Tensor) -> torch.Tensor:
+    """Λ such that a = u^r for a per-dimension u in (0, 1) (HRPO's initialisation):
+    exp(-c softplus(-Λ) r) = u^r  <=>  softplus(-Λ) = -log(u) / c."""
+    target = -torch.log(retention_H) / GATE_SHARPNESS  # softplus(-Λ) > 0
+    return -(torch.expm1(target)).log()
+
+
 def thinking_transition(
     emitted_B: torch.Tensor,
     entropy_B: torch.Tensor,
