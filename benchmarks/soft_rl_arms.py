@@ -120,11 +120,10 @@ def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems:
 
     train = load_config(TrainConfig, REPO / ARMS["grpo"], [])
     bench = resolve_benchmark(train.prompts.name, train.prompts.args, seed=EVAL_SEED, size=num_problems)
-    engine = dataclasses.replace(train.engine, engine_core_process=False)
     formats = {"train": train.format, "neutral": PromptFormat(instruction=NEUTRAL_INSTRUCTION)}
     for name, fmt in formats.items():
         plan = EvalPlan(models=[f"{label}={path}"], benchmarks=[bench], modes=eval_modes(modes), n=1,
-                        num_problems=num_problems, max_tokens=train.algorithm.max_tokens, seed=0, engine=engine,
+                        num_problems=num_problems, max_tokens=train.algorithm.max_tokens, seed=0, engine=train.engine,
                         pool=PoolConfig(num_workers=1, num_cpus_per_worker=2), format=fmt)
         evaluate(plan, out / name / label, resume=True)
 

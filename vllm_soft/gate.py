@@ -19,6 +19,8 @@ import torch
 
 from vllm_soft.soft_math import GateTensors, gate_lambda_for
 
+GATE_PREFIX = "soft_gate."
+"""Name prefix of the gate's tensors in a weight push (beside the model's own names)."""
 GATE_WEIGHTS_FILE = "soft_gate.safetensors"
 GATE_SETTINGS_FILE = "soft_gate.json"
 _TENSOR_NAMES = {"weight_r": "weight_r_HH", "bias_r": "bias_r_H", "weight_i": "weight_i_HH", "bias_i": "bias_i_H",
@@ -64,6 +66,11 @@ def fresh_gate(hidden_size: int, settings: GateSettings = GateSettings()) -> Gat
 def gate_state_dict(gate: GateTensors) -> dict[str, torch.Tensor]:
     """The gate's tensors by their file names."""
     return {name: getattr(gate, field) for name, field in _TENSOR_NAMES.items()}
+
+
+def gate_to(gate: GateTensors, device, dtype: torch.dtype = torch.float32) -> GateTensors:
+    """The gate's tensors on ``device`` in ``dtype`` (detached)."""
+    return GateTensors(**{f.name: getattr(gate, f.name).detach().to(device, dtype) for f in dataclasses.fields(gate)})
 
 
 def gate_from_state_dict(tensors: dict[str, torch.Tensor], hidden_size: int) -> GateTensors:

@@ -37,8 +37,10 @@ RESOLVED_THINK_END_KEY = "think_end_id"
 class SoftThinkingParams:
     """The knobs of one request's soft span (see ``soft_math`` for the step itself)."""
 
-    mode: Literal["replace", "add"] = "replace"
-    """replace: next input = concept embedding; add: E[emitted] + scale * concept (SCM)."""
+    mode: Literal["replace", "add", "gate"] = "replace"
+    """replace: next input = concept embedding; add: E[emitted] + scale * concept (SCM);
+    gate: HRPO's learned gate between E[emitted] and the concept (the model folder's
+    ``soft_gate.safetensors``, ``vllm_soft.gate``; HRPO samples at temperature 0.5, top-k 50)."""
     scale: float = 1.0
     """Weight of the concept vector in mode 'add'."""
     top_k: int = 15
@@ -83,7 +85,7 @@ class SoftThinkingParams:
     """``think_end`` resolved against the tokenizer (set by the engine front end)."""
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, ("replace", "add"))
+        _check_choice("mode", self.mode, ("replace", "add", "gate"))
         _check_choice("emit", self.emit, ("argmax", "sample"))
         _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel", "gaussian"))
         _check_choice("multiplex_weights", self.multiplex_weights, ("probability", "uniform"))
@@ -107,6 +109,11 @@ class SoftThinkingParams:
             raise SoftThinkingParamError(
                 "multiplex", f"soft_thinking.multiplex ({self.multiplex}) and noise ({self.noise!r}) exclude each other: "
                 "the draws are the exploration; set noise to none or multiplex to 0"
+            )
+        if self.mode == "gate" and self.noise == "gaussian":
+            raise SoftThinkingParamError(
+                "noise", "soft_thinking.noise 'gaussian' perturbs the concept embedding, which mode 'gate' does not feed "
+                "back as is; use noise none, dirichlet or gumbel with mode gate"
             )
         if self.multiplex > self.top_k and not self.multiplex_replacement:
             raise SoftThinkingParamError(

@@ -16,7 +16,9 @@ import numpy as np
 END_REASONS = (None, "think_end", "cold_stop", "budget")
 """``end_code`` -> end reason; code 0: thinking goes on."""
 
-PACKED_COLUMNS = ("kept", "entropy", "emitted", "logprob", "noise_scale", "seed_low", "seed_high", "end_code")
+PACKED_COLUMNS = (
+    "kept", "entropy", "emitted", "logprob", "noise_scale", "seed_low", "seed_high", "gate_retention", "end_code",
+)
 """Columns of a packed row after its four blocks of K slots (ids, weights, log-weights,
 draws); the end code comes last (the worker reads it as ``row[-1]``)."""
 SLOT_BLOCKS = 4
@@ -45,6 +47,9 @@ class SoftStep(TypedDict):
     seed: int
     """The request's soft-step seed: every draw of soft step k is a function of (seed, k)
     (``vllm_soft.stateless_random``), so a replay can regenerate the step's noise."""
+    gate_retention: float | None
+    """Mode 'gate': the mean over dimensions of HRPO's gate a, the share of the emitted
+    token's embedding in the next input (the latent's is sqrt(1 - a^2)); None in other modes."""
     entropy: float
     """Entropy (nats) of the step's full tempered distribution (what cold stop compares)."""
     emitted: int
@@ -80,7 +85,9 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
     columns = SLOT_BLOCKS * slots
     column = {name: payload[:, columns + c] for c, name in enumerate(PACKED_COLUMNS)}
     kept, emitted, end_code = (column[name].astype(np.int64).tolist() for name in ("kept", "emitted", "end_code"))
-    entropy, logprob, noise_scale = (column[name].tolist() for name in ("entropy", "logprob", "noise_scale"))
+    entropy, logprob, noise_scale, retention = (
+        column[name].tolist() for name in ("entropy", "logprob", "noise_scale", "gate_retention")
+    )
     seeds = (column["seed_high"].astype(np.uint64) << np.uint64(32) | column["seed_low"].astype(np.uint64)).tolist()
     return [
         SoftStep(
@@ -91,6 +98,7 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
             draws=draws[row][: kept[row]] if multiplexed[row] else None,
             noise_scale=noise_scale[row] or None,
             seed=seeds[row],
+            gate_retention=None if retention[row] != retention[row] else retention[row],  # NaN: not gated
             entropy=entropy[row],
             emitted=emitted[row],
             logprob=None if logprob[row] != logprob[row] else logprob[row],  # NaN: a forced token
@@ -103,7 +111,7 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
 def pack_trace(rows: list[np.ndarray]) -> list[dict]:
     """A request's packed rows, in step order, in the form the trace crosses processes in:
     runs of rows of one width as {"shape", "data": float64 bytes} blocks (plain msgpack
-    types; a step's width is 4K + 8 for the largest top-k K of its batch)."""
+    types; a step's width is 4K + 9 for the largest top-k K of its batch)."""
     blocks, start = [], 0
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:

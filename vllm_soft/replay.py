@@ -33,9 +33,12 @@ from vllm_soft.soft_math import (
     MODE_CODES,
     NOISE_CODES,
     ActionKnobs,
+    GateTensors,
     concept_embeddings,
     gaussian_log_density,
+    gated_inputs,
     mix_inputs,
+    normalized_concept,
     step_logprob,
 )
 
@@ -100,6 +103,15 @@ def recorded_concepts(steps: list[dict], embed, device) -> torch.Tensor:
     return concept_SH if noise_SH is None else concept_SH + noise_SH.float()
 
 
+def recorded_latents(steps: list[dict], embed, device) -> torch.Tensor:
+    """HRPO's latent h~ (S, H, float32) of each step: its recorded mixture over the
+    weights' L2 norm (``soft_math.normalized_concept``), what mode 'gate' mixes in."""
+    supports = _support_tensors(steps, device)
+    rows, slots = supports.token_ids_SK.shape
+    embeds_SKH = embed(supports.token_ids_SK.reshape(-1)).reshape(rows, slots, -1)
+    return normalized_concept(supports.weights_SK, embeds_SKH)
+
+
 def soft_inputs_embeds(
     embedding_VH: torch.Tensor,
     input_ids_BT: torch.Tensor,
@@ -109,12 +121,15 @@ def soft_inputs_embeds(
     response_starts: list[int],
     mode: str = "replace",
     scale: float = 1.0,
+    gate: GateTensors | None = None,
 ) -> torch.Tensor:
     """Input embeddings (B, T, H) of ``input_ids_BT`` as the engine fed them: response i
     lies in row ``rows[i]``, its token p at column ``response_starts[i] + p``, and the input
     after each soft step that thinking continued from is its concept (``recorded_concepts``:
-    the mixture, plus Gaussian noise if the step had it; ``replace``) or E[y] + scale *
-    concept (``add``).
+    the mixture, plus Gaussian noise if the step had it; ``replace``), E[y] + scale *
+    concept (``add``) or HRPO's gated input from E[y] and the latent (``gate``, with the
+    model's ``gate``; the latent is detached, as HRPO does, so gradients reach the gate and
+    E[y]).
 
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
@@ -133,8 +148,14 @@ def soft_inputs_embeds(
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
     # The engine's own functions (soft_step.soft_step), with the table as the embedding.
-    concept_SH = recorded_concepts(fed_back, embedding_VH.__getitem__, device)
     index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
+    if mode == "gate":
+        if gate is None:
+            raise ValueError("replaying mode 'gate' needs the model's gate (vllm_soft.gate)")
+        latent_SH = recorded_latents(fed_back, embedding_VH.__getitem__, device).detach()
+        mixed_SH = gated_inputs(inputs_BTH[index], latent_SH, gate)[0]
+        return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
+    concept_SH = recorded_concepts(fed_back, embedding_VH.__getitem__, device)
     steps = len(fed_back)
     add_S = torch.full((steps,), mode == "add", device=device)
     mixed_SH = mix_inputs(add_S, inputs_BTH[index], concept_SH, torch.full((steps,), scale, device=device))
@@ -148,10 +169,13 @@ def rebuild_inputs_embeds(
     soft_steps: list[dict],
     mode: str = "replace",
     scale: float = 1.0,
+    gate: GateTensors | None = None,
 ) -> torch.Tensor:
     """Input embeddings (T, H) of one ``prompt + response[:-1]`` as the engine fed them."""
     input_ids = torch.tensor([prompt_ids + response_ids[:-1]], dtype=torch.long)
-    return soft_inputs_embeds(embedding_VH, input_ids, [response_ids], [soft_steps], [0], [len(prompt_ids)], mode, scale)[0]
+    return soft_inputs_embeds(
+        embedding_VH, input_ids, [response_ids], [soft_steps], [0], [len(prompt_ids)], mode, scale, gate
+    )[0]
 
 
 def response_logprobs(

@@ -192,7 +192,7 @@ def vocabulary_statistics(logits_CV: torch.Tensor, temperature_C: torch.Tensor):
 NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2, "gaussian": 3}
 """Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
 EMIT_CODES = {"argmax": 0, "sample": 1}
-MODE_CODES = {"replace": 0, "add": 1}
+MODE_CODES = {"replace": 0, "add": 1, "gate": 2}
 ACTION_CODES = {"sampled": 0, "token": 1}
 MIXTURE_CODES = {"probability": 0, "uniform": 1}
 

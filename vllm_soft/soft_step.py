@@ -86,6 +86,8 @@ class StepKnobs:
     """Whether some row samples its emitted token."""
     any_add: bool
     """Whether some row mixes in mode 'add'."""
+    any_gate: bool = False
+    """Whether some row mixes in mode 'gate' (HRPO's gate)."""
     max_multiplex: int = 0
     """The most multiplex draws among the rows (0: no row multiplexes)."""
 
@@ -111,6 +113,7 @@ class StepKnobs:
             noise_kinds=frozenset(noise_names[code] for code in np.unique(host_ints_BI[:, NOISE]).tolist()),
             any_sample=bool((host_ints_BI[:, EMIT] == soft_math.EMIT_CODES["sample"]).any()),
             any_add=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["add"]).any()),
+            any_gate=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["gate"]).any()),
             max_multiplex=int(host_ints_BI[:, MULTIPLEX].max()),
         )
 
@@ -163,15 +166,18 @@ class SoftStepOutput:
     """Standard deviation of the Gaussian noise on the concept (float64); 0 for other rows."""
     seed_B: torch.Tensor
     """The request's soft-step seed (int64 holding 64 bits)."""
+    gate_retention_B: torch.Tensor
+    """Mode 'gate': the mean over dimensions of the gate's a (the token embedding's share);
+    NaN for other rows (float64)."""
 
     def packed(self) -> torch.Tensor:
-        """Everything the host needs, as one float64 (B, 4K + 8) tensor, for one transfer:
+        """Everything the host needs, as one float64 (B, 4K + 9) tensor, for one transfer:
         ids and draws (exact in float64), weights, log-weights, then
         ``records.PACKED_COLUMNS`` (read back by ``records.unpack_rows``)."""
         seed_low, seed_high = self.seed_B & 0xFFFFFFFF, (self.seed_B >> 32) & 0xFFFFFFFF  # exact in float64
         columns = (
             self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.noise_scale_B, seed_low, seed_high,
-            self.end_code_B,
+            self.gate_retention_B, self.end_code_B,
         )
         blocks = (self.token_ids_BK.double(), self.weights_BK, self.log_weights_BK, self.draws_BK.double())
         return torch.cat((*blocks, torch.stack([c.double() for c in columns], dim=-1)), dim=-1)
@@ -366,6 +372,7 @@ def soft_step(
     workspace: torch.Tensor | None = None,
     compiled: CompiledSoftStep | None = None,
     hidden_size: int = 0,
+    gate: soft_math.GateTensors | None = None,
 ) -> SoftStepOutput:
     """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
 
@@ -374,11 +381,14 @@ def soft_step(
     and untied heads are handled by the model). ``compiled`` (the engine's, on CPU) runs
     everything but the embeddings compiled; otherwise eager kernels, with ``workspace``
     serving the vocabulary pass. ``hidden_size``: the embeddings' size, needed by rows with
-    Gaussian noise (drawn before the embeddings are looked up).
+    Gaussian noise (drawn before the embeddings are looked up). ``gate``: the model's HRPO
+    gate, needed by rows in mode 'gate'.
     """
     floats, ints = knobs.floats_BF, knobs.ints_BI
     if "gaussian" in knobs.noise_kinds and hidden_size <= 0:
         raise ValueError("soft_step: rows with Gaussian noise need hidden_size (the embeddings' size)")
+    if knobs.any_gate and gate is None:
+        raise ValueError("soft_step: rows in mode 'gate' need the model's gate (vllm_soft.gate)")
     if compiled is not None:
         token_ids_BK, entropy_B, *decided = compiled(logits_BV, knobs, hidden_size)
     else:
@@ -393,15 +403,24 @@ def soft_step(
     weights_BK, log_weights_BK, draws_BK, kept_B, emitted_B, logprob_B, end_code_B, streak_B, concept_noise_BH = decided
 
     rows, slots = token_ids_BK.shape
-    ids = torch.cat((token_ids_BK.reshape(-1), emitted_B)) if knobs.any_add else token_ids_BK.reshape(-1)
+    needs_token = knobs.any_add or knobs.any_gate
+    ids = torch.cat((token_ids_BK.reshape(-1), emitted_B)) if needs_token else token_ids_BK.reshape(-1)
     embeds = embed(ids)
-    concept_BH = soft_math.weighted_embeddings(weights_BK, embeds[: rows * slots].reshape(rows, slots, -1))
+    support_embeds_BKH = embeds[: rows * slots].reshape(rows, slots, -1)
+    concept_BH = soft_math.weighted_embeddings(weights_BK, support_embeds_BKH)
     if concept_noise_BH is not None:
         concept_BH = concept_BH + concept_noise_BH.float()
     next_inputs_BH = concept_BH
     if knobs.any_add:
         add_B = ints[:, MODE] == soft_math.MODE_CODES["add"]
         next_inputs_BH = soft_math.mix_inputs(add_B, embeds[rows * slots :], concept_BH, floats[:, SCALE])
+    retention_B = torch.full((rows,), float("nan"), dtype=torch.float64, device=token_ids_BK.device)
+    if knobs.any_gate:
+        gate_B = ints[:, MODE] == soft_math.MODE_CODES["gate"]
+        latent_BH = soft_math.normalized_concept(weights_BK, support_embeds_BKH)
+        gated_BH, a_BH = soft_math.gated_inputs(embeds[rows * slots :], latent_BH, gate)
+        next_inputs_BH = torch.where(gate_B.unsqueeze(-1), gated_BH.float(), next_inputs_BH)
+        retention_B = torch.where(gate_B, a_BH.double().mean(-1), retention_B)
 
     return SoftStepOutput(
         token_ids_BK=token_ids_BK,
@@ -417,4 +436,5 @@ def soft_step(
         next_inputs_BH=next_inputs_BH,
         noise_scale_B=torch.where(ints[:, NOISE] == soft_math.NOISE_CODES["gaussian"], floats[:, SIGMA], 0.0),
         seed_B=ints[:, SEED],
+        gate_retention_B=retention_B,
     )

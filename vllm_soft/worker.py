@@ -24,12 +24,14 @@ keeps its state. Randomness is ``stateless_random``: a function of (seed, soft s
 """
 
 import logging
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from vllm_soft import gate as soft_gate
 from vllm_soft import records, replay, soft_math, soft_step, stateless_random
 from vllm_soft.params import SoftThinkingParams, request_overrides
 
@@ -116,6 +118,7 @@ class SoftThinkingRunner:
         max_num_reqs: int,
         pin_memory: bool = False,
         compile_step: bool = True,
+        model_path: str | None = None,
     ):
         self.defaults = defaults
         self.device = device
@@ -131,6 +134,9 @@ class SoftThinkingRunner:
         self.compiled = _compiled_step(vocab_size, device, defaults.top_k) if compile_step else None
         self._pinned: torch.Tensor | None = None
         self._embedding_rms: float | None = None
+        self.model_path = model_path
+        """The model folder, where mode 'gate' finds the model's gate (``vllm_soft.gate``)."""
+        self._gate: soft_math.GateTensors | None = None
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
 
@@ -241,7 +247,7 @@ class SoftThinkingRunner:
         """Inputs of recorded soft positions scheduled again (a recompute after preemption),
         from the host records, with the learner's replay functions. Not on the decode path."""
         starts, computed = view.query_starts, view.num_computed
-        flat, steps, add, scale = [], [], [], []
+        flat, steps, add, scale, gated = [], [], [], [], []
         for row in rows.tolist():
             state = self.requests[view.req_ids[row]]
             first = state.first_soft_position
@@ -251,12 +257,16 @@ class SoftThinkingRunner:
                 flat.append(int(starts[row]) + position - int(computed[row]))
                 add.append(state.params.mode == "add")
                 scale.append(state.params.scale)
+                gated.append(state.params.mode == "gate")
         device = inputs_embeds.device
         flat_B = torch.tensor(flat, device=device)
         concept = replay.recorded_concepts(steps, embed, device)
-        mixed = soft_math.mix_inputs(
-            torch.tensor(add, device=device), inputs_embeds[flat_B], concept, torch.tensor(scale, device=device)
-        )
+        tokens = inputs_embeds[flat_B]  # E[emitted]: each position's token is its step's emitted one
+        mixed = soft_math.mix_inputs(torch.tensor(add, device=device), tokens, concept, torch.tensor(scale, device=device))
+        if any(gated):
+            rows_G = torch.tensor(gated, device=device)
+            latent = replay.recorded_latents([step for step, g in zip(steps, gated) if g], embed, device)
+            mixed[rows_G] = soft_math.gated_inputs(tokens[rows_G], latent, self.gate())[0].float()
         inputs_embeds[flat_B] = mixed.to(inputs_embeds.dtype)
 
     # -- the step -------------------------------------------------------------------
@@ -291,7 +301,8 @@ class SoftThinkingRunner:
         if "gaussian" in plan.knobs.noise_kinds:  # the gathered copy: sigma in embedding units -> absolute
             plan.knobs.floats_BF[:, soft_step.SIGMA] *= self.embedding_rms(embed)
         out = soft_step.soft_step(
-            soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled, self.hidden_size
+            soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled, self.hidden_size,
+            self.gate() if plan.knobs.any_gate else None,
         )
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
@@ -309,6 +320,29 @@ class SoftThinkingRunner:
                 total += float(embed(ids).double().pow(2).sum())
             self._embedding_rms = (total / (self.vocab_size * self.hidden_size)) ** 0.5
         return self._embedding_rms
+
+    def gate(self) -> soft_math.GateTensors:
+        """The model's HRPO gate (mode 'gate'), float32 on the device: read from the model
+        folder at the first gated step (H x H x 2 floats that plain and other soft requests
+        never need), a seeded fresh one if the folder has none, which is logged."""
+        if self._gate is None:
+            folder = self.model_path if self.model_path is not None and os.path.isdir(self.model_path) else None
+            if folder is None:
+                gate, settings, fresh = soft_gate.fresh_gate(self.hidden_size), soft_gate.GateSettings(), True
+            else:
+                gate, settings, fresh = soft_gate.load_gate(folder, self.hidden_size)
+            if fresh:
+                logger.warning("vllm-soft: %s has no %s; mode 'gate' uses a fresh gate drawn with seed %d "
+                               "(retention %.3g-%.3g)", self.model_path, soft_gate.GATE_WEIGHTS_FILE, settings.seed,
+                               settings.retention_min, settings.retention_max)
+            else:
+                logger.info("vllm-soft: loaded the soft gate of %s", folder)
+            self.set_gate(gate)
+        return self._gate
+
+    def set_gate(self, gate: soft_math.GateTensors) -> None:
+        """Use ``gate`` from the next step on (a weight push's gate tensors)."""
+        self._gate = soft_gate.gate_to(gate, self.device)
 
     def weights_changed(self) -> None:
         """Forget what was computed from the weights (after a weight update)."""

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+from vllm_soft import records, soft_math, soft_step
 from vllm_soft.gate import GATE_WEIGHTS_FILE, GateSettings, fresh_gate, gate_state_dict, load_gate, save_gate
+from vllm_soft.params import SoftThinkingParamError, SoftThinkingParams
 from vllm_soft.soft_math import GATE_SHARPNESS, GateTensors, gate_lambda_for, gate_retention, gated_inputs, normalized_concept
 
 HIDDEN = 24
@@ -105,3 +107,66 @@ def test_gate_files_that_do_not_fit_the_model_are_refused(tmp_path):
         load_gate(tmp_path, 32)
     with pytest.raises(ValueError, match="retention_min"):
         GateSettings(retention_min=0.999, retention_max=0.99)
+
+
+# -- the gated soft step (engine-free) ----------------------------------------------
+
+VOCAB = 200
+TABLE = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(1))
+GATED = [
+    SoftThinkingParams(mode="gate", temperature=0.5, top_k=50, emit="sample"),
+    SoftThinkingParams(mode="gate", top_k=4),
+    SoftThinkingParams(mode="gate", top_k=8, noise="gumbel", tau=0.5, emit="sample"),
+    SoftThinkingParams(mode="gate", top_k=6, multiplex=3, emit="sample"),
+]
+OTHERS = [SoftThinkingParams(), SoftThinkingParams(mode="add", top_k=5, emit="sample")]
+
+
+def _step(rows, logits, gate):
+    return soft_step.soft_step(logits, soft_step.StepKnobs.for_requests(rows), TABLE.__getitem__, hidden_size=HIDDEN,
+                               gate=gate)
+
+
+def test_gated_rows_feed_hrpos_input_beside_other_modes():
+    gate = fresh_gate(HIDDEN, GateSettings(retention_min=0.4, retention_max=0.9, init_std=0.3))
+    rows = [(params, 50 + i, i) for i, params in enumerate(GATED + OTHERS)]
+    logits = 2 * torch.randn(len(rows), VOCAB, generator=torch.Generator().manual_seed(2))
+    out = _step(rows, logits, gate)
+    entries = records.unpack_rows(out.packed().numpy())
+    for i, (params, _, _) in enumerate(rows):
+        kept = int(out.kept_B[i])
+        ids, weights = out.token_ids_BK[i, :kept], out.weights_BK[i, :kept]
+        if params.mode != "gate":
+            assert entries[i]["gate_retention"] is None
+            continue
+        token = TABLE[out.emitted_B[i]]
+        latent = (weights.double() @ TABLE[ids].double()) / weights.double().norm()
+        expected, a = gated_inputs(token[None], latent[None].float(), gate)
+        torch.testing.assert_close(out.next_inputs_BH[i], expected[0], rtol=1e-5, atol=1e-6)
+        assert entries[i]["gate_retention"] == pytest.approx(float(a.mean()), rel=1e-6)
+        # Alone, the row gets the same input.
+        alone = _step([rows[i]], logits[i : i + 1], gate)
+        torch.testing.assert_close(alone.next_inputs_BH[0], out.next_inputs_BH[i], rtol=1e-6, atol=1e-6)
+    assert out.next_inputs_BH[len(GATED)].equal(
+        soft_math.weighted_embeddings(out.weights_BK[len(GATED) :][:1], TABLE[out.token_ids_BK[len(GATED)]][None])[0]
+    )
+
+
+def test_a_saturated_gate_with_argmax_emission_feeds_the_greedy_token():
+    gate = fresh_gate(HIDDEN)
+    closed = GateTensors(gate.weight_r_HH, gate.bias_r_H, gate.weight_i_HH, gate.bias_i_H, torch.full((HIDDEN,), 1e4))
+    rows = [(SoftThinkingParams(mode="gate", top_k=15), i, 0) for i in range(6)]
+    logits = 2 * torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(3))
+    out = _step(rows, logits, closed)
+    assert torch.equal(out.emitted_B, logits.argmax(-1))
+    torch.testing.assert_close(out.next_inputs_BH, TABLE[logits.argmax(-1)], rtol=0, atol=1e-4 * float(TABLE.abs().max()))
+    assert all(entry["gate_retention"] == 1.0 for entry in records.unpack_rows(out.packed().numpy()))
+
+
+def test_gated_rows_without_a_gate_and_gaussian_gated_rows_are_refused():
+    rows = [(SoftThinkingParams(mode="gate"), 0, 0)]
+    with pytest.raises(ValueError, match="mode 'gate' need the model's gate"):
+        _step(rows, torch.randn(1, VOCAB), None)
+    with pytest.raises(SoftThinkingParamError, match="noise 'gaussian'") as error:
+        SoftThinkingParams(mode="gate", noise="gaussian")
+    assert error.value.parameter == "noise"

@@ -206,7 +206,7 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
         rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
         steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed, hidden_size=HIDDEN).packed().numpy())
     blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
-    assert [block["shape"] for block in blocks] == [[2, 20], [1, 88], [1, 20]]
+    assert [block["shape"] for block in blocks] == [[2, 21], [1, 89], [1, 21]]
     entries = records.unpack_trace(blocks)
     assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
     for entry, step in zip(entries, steps):

