@@ -40,18 +40,39 @@ def reference_filter(logits_V: torch.Tensor, knobs: SoftThinkingParams) -> Refer
     return ReferenceStep(kept, [float(probs[t]) / total for t in kept], entropy)
 
 
+def hrpo_gated_input(token: torch.Tensor, token_ids: list[int], weights: list[float], embedding: torch.Tensor,
+                     gate: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """HRPO's hybrid input after one step, in float64, written out: the latent is the
+    weighted embeddings over the weights' L2 norm; r and i gate the emitted token's
+    embedding; a = exp(-8 softplus(-lambda) r); input = a e + sqrt(1 - a^2 + 1e-8) i latent.
+    Returns (input as float32, mean of a)."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    latent = (w.unsqueeze(-1) * embedding[token_ids].double()).sum(0) / torch.sqrt((w * w).sum())
+    e = token.double()
+    r = 1.0 / (1.0 + torch.exp(-(gate["weight_r"].double() @ e + gate["bias_r"].double())))
+    i = 1.0 / (1.0 + torch.exp(-(gate["weight_i"].double() @ e + gate["bias_i"].double())))
+    a = torch.exp(-8.0 * torch.log1p(torch.exp(-gate["lambda"].double())) * r)
+    return (a * e + torch.sqrt(1.0 - a * a + 1e-8) * i * latent).float(), float(a.mean())
+
+
 def rebuild_inputs_embeds(
-    embedding: torch.Tensor, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams
+    embedding: torch.Tensor, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams,
+    gate: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Inputs of the whole sequence but its last token, float32, with every soft step that
-    thinking continued after fed back as its mixture (replace) or added to E[y] (add); a
-    step with Gaussian noise adds it to the mixture (its standard normals regenerated
-    from the recorded seed: the generator is the engine's, the rest is this file's)."""
+    thinking continued after fed back as its mixture (replace), added to E[y] (add) or
+    through HRPO's gate (``gate``: its tensors by file name); a step with Gaussian noise
+    adds it to the mixture (its standard normals regenerated from the recorded seed: the
+    generator is the engine's, the rest is this file's)."""
     ids = torch.tensor(prompt_ids + completion_ids[:-1])
     inputs = embedding[ids].float().clone()
     for entry in trace:
         position = len(prompt_ids) + entry["position"]
         if entry["end_reason"] is not None or position >= len(inputs):
+            continue
+        if knobs.mode == "gate":
+            inputs[position], mean_a = hrpo_gated_input(inputs[position], entry["token_ids"], entry["weights"], embedding, gate)
+            assert abs(mean_a - entry["gate_retention"]) <= 1e-5 * mean_a, (entry["position"], mean_a, entry["gate_retention"])
             continue
         concept = (torch.tensor(entry["weights"]).unsqueeze(-1) * embedding[entry["token_ids"]].float()).sum(0)
         if entry.get("noise_scale"):
@@ -63,17 +84,20 @@ def rebuild_inputs_embeds(
 
 
 @torch.no_grad()
-def teacher_forced_logits(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs) -> torch.Tensor:
+def teacher_forced_logits(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
+                          gate=None) -> torch.Tensor:
     """Logits predicting each completion token, [len(completion), V], from one forward pass."""
     embedding = model.get_input_embeddings().weight
-    inputs = rebuild_inputs_embeds(embedding, prompt_ids, completion_ids, trace, knobs)
+    inputs = rebuild_inputs_embeds(embedding, prompt_ids, completion_ids, trace, knobs, gate)
     logits = model(inputs_embeds=inputs.unsqueeze(0).to(embedding.dtype)).logits[0].float()
     return logits[len(prompt_ids) - 1 :]
 
 
-def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs) -> list[ReferenceStep]:
-    """The reference soft step at every traced position, teacher-forced."""
-    logits = teacher_forced_logits(model, prompt_ids, completion_ids, trace, knobs)
+def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
+                 gate=None) -> list[ReferenceStep]:
+    """The reference soft step at every traced position, teacher-forced (``gate``: the
+    HRPO gate's tensors, for mode 'gate')."""
+    logits = teacher_forced_logits(model, prompt_ids, completion_ids, trace, knobs, gate)
     return [reference_filter(logits[entry["position"]], knobs) for entry in trace]
 
 

@@ -55,12 +55,22 @@ def check_top_k_1_is_greedy(llm, tokenizer) -> None:
         assert soft_trace(plain) == []
 
 
+def fresh_gate_tensors(model) -> dict:
+    """The HRPO gate every engine process draws for a model folder without one (the default
+    model's), by file name: what the reference feeds gated steps through."""
+    from vllm_soft.gate import fresh_gate, gate_state_dict
+
+    return gate_state_dict(fresh_gate(model.config.hidden_size))
+
+
 def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
-    """Teacher-forced check of one soft completion against the reference."""
+    """Teacher-forced check of one soft completion against the reference (gated steps
+    through the model folder's fresh gate; the reference also checks each step's mean a)."""
     trace = soft_trace(completion)
     assert trace, "a soft request must have a trace"
     assert [e["position"] for e in trace] == list(range(len(trace)))
-    expected = replay_trace(model, prompt_ids, list(completion.token_ids), trace, knobs)
+    gate = fresh_gate_tensors(model) if knobs.mode == "gate" else None
+    expected = replay_trace(model, prompt_ids, list(completion.token_ids), trace, knobs, gate)
     for entry, reference in zip(trace, expected):
         assert set(entry["token_ids"]) == set(reference.token_ids), entry["position"]
         engine_weights = dict(zip(entry["token_ids"], entry["weights"]))
@@ -84,12 +94,14 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
         None,
         {"mode": "replace", "top_k": 3, "temperature": 1.0},
         {"mode": "add", "top_p": 0.8, "min_p": 0.05},
+        {"mode": "gate", "top_k": 50, "temperature": 0.5},
+        {"mode": "gate", "top_k": 4},
     ]
     plain_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
-    params = [plain_params if k is None else soft_params(max_tokens, **k) for k in (knob_sets * 4)]
+    params = [plain_params if k is None else soft_params(max_tokens, **k) for k in (knob_sets * 3)]
     outputs = engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     completions = [o.outputs[0] for o in outputs]
-    for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets * 4):
+    for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets * 3):
         if knobs is None:
             alone = generate(engine, [prompt_ids], plain_params)[0]
             assert_equal_unless_near_tie(completion, alone)

@@ -3,7 +3,14 @@
 import pytest
 from vllm import SamplingParams, TokensPrompt
 
-from soft_checks import assert_draws_follow_seed, chat_prompts, check_mixed_batch, generate, soft_params
+from soft_checks import (
+    assert_draws_follow_seed,
+    assert_equal_unless_near_tie,
+    chat_prompts,
+    check_mixed_batch,
+    generate,
+    soft_params,
+)
 from vllm_soft import soft_step
 from vllm_soft.params import SoftThinkingParams
 from vllm_soft.trace import soft_trace
@@ -226,3 +233,32 @@ def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_eng
     assert soft.pending_SH.shape[0] >= runner.max_num_reqs
     assert soft.requests == held
     assert len(generate(inprocess_tiny_engine, [[5, 6, 7]], soft_params(4))[0].token_ids) == 4
+
+
+def test_a_pushed_saturated_gate_decodes_greedily(inprocess_tiny_engine, default_tokenizer):
+    """HRPO's gate with lambda -> +inf keeps the emitted token's embedding (a = 1): gated
+    argmax decoding is greedy decoding token for token. The gate arrives as a weight push's
+    ``soft_gate.*`` tensors (alone: the model's weights stay)."""
+    import torch
+
+    from vllm_soft.gate import GATE_PREFIX, fresh_gate, gate_state_dict
+
+    core = inprocess_tiny_engine.llm_engine.engine_core.engine_core
+    runner = core.model_executor.driver_worker.worker.model_runner
+    soft = runner.vllm_soft
+    tensors = gate_state_dict(fresh_gate(soft.hidden_size))
+    tensors["lambda"] = torch.full_like(tensors["lambda"], 1e4)
+    runner.reload_weights(weights_iterator=iter([(GATE_PREFIX + name, t) for name, t in tensors.items()]))
+    try:
+        assert torch.equal(soft.gate().lambda_H, tensors["lambda"])
+        prompts = chat_prompts(default_tokenizer, 16)
+        greedy = generate(inprocess_tiny_engine, prompts,
+                          SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True, logprobs=2))
+        gated = generate(inprocess_tiny_engine, prompts, soft_params(32, mode="gate", top_k=15))
+        for plain, completion in zip(greedy, gated):
+            trace = soft_trace(completion)
+            assert len(trace) == 32 and all(entry["gate_retention"] == 1.0 for entry in trace)
+            # The latent's remainder sqrt(1e-8) = 1e-4 of it can flip only a near-tie.
+            assert_equal_unless_near_tie(completion, plain)
+    finally:
+        soft._gate = None  # later tests get the folder's (fresh) gate again
