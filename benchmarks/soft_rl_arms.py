@@ -24,7 +24,8 @@ each in two prompt formats: ``train`` (the training instruction: <think>/<answer
 ``neutral`` (the question, then "Give only the final number."; never used in training,
 scored on the last number). Differences are paired per problem (same problems, same
 decode), with standard errors. Outputs in ``--out``: arms.md (table and acceptance),
-arms.json, arms.png, and per format the harness's cells and samples.
+arms.json, arms.png, arms_training.png (training curves; each arm's metrics beside it),
+and per format and model the harness's cells and samples.
 """
 
 import argparse
@@ -220,6 +221,34 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_training(runs: Path, arms: list[str], out: Path) -> None:
+    """Each arm's training curves (reward, and for soft arms the soft-step log-prob gap),
+    from its run folder; the metrics are copied beside the plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for arm in arms:
+        path = runs / arm / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("step", 0) >= 1 and "reward_mean" in r]
+        (out / f"{arm}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        axes[0].plot([r["step"] for r in rows], [r["reward_mean"] for r in rows], label=arm)
+        gaps = [(r["step"], r["logprob_gap_soft"]) for r in rows if r.get("logprob_gap_soft") is not None]
+        if gaps:
+            axes[1].plot(*zip(*gaps), label=arm)
+    axes[0].set(xlabel="step", ylabel="mean reward (64 samples)")
+    axes[1].set(xlabel="step", ylabel="soft-step |learner - rollout| log-prob")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "arms_training.png", dpi=120)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
@@ -251,6 +280,7 @@ def main(argv=None) -> None:
     table = markdown(summary, train_seconds)
     (args.out / "arms.md").write_text(table)
     plot(summary, args.out / "arms.png")
+    plot_training(args.runs, args.arms, args.out)
     print(table)
 
 
