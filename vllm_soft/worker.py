@@ -24,7 +24,6 @@ keeps its state. Randomness is ``stateless_random``: a function of (seed, soft s
 """
 
 import logging
-import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -326,17 +325,16 @@ class SoftThinkingRunner:
         folder at the first gated step (H x H x 2 floats that plain and other soft requests
         never need), a seeded fresh one if the folder has none, which is logged."""
         if self._gate is None:
-            folder = self.model_path if self.model_path is not None and os.path.isdir(self.model_path) else None
-            if folder is None:
+            if self.model_path is None:
                 gate, settings, fresh = soft_gate.fresh_gate(self.hidden_size), soft_gate.GateSettings(), True
-            else:
-                gate, settings, fresh = soft_gate.load_gate(folder, self.hidden_size)
+            else:  # a hub name or a folder without the files: load_gate draws the fresh gate
+                gate, settings, fresh = soft_gate.load_gate(self.model_path, self.hidden_size)
             if fresh:
                 logger.warning("vllm-soft: %s has no %s; mode 'gate' uses a fresh gate drawn with seed %d "
                                "(retention %.3g-%.3g)", self.model_path, soft_gate.GATE_WEIGHTS_FILE, settings.seed,
                                settings.retention_min, settings.retention_max)
             else:
-                logger.info("vllm-soft: loaded the soft gate of %s", folder)
+                logger.info("vllm-soft: loaded the soft gate of %s", self.model_path)
             self.set_gate(gate)
         return self._gate
 

@@ -175,14 +175,14 @@ def apply() -> None:
                 args = (iter(model_tensors), *args[1:])
             else:
                 kwargs["weights_iterator"] = iter(model_tensors)
-            if gate_tensors and not model_tensors:  # the gate alone: the model's weights stay as they are
-                soft.set_gate(gate_from_state_dict(gate_tensors, soft.hidden_size))
-                return None
-        result = reload_weights(self, *args, **kwargs)
-        if soft is not None:
-            soft.weights_changed()
-            if gate_tensors:
-                soft.set_gate(gate_from_state_dict(gate_tensors, soft.hidden_size))
+        # The gate alone leaves the model's weights (and what was derived from them) as they are.
+        result = None
+        if not (gate_tensors and not model_tensors):
+            result = reload_weights(self, *args, **kwargs)
+            if soft is not None:
+                soft.weights_changed()
+        if gate_tensors:
+            soft.set_gate(gate_from_state_dict(gate_tensors, soft.hidden_size))
         return result
 
     @functools.wraps(dummy_sampler_run)
