@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 import torch
 
+from vllm_soft.gate import gate_state_dict
 from vllm_soft.runtime import release_freed_memory
 
 SHARED_MEMORY = "/dev/shm"
@@ -166,8 +167,13 @@ class WeightSync:
 
     @torch.no_grad()
     def weights_checksum(self) -> tuple[Checksum, Checksum]:
-        """This rank's (sharded, replicated) checksums; ``combine_rank_checksums`` joins ranks."""
+        """This rank's (sharded, replicated) checksums; ``combine_rank_checksums`` joins ranks.
+        The HRPO gate, once loaded or pushed, counts with the replicated part (every rank
+        holds it whole), as the learner counts it with the model's weights."""
         roles = list(engine_weight_roles(self.model_runner.model))
+        soft = getattr(self.model_runner, "vllm_soft", None)
+        gate = soft.loaded_gate if soft is not None else None
+        gate_tensors = list(gate_state_dict(gate).values()) if gate is not None else []
         sharded = parameter_checksum(tensor for tensor, is_sharded in roles if is_sharded)
-        replicated = parameter_checksum(tensor for tensor, is_sharded in roles if not is_sharded)
+        replicated = parameter_checksum([*(tensor for tensor, is_sharded in roles if not is_sharded), *gate_tensors])
         return sharded, replicated

@@ -10,6 +10,7 @@ gradient of the token mean over the whole batch.
 """
 
 import dataclasses
+import logging
 import os
 import time
 
@@ -24,32 +25,59 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from trainer.gate import is_gate_lambda, is_gate_parameter
 from trainer.grpo import GRPOLossConfig, grpo_loss, logprob_gaps
 from trainer.lora import add_adapters, decoder_layers, merge_adapters, save_adapter
 from trainer.policy import ReplayBatch, ReplayPolicy
 from trainer.settings import LearnerConfig, LoraConfig
+from vllm_soft.gate import GATE_PREFIX, GateSettings, gate_from_state_dict, load_gate, save_gate
 from vllm_soft.runtime import release_freed_memory
 
 POLICY_PREFIX = "model."
+log = logging.getLogger(__name__)
 
 
-def _load_policy(model_path: str, config: LearnerConfig, trainable: bool, lora: LoraConfig | None = None) -> ReplayPolicy:
-    """The sharded policy; with ``lora``, only the adapters require grad. Weights are kept
-    in ``config.dtype``; with ``mixed_precision``, FSDP casts them to bf16 for compute and
-    reduces gradients in ``config.dtype``."""
+def _load_policy(model_path: str, config: LearnerConfig, trainable: bool, lora: LoraConfig | None = None,
+                 gate: bool = False) -> tuple[ReplayPolicy, GateSettings | None]:
+    """The sharded policy and, with ``gate``, the settings of its HRPO gate (read from the
+    model folder, or drawn fresh, which is logged). With ``lora``, only the adapters and the
+    gate require grad. Weights are kept in ``config.dtype``; with ``mixed_precision``, FSDP
+    casts them to bf16 for compute and reduces gradients in ``config.dtype``. The gate is
+    kept, computed and reduced in float32, as the engine computes it."""
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, config.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model.requires_grad_(trainable)
+    gate_tensors = settings = None
+    if gate:
+        gate_tensors, settings, fresh = load_gate(model_path, model.get_input_embeddings().weight.shape[1])
+        if fresh:
+            log.warning("%s has no soft gate: training starts from a fresh one (seed %d)", model_path, settings.seed)
     if lora is not None:
         model = add_adapters(model, lora)
-    policy = ReplayPolicy(model, config.share_prompts)
+    policy = ReplayPolicy(model, config.share_prompts, gate_tensors)
     precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if config.computes_in_bf16() else dtype, reduce_dtype=dtype)
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=precision)
+    if policy.soft_gate is not None:
+        policy.soft_gate.requires_grad_(trainable)
+        fully_shard(policy.soft_gate, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32))
     fully_shard(policy, mp_policy=precision)
-    return policy
+    return policy, settings
+
+
+def _parameter_groups(policy: ReplayPolicy, config: LearnerConfig) -> list[dict]:
+    """AdamW groups: the model at ``learning_rate``; the gate's layers and its Λ at their
+    own rates (HRPO: 1e-4 and 1e-3)."""
+    groups = {"model": [], "gate": [], "gate_lambda": []}
+    for name, parameter in policy.named_parameters():
+        if parameter.requires_grad:
+            key = "gate_lambda" if is_gate_lambda(name) else "gate" if is_gate_parameter(name) else "model"
+            groups[key].append(parameter)
+    rates = {"model": config.learning_rate, "gate": config.gate_learning_rate,
+             "gate_lambda": config.gate_lambda_learning_rate}
+    return [{"params": params, "lr": rates[key], "name": key} for key, params in groups.items() if params]
 
 
 def hf_state_dict(policy_state: dict) -> dict:
@@ -61,7 +89,7 @@ class Learner:
     """Rank ``rank`` of ``world_size``; the driver calls the same methods on every rank."""
 
     def __init__(self, config: LearnerConfig, loss: GRPOLossConfig, model_path: str, rank: int, world_size: int,
-                 master_addr: str, master_port: int, seed: int):
+                 master_addr: str, master_port: int, seed: int, gate: bool = False):
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "gloo":
@@ -69,14 +97,13 @@ class Learner:
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         torch.manual_seed(seed + rank)
         self.config, self.loss_config, self.rank, self.world_size = config, loss, rank, world_size
-        self.policy = _load_policy(model_path, config, trainable=True, lora=config.lora)
+        self.policy, self.gate_settings = _load_policy(model_path, config, trainable=True, lora=config.lora, gate=gate)
         # With LoRA the frozen reference is the policy with its adapters switched off.
         self.reference = None
         if loss.beta > 0 and config.lora is None:
-            self.reference = _load_policy(model_path, config, trainable=False)
+            self.reference = _load_policy(model_path, config, trainable=False, gate=gate)[0]
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],
-            lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay,
+            _parameter_groups(self.policy, config), betas=tuple(config.betas), weight_decay=config.weight_decay,
         )
 
     def ready(self) -> int:
@@ -101,6 +128,9 @@ class Learner:
             micro = _select(batch, rows)
             logprobs, mask = self.policy(micro)
             mask = mask & (weight > 0)
+            share_sum, gated = self.policy.hidden_share
+            _add(totals, "hidden_share_sum", share_sum * weight)
+            _add(totals, "gated_inputs", gated * weight)
             rollout = _pad([rollout_logprobs[r] for r in rows], logprobs.shape[1]).to(logprobs.device)
             reference = self._reference_logprobs(micro) if self.loss_config.beta > 0 else None
             loss, metrics = grpo_loss(
@@ -171,7 +201,7 @@ class Learner:
             return None
         buckets, current, size = [], [], 0
         for name, tensor in state.items():
-            if dtype is not None:
+            if dtype is not None and not name.startswith(GATE_PREFIX):  # the engine keeps the gate in float32
                 tensor = tensor.to(getattr(torch, dtype))
             current.append((name, tensor))
             size += tensor.numel() * tensor.element_size()
@@ -197,7 +227,11 @@ class Learner:
             if lora is not None:
                 save_adapter(state, lora, tokenizer_source, os.path.join(folder, "adapter"))
                 state = merge_adapters(state, lora.alpha / lora.rank)
+            gate = {name.removeprefix(GATE_PREFIX): state.pop(name) for name in list(state) if name.startswith(GATE_PREFIX)}
             _save_hf_folder(state, tokenizer_source, os.path.join(folder, "model"))
+            if gate:  # beside the weights, where every vLLM worker reads it
+                hidden_size = gate["lambda"].shape[0]
+                save_gate(os.path.join(folder, "model"), gate_from_state_dict(gate, hidden_size), self.gate_settings)
         dist.barrier()
 
     def load(self, folder: str) -> None:

@@ -70,7 +70,7 @@ class LearnerGroup:
                 address = ray.get(_free_address.options(
                     num_cpus=0, resources=dict(learner.resources_per_rank)).remote())
             self.ranks.append(actor.remote(learner, config.algorithm.loss, model_path, rank, learner.num_ranks,
-                                           address[0], address[1], config.seed))
+                                           address[0], address[1], config.seed, config.algorithm.mode == "gate"))
         ray.get([r.ready.remote() for r in self.ranks])
 
     def call(self, method: str, *args) -> list:
@@ -268,6 +268,8 @@ def _step_metrics(samples, totals: dict, rewards: torch.Tensor, rollout_s: float
         "logprob_gap_token": _ratio(totals["logprob_gap_sum"] - totals["logprob_gap_soft_sum"],
                                     totals["tokens"] - totals["soft_tokens"]),
         "grad_norm": totals["grad_norm"],
+        # HRPO: how much of the gated inputs is the latent, mean sqrt(1 - a^2) (None without a gate).
+        "hidden_share": _ratio(totals.get("hidden_share_sum", 0.0), totals.get("gated_inputs", 0.0)),
         "rollout_tokens_per_s": summary["tokens_per_s"],
     }
 

@@ -18,9 +18,11 @@ from torch import nn
 
 from rollout.sample import Sample
 from trainer.attention import BLOCK_ATTENTION
+from trainer.gate import SoftGate
 from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
 from vllm_soft.replay import response_logprobs, soft_inputs_embeds
+from vllm_soft.soft_math import GateTensors
 
 
 @dataclass
@@ -55,9 +57,10 @@ class ReplayBatch:
 
 
 class ReplayPolicy(nn.Module):
-    """Wraps ``model`` (kept as ``self.model``, so checkpoint names gain a ``model.`` prefix)."""
+    """Wraps ``model`` (kept as ``self.model``, so checkpoint names gain a ``model.`` prefix)
+    and, for mode 'gate', the trainable HRPO gate drawn from ``gate`` (``self.soft_gate``)."""
 
-    def __init__(self, model: nn.Module, share_prompts: bool = True):
+    def __init__(self, model: nn.Module, share_prompts: bool = True, gate: GateTensors | None = None):
         super().__init__()
         for knob in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, knob, None) not in (None, 1.0):
@@ -65,16 +68,35 @@ class ReplayPolicy(nn.Module):
         model.set_attn_implementation(BLOCK_ATTENTION)  # plain forwards still run SDPA
         self.model = model
         self.share_prompts = share_prompts
+        self.soft_gate = SoftGate(gate) if gate is not None else None
+        self.hidden_share = (0.0, 0)
+        """The last forward's (sum over gated inputs of mean sqrt(1 - a^2), their count)."""
 
     def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
         knobs = batch.knobs
         packed = pack_by_prompt(batch.prompt_ids, batch.response_ids, self.share_prompts)
         embedding = self.model.get_input_embeddings().weight
+        shares = []
+
+        def gate(token_embeds_SH, latent_SH):
+            mixed_SH, a_SH = self.soft_gate(token_embeds_SH, latent_SH)
+            shares.append(torch.sqrt(1.0 - a_SH.detach().double() ** 2).mean(-1))
+            return mixed_SH, a_SH
+
+        if knobs.mode == "gate" and self.soft_gate is None:
+            raise ValueError("samples generated in mode 'gate' need a policy with the gate (algorithm.mode: gate)")
         inputs = soft_inputs_embeds(
             embedding, packed.input_ids_BT, batch.response_ids, batch.soft_steps, packed.rows, packed.response_starts,
-            knobs.mode, knobs.scale,
+            knobs.mode, knobs.scale, gate if self.soft_gate is not None else None,
         )
+        if self.soft_gate is not None and not shares:
+            # Every forward runs the gate, with a zero share in the loss when nothing was gated:
+            # under FSDP each rank's gate unit must join the same gathers and gradient reductions.
+            zeros = inputs.new_zeros(1, inputs.shape[-1])
+            inputs = inputs + 0.0 * self.soft_gate(zeros, zeros)[0].sum().to(inputs.dtype)
+        share_S = torch.cat(shares) if shares else torch.zeros(0)
+        self.hidden_share = (float(share_S.sum()), share_S.numel())
         device = inputs.device
         hidden = self.model.get_decoder()(
             inputs_embeds=inputs, position_ids=packed.position_ids_BT.to(device),

@@ -7,7 +7,7 @@ from rollout.prompts import PromptFormat, PromptSourceConfig
 from rollout.settings import EngineConfig, PoolConfig
 from trainer.grpo import GRPOLossConfig
 
-Mode = Literal["discrete", "replace", "add"]
+Mode = Literal["discrete", "replace", "add", "gate"]
 SoftAction = Literal["token", "concrete", "multiplex", "gaussian"]
 
 SOFT_ACTIONS: dict[str, tuple[dict, dict]] = {
@@ -59,6 +59,10 @@ class LearnerConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
+    gate_learning_rate: float = 1e-4
+    """Mode 'gate': learning rate of the HRPO gate's layers (W_r, b_r, W_i, b_i); HRPO's 1e-4."""
+    gate_lambda_learning_rate: float = 1e-3
+    """Mode 'gate': learning rate of the gate's retention Λ; HRPO's 1e-3."""
     micro_batch_size: int = 8
     """Sequences per forward/backward on each rank."""
     share_prompts: bool = True
@@ -77,8 +81,9 @@ class LearnerConfig:
     def __post_init__(self):
         if self.num_ranks < 1 or self.micro_batch_size < 1:
             raise ValueError("num_ranks and micro_batch_size must be >= 1")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
+        for name in ("learning_rate", "gate_learning_rate", "gate_lambda_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"learner.{name} must be > 0 (got {getattr(self, name)})")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (got {self.max_grad_norm})")
 
@@ -88,7 +93,9 @@ class AlgorithmConfig:
     """GRPO: what is sampled and how it is scored into a loss."""
 
     mode: Mode = "replace"
-    """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing."""
+    """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing;
+    gate: HRPO, the emitted token's embedding gated with the step's latent by a learned gate
+    that trains with the model (``learner.gate_learning_rate``) and is saved beside it."""
     soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "max_soft_steps": 64})
     """Soft knobs for replace/add (``scale`` comes from here too; the mode is ``mode``: a
     ``mode`` knob here must agree with it)."""

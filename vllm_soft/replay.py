@@ -23,6 +23,8 @@ With the rollout's weights, these equal the engine's rollout log-probabilities u
 numerical noise.
 """
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +43,10 @@ from vllm_soft.soft_math import (
     normalized_concept,
     step_logprob,
 )
+
+Gate = GateTensors | Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""The model's HRPO gate: its tensors, or a function (ê, h~) -> (gated inputs, a) that
+applies them (the learner's trainable module, ``trainer.gate.SoftGate``)."""
 
 
 @dataclass
@@ -121,15 +127,15 @@ def soft_inputs_embeds(
     response_starts: list[int],
     mode: str = "replace",
     scale: float = 1.0,
-    gate: GateTensors | None = None,
+    gate: Gate | None = None,
 ) -> torch.Tensor:
     """Input embeddings (B, T, H) of ``input_ids_BT`` as the engine fed them: response i
     lies in row ``rows[i]``, its token p at column ``response_starts[i] + p``, and the input
     after each soft step that thinking continued from is its concept (``recorded_concepts``:
     the mixture, plus Gaussian noise if the step had it; ``replace``), E[y] + scale *
     concept (``add``) or HRPO's gated input from E[y] and the latent (``gate``, with the
-    model's ``gate``; the latent is detached, as HRPO does, so gradients reach the gate and
-    E[y]).
+    model's ``gate``, ``Gate``; the latent is detached, as HRPO does, so gradients reach the
+    gate and E[y]).
 
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
@@ -153,7 +159,8 @@ def soft_inputs_embeds(
         if gate is None:
             raise ValueError("replaying mode 'gate' needs the model's gate (vllm_soft.gate)")
         latent_SH = recorded_latents(fed_back, embedding_VH.__getitem__, device).detach()
-        mixed_SH = gated_inputs(inputs_BTH[index], latent_SH, gate)[0]
+        gated = gate if callable(gate) else functools.partial(gated_inputs, gate=gate)
+        mixed_SH = gated(inputs_BTH[index], latent_SH)[0]
         return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
     concept_SH = recorded_concepts(fed_back, embedding_VH.__getitem__, device)
     steps = len(fed_back)
@@ -169,7 +176,7 @@ def rebuild_inputs_embeds(
     soft_steps: list[dict],
     mode: str = "replace",
     scale: float = 1.0,
-    gate: GateTensors | None = None,
+    gate: Gate | None = None,
 ) -> torch.Tensor:
     """Input embeddings (T, H) of one ``prompt + response[:-1]`` as the engine fed them."""
     input_ids = torch.tensor([prompt_ids + response_ids[:-1]], dtype=torch.long)

@@ -338,6 +338,11 @@ class SoftThinkingRunner:
             self.set_gate(gate)
         return self._gate
 
+    @property
+    def loaded_gate(self) -> soft_math.GateTensors | None:
+        """The gate if a gated step loaded it or a push set it, else None (not loaded)."""
+        return self._gate
+
     def set_gate(self, gate: soft_math.GateTensors) -> None:
         """Use ``gate`` from the next step on (a weight push's gate tensors)."""
         self._gate = soft_gate.gate_to(gate, self.device)

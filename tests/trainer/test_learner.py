@@ -1,6 +1,7 @@
 """One learner rank in this process (gloo, world size 1) on the tiny model: mixed precision
 computes in bf16 but keeps float32 weights and AdamW state, and moves the weights."""
 
+import json
 import math
 import random
 import socket
@@ -115,5 +116,63 @@ def test_soft_step_and_token_gaps_are_counted_apart(tiny_model_path):
         assert totals["logprob_gap_soft_sum"] / totals["soft_tokens"] == pytest.approx(0.3, abs=1e-5)
         token_gap = (totals["logprob_gap_sum"] - totals["logprob_gap_soft_sum"]) / (tokens - totals["soft_tokens"])
         assert token_gap == pytest.approx(0.1, abs=1e-5)
+    finally:
+        learner.shutdown()
+
+
+def test_gate_mode_trains_the_gate_at_its_own_rates_and_saves_it_beside_the_weights(tiny_model_path, tmp_path):
+    """AdamW's first step moves each weight by about its group's learning rate
+    (|m / sqrt(v)| ~ 1 where the gradient is well above eps): model 1e-6, gate layers 1e-4,
+    retention 1e-3. The gate is the model folder's (an open one, so that it matters); the
+    hidden share is its own, the checksum covers it and a checkpoint carries it trained."""
+    import shutil
+
+    from rollout.weights import parameter_checksum
+    from vllm_soft.gate import GATE_PREFIX, GateSettings, fresh_gate, gate_state_dict, load_gate, save_gate
+    from vllm_soft.params import SoftThinkingParams
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    hidden = json.loads((model / "config.json").read_text())["hidden_size"]
+    settings = GateSettings(retention_min=0.3, retention_max=0.9, init_std=0.3, seed=5)
+    save_gate(model, fresh_gate(hidden, settings), settings)
+    config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-6,
+                           gate_learning_rate=1e-4, gate_lambda_learning_rate=1e-3)
+    learner = Learner(config, GRPOLossConfig(), str(model), 0, 1, "127.0.0.1", _free_port(), seed=0, gate=True)
+    try:
+        batch, advantages, _ = _batch()
+        batch.knobs = SoftThinkingParams(mode="gate")
+        batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25],
+                              "log_weights": [math.log(0.75), math.log(0.25)], "draws": None, "emitted": r[0],
+                              "logprob": -0.5, "end_reason": None, "entropy": 1.0}] for r in batch.response_ids]
+        before = {n: _local(p).detach().clone() for n, p in learner.policy.named_parameters()}
+        assert torch.equal(before[f"{GATE_PREFIX}lambda"], fresh_gate(hidden, settings).lambda_H)
+        tokens = sum(len(r) for r in batch.response_ids)
+        totals = learner.train_step(batch, advantages, [[-5.0] * len(r) for r in batch.response_ids], 1, tokens)
+        # a = u^r, u in [0.3, 0.9], r = sigmoid(W_r e) in (0, 1): sqrt(1 - a^2) well inside (0, 1).
+        assert totals["gated_inputs"] == len(batch.response_ids)
+        assert 0.1 < totals["hidden_share_sum"] / totals["gated_inputs"] < 0.95
+        steps = {n: float((_local(p).detach() - before[n]).abs().max()) for n, p in learner.policy.named_parameters()}
+        assert steps[f"{GATE_PREFIX}lambda"] == pytest.approx(1e-3, rel=0.05)
+        for name in ("weight_r", "bias_r", "weight_i", "bias_i"):
+            assert steps[f"{GATE_PREFIX}{name}"] == pytest.approx(1e-4, rel=0.05), name
+        model_steps = [step for name, step in steps.items() if not name.startswith(GATE_PREFIX)]
+        assert max(model_steps) == pytest.approx(1e-6, rel=0.05)
+
+        state = learner.full_state_dict()
+        trained = {n.removeprefix(GATE_PREFIX): t for n, t in state.items() if n.startswith(GATE_PREFIX)}
+        assert all(t.dtype == torch.float32 for t in trained.values())
+        state.pop("lm_head.weight", None)  # tied: the engine holds it once
+        assert learner.weights_checksum() == parameter_checksum(state.values())
+        model_only = parameter_checksum(t for n, t in state.items() if not n.startswith(GATE_PREFIX))
+        assert learner.weights_checksum()[0] == model_only[0] + sum(t.numel() for t in trained.values())
+
+        folder = tmp_path / "step"
+        folder.mkdir()
+        learner.save(str(folder), str(model))
+        saved, saved_settings, fresh = load_gate(folder / "model", hidden)
+        assert not fresh and saved_settings == settings
+        for name, tensor in gate_state_dict(saved).items():
+            assert torch.equal(tensor, trained[name]), name
     finally:
         learner.shutdown()

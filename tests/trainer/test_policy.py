@@ -10,6 +10,7 @@ from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
 from trainer.grpo import logprob_gap
 from trainer.policy import ReplayBatch, ReplayPolicy
+from vllm_soft.gate import fresh_gate
 from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ MODES = {
         "mode": "add", "scale": 0.7, "multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform", **SOFT,
     },
     "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
+    "hrpo gate (fresh)": {"mode": "gate", **SOFT},
 }
 """Every soft action (what a step's log-probability scores) the learner must replay."""
 
@@ -75,8 +77,10 @@ def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_ro
 
 def _replay_gap(model, samples, batch: ReplayBatch) -> tuple[float, torch.Tensor]:
     """Largest |learner - rollout| log-prob over the batch's response tokens, and the mask."""
+    # Mode gate: the default model's folder has no gate, so the engine drew the fresh one.
+    gate = fresh_gate(model.config.hidden_size) if batch.knobs.mode == "gate" else None
     with torch.no_grad():
-        logprobs, mask = ReplayPolicy(model)(batch)  # one padded forward for all
+        logprobs, mask = ReplayPolicy(model, gate=gate)(batch)  # one padded forward for all
     rollout = torch.zeros_like(logprobs)
     for row, s in enumerate(samples):
         rollout[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs)
