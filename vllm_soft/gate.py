@@ -2,10 +2,12 @@
 
 The gate belongs to the model: it lives in the model folder beside the weights, as
 
-    MODEL/soft_gate.safetensors   weight_r (H, H), bias_r (H,), weight_i (H, H), bias_i (H,), lambda (H,)
-    MODEL/soft_gate.json          GateSettings (how a fresh gate is drawn) and the hidden size
+    MODEL/soft_gate/gate.safetensors   weight_r (H, H), bias_r (H,), weight_i (H, H), bias_i (H,), lambda (H,)
+    MODEL/soft_gate/settings.json      GateSettings (how a fresh gate is drawn) and the hidden size
 
-so every vLLM worker, the learner and a checkpoint read the same parameters. A folder
+so every vLLM worker, the learner and a checkpoint read the same parameters. A subfolder,
+because vLLM loads every ``*.safetensors`` file at the folder's top level as model weights
+(and fails on the gate's names). A folder
 without them gets a fresh gate drawn from ``GateSettings`` with its seed: every process
 draws the same one, and the caller logs that it did. The math is ``soft_math.gated_inputs``.
 """
@@ -21,8 +23,8 @@ from vllm_soft.soft_math import GateTensors, gate_lambda_for
 
 GATE_PREFIX = "soft_gate."
 """Name prefix of the gate's tensors in a weight push (beside the model's own names)."""
-GATE_WEIGHTS_FILE = "soft_gate.safetensors"
-GATE_SETTINGS_FILE = "soft_gate.json"
+GATE_WEIGHTS_FILE = "soft_gate/gate.safetensors"
+GATE_SETTINGS_FILE = "soft_gate/settings.json"
 _TENSOR_NAMES = {"weight_r": "weight_r_HH", "bias_r": "bias_r_H", "weight_i": "weight_i_HH", "bias_i": "bias_i_H",
                  "lambda": "lambda_H"}
 
@@ -92,6 +94,7 @@ def save_gate(folder: str | Path, gate: GateTensors, settings: GateSettings = Ga
 
     folder = Path(folder)
     tensors = {name: tensor.detach().float().contiguous().cpu() for name, tensor in gate_state_dict(gate).items()}
+    (folder / GATE_WEIGHTS_FILE).parent.mkdir(exist_ok=True)
     save_file(tensors, folder / GATE_WEIGHTS_FILE)
     hidden_size = gate.lambda_H.shape[0]
     (folder / GATE_SETTINGS_FILE).write_text(

@@ -40,7 +40,7 @@ class SoftThinkingParams:
     mode: Literal["replace", "add", "gate"] = "replace"
     """replace: next input = concept embedding; add: E[emitted] + scale * concept (SCM);
     gate: HRPO's learned gate between E[emitted] and the concept (the model folder's
-    ``soft_gate.safetensors``, ``vllm_soft.gate``; HRPO samples at temperature 0.5, top-k 50)."""
+    ``soft_gate/gate.safetensors``, ``vllm_soft.gate``; HRPO samples at temperature 0.5, top-k 50)."""
     scale: float = 1.0
     """Weight of the concept vector in mode 'add'."""
     top_k: int = 15
