@@ -23,6 +23,9 @@ problems (seed 12345; training draws seed 0) in:
   scm          add mode, scale 1, temperature 0.7 (only with the scm arm)
   gate         gate mode, top-k 50, temperature 0.7 (only with the gate arm; the base model
                and token GRPO have no gate file, so they get the seeded fresh gate)
+  multiplex    multiplex decoding as the multiplex arm trained: 4 seeded draws fed back as
+               their mixture, the first one emitted (only with the multiplex arm; a
+               sample, not noise-free, so reported beside its own mode 'soft', not for the bar)
 each in two prompt formats: ``train`` (the training instruction: <think>/<answer> tags) and
 ``neutral`` (the question, then "Give only the final number."; never used in training,
 scored on the last number). Differences are paired per problem (same problems, same
@@ -61,6 +64,8 @@ SHARP_TEMPERATURE = 0.175
 OWN_SOFT_MODE = {"concrete": "soft_sharp", "token": "soft_sharp", "multiplex": "soft", "gaussian": "soft", "scm": "scm",
                  "gate": "gate"}
 """Each soft arm's own mode without noise: the training knobs at the sharpness they fed back."""
+EXTRA_MODES = {"multiplex": ["multiplex"]}
+"""Modes an arm (with the base model and token GRPO) is also decoded in, outside the bar."""
 THRESHOLDS = {"own_gain": 0.10, "neutral_vs_grpo": 0.03, "greedy_gain_gap": 0.03}
 """Issue 16's learning bar: in its own soft mode an arm gains 10 points over the untrained
 model (training format) and beats token GRPO by 3 points on the neutral prompt; its
@@ -102,6 +107,8 @@ def eval_modes(names: list[str]):
                                soft_thinking={**common, "temperature": SHARP_TEMPERATURE}),
         "scm": EvalMode("scm", "SCM (add) T 0.7", temperature=0.0,
                         soft_thinking={**common, "mode": "add", "scale": 1.0, "temperature": SOFT_TEMPERATURE}),
+        "multiplex": EvalMode("multiplex", "Multiplex 4 T 0.7", temperature=0.0,
+                              soft_thinking={**common, "temperature": SOFT_TEMPERATURE, "multiplex": 4, "emit": "sample"}),
         "gate": EvalMode("gate", "HRPO gate T 0.7", temperature=0.0,
                          soft_thinking={**common, "mode": "gate", "temperature": SOFT_TEMPERATURE, "top_k": 50,
                                         "top_p": 1.0, "min_p": 0.0}),
@@ -113,9 +120,10 @@ def modes_of(model: str, arms: list[str]) -> list[str]:
     """What each model is decoded in: greedy and the soft modes it is compared in. The base
     model and token GRPO, the references, in every soft mode of the arms run."""
     if model in ("base", "grpo"):
-        own = {OWN_SOFT_MODE[arm] for arm in arms if arm != "grpo"}
-        return ["greedy", "soft"] + [m for m in ("soft_sharp", "scm", "gate") if m in own]
-    return ["greedy", "soft"] + ([OWN_SOFT_MODE[model]] if OWN_SOFT_MODE[model] != "soft" else [])
+        wanted = {mode for arm in arms if arm != "grpo" for mode in [OWN_SOFT_MODE[arm], *EXTRA_MODES.get(arm, [])]}
+        return ["greedy", "soft"] + [m for m in ("soft_sharp", "scm", "gate", "multiplex") if m in wanted]
+    own = [OWN_SOFT_MODE[model]] if OWN_SOFT_MODE[model] != "soft" else []
+    return ["greedy", "soft"] + own + EXTRA_MODES.get(model, [])
 
 
 def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems: int, out: Path) -> None:
