@@ -13,7 +13,8 @@ Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides a
   gate      configs/arith_gate.yaml            HRPO's learned gate (mode gate), token action
 
 Each arm trains in its own process (``trainer/run.py``, in-training evaluation off) into
-``--runs``; an arm whose final checkpoint exists is not trained again. Then every model
+``--runs``, all arms before any evaluation; an arm whose final checkpoint exists is not
+trained again. Then every model
 (the base and each final checkpoint) is decoded greedily on ``--num-problems`` held-out
 problems (seed 12345; training draws seed 0) in:
   greedy       plain token argmax
@@ -305,15 +306,19 @@ def main(argv=None) -> None:
 
     seconds_path = args.out / "train_seconds.json"
     train_seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
-    evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
-    for arm in args.arms:  # each arm evaluated as soon as it is trained: a stopped run keeps its cells
+    # Every arm trains first (the timed part, alone on the machine), then every model is
+    # evaluated; a stopped run keeps its trained arms and its finished cells.
+    checkpoints = {}
+    for arm in args.arms:
         if args.skip_training:
-            checkpoint = final_checkpoint(args.runs / arm, args.steps)
-        else:
-            checkpoint, seconds = train_arm(arm, args.runs, args.steps)
-            if seconds is not None:
-                train_seconds[arm] = round(seconds)
-                seconds_path.write_text(json.dumps(train_seconds, indent=1))
+            checkpoints[arm] = final_checkpoint(args.runs / arm, args.steps)
+            continue
+        checkpoints[arm], seconds = train_arm(arm, args.runs, args.steps)
+        if seconds is not None:
+            train_seconds[arm] = round(seconds)
+            seconds_path.write_text(json.dumps(train_seconds, indent=1))
+    evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
+    for arm, checkpoint in checkpoints.items():
         evaluate_model(arm, checkpoint, modes_of(arm, args.arms), args.num_problems, args.out)
 
     summary = summarize(correctness(args.out), args.arms)
