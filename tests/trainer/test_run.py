@@ -1,6 +1,8 @@
-"""`trainer/run.py` end to end on a real local Ray cluster: configs/smoke.yaml for three steps;
-the same run killed (SIGKILL) after its step-2 checkpoint and resumed gives the same step-3
-loss (float32, seeded); the newest checkpoint served with soft thinking."""
+"""`trainer/run.py` end to end on a real local Ray cluster: configs/smoke.yaml for three steps
+in mode gate (HRPO: the run also trains, pushes, checkpoints and resumes the gate; replace
+mode runs end to end in test_cluster.py); the same run killed (SIGKILL) after its step-2
+checkpoint and resumed gives the same step-3 loss (float32, seeded); the newest checkpoint
+served with soft thinking, its gated completions replayed by the learner."""
 
 import json
 import os
@@ -9,16 +11,22 @@ import sys
 import time
 
 import pytest
+import torch
 from openai_server import openai_server
 from trainer_process import SMOKE, finish, start_trainer, wait_for_step
 
 from trainer import checkpoints
-from vllm_soft import soft_summary
 from trainer.metrics import read_metrics
+from trainer.policy import ReplayBatch, ReplayPolicy
+from vllm_soft import soft_summary, soft_trace
+from vllm_soft.gate import fresh_gate, gate_state_dict, load_gate
+from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["steps=3", "eval.num_prompts=4", "eval.every=2", "eval.max_tokens=8"]
+SETTINGS = ["steps=3", "eval.num_prompts=4", "eval.every=2", "eval.max_tokens=8", "algorithm.mode=gate",
+            "learner.gate_learning_rate=0.01", "learner.gate_lambda_learning_rate=0.1"]
+GATED = {"mode": "gate", "emit": "sample", "top_k": 8, "max_soft_steps": 6}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +51,21 @@ def test_smoke_run_trains_pushes_evaluates_and_checkpoints(smoke_run):
     for key in ("reward_mean", "loss", "clip_fraction", "soft_step_fraction", "rollout_s", "learn_s", "push_s"):
         assert key in first
     assert first["soft_step_fraction"] > 0
+    assert all(0.0 < m["hidden_share"] < 1.0 for m in metrics[1:])
     found = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))
     assert [p.name for p in found] == ["step_000002", "step_000003"], "checkpoint_every 1, the newest two kept"
     assert (found[-1] / "model" / "config.json").exists() and (found[-1] / "dcp").is_dir()
     assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 3
     assert (smoke_run / "config.yaml").exists() and any((smoke_run / "tensorboard").iterdir())
+    hidden = _hidden_size(found[-1] / "model")
+    trained, _, fresh = load_gate(found[-1] / "model", hidden)
+    assert not fresh, "the checkpoint carries its gate"
+    for name, start in gate_state_dict(fresh_gate(hidden)).items():
+        assert not torch.equal(gate_state_dict(trained)[name], start), f"gate {name} trained"
+
+
+def _hidden_size(model_folder) -> int:
+    return json.loads((model_folder / "config.json").read_text())["hidden_size"]
 
 
 def test_killed_driver_resumes_from_its_last_checkpoint_with_the_same_loss(smoke_run, tmp_path):
@@ -75,12 +93,36 @@ def test_killed_driver_resumes_from_its_last_checkpoint_with_the_same_loss(smoke
 
 def test_vllm_serve_serves_a_checkpoint_with_soft_thinking(smoke_run):
     """`vllm-soft serve CKPT/model --soft-thinking`: vLLM's serve command with the plugin (on CUDA
-    builds `vllm serve` itself; the CPU build's `vllm` CLI cannot find its own version)."""
-    newest = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))[-1]
-    command = [sys.executable, "-m", "vllm_soft.cli", "serve", str(newest / "model"), "--soft-thinking",
+    builds `vllm serve` itself; the CPU build's `vllm` CLI cannot find its own version). A
+    plain client's request thinks in soft tokens; a gated completion's log-probs (soft steps:
+    their action; then plain tokens at temperature 1, where vLLM's raw log-probs are the
+    sampled ones) equal the learner's replay of its trace with the checkpoint's weights and
+    gate (read from the folder's soft_gate/, which vLLM must not take for weights)."""
+    from transformers import AutoModelForCausalLM
+
+    model_folder = checkpoints.complete_checkpoints(checkpoints.checkpoint_root(smoke_run))[-1] / "model"
+    command = [sys.executable, "-m", "vllm_soft.cli", "serve", str(model_folder), "--soft-thinking",
                "--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28)]
+    prompt = [1, 5, 9, 200, 31, 7]
     with openai_server(command) as (client, model, _):
         response = client.completions.create(model=model, prompt="What is 2 + 3?", max_tokens=8, temperature=0.0)
+        gated = client.completions.create(
+            model=model, prompt=prompt, max_tokens=10, temperature=1.0, seed=3, logprobs=0,
+            extra_body={"return_token_ids": True,
+                        "vllm_xargs": {"soft_thinking": 1, **{f"soft_thinking_{k}": v for k, v in GATED.items()}}},
+        ).choices[0]
     choice = response.choices[0]
     assert response.usage.completion_tokens > 0
     assert soft_summary(choice)["num_soft_steps"] > 0, "the served checkpoint thinks in soft tokens (soft by default)"
+
+    trace = soft_trace(gated)
+    assert len(trace) == GATED["max_soft_steps"] and all(0.0 < s["gate_retention"] < 1.0 for s in trace)
+    served = [s["logprob"] for s in trace] + gated.logprobs.token_logprobs[len(trace):]
+    hf_model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
+    gate, _, _ = load_gate(model_folder, _hidden_size(model_folder))
+    batch = ReplayBatch([prompt], [list(gated.token_ids)], [list(trace)],
+                        knobs=SoftThinkingParams().with_overrides(GATED), temperature=1.0)
+    with torch.no_grad():
+        replayed, mask = ReplayPolicy(hf_model, gate=gate)(batch)
+    assert int(mask.sum()) == len(served) == 10
+    assert max(abs(a - b) for a, b in zip(replayed[0].tolist(), served)) <= 1e-3

@@ -83,7 +83,7 @@ def test_the_gate_round_trips_through_the_model_folder(tmp_path):
     trained = GateTensors(gate.weight_r_HH + 1, gate.bias_r_H - 2, gate.weight_i_HH, gate.bias_i_H, gate.lambda_H * 3)
     save_gate(tmp_path, trained, settings)
     # vLLM loads every top-level *.safetensors file as model weights: the gate stays out of them
-    # (tests/trainer/test_gate_run.py serves such a folder).
+    # (tests/trainer/test_run.py serves such a folder).
     assert not list(tmp_path.glob("*.safetensors"))
     loaded, loaded_settings, fresh = load_gate(tmp_path, HIDDEN)
     assert not fresh and loaded_settings == settings
