@@ -11,7 +11,7 @@ through ``forward``: FSDP gathers a unit's parameters only while its forward run
 import torch
 from torch import nn
 
-from vllm_soft.gate import GATE_PREFIX, gate_state_dict
+from vllm_soft.gate import GATE_PREFIX, gate_from_state_dict, gate_state_dict
 from vllm_soft.soft_math import GateTensors, gated_inputs
 
 LAMBDA = "lambda"
@@ -28,9 +28,8 @@ class SoftGate(nn.Module):
 
     def tensors(self) -> GateTensors:
         """The parameters as ``GateTensors`` (valid inside ``forward`` under FSDP)."""
-        p = dict(self.named_parameters())
-        return GateTensors(weight_r_HH=p["weight_r"], bias_r_H=p["bias_r"], weight_i_HH=p["weight_i"],
-                           bias_i_H=p["bias_i"], lambda_H=p[LAMBDA])
+        parameters = dict(self.named_parameters())
+        return gate_from_state_dict(parameters, parameters[LAMBDA].shape[0])
 
     def forward(self, token_embeds_SH: torch.Tensor, latent_SH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gated inputs, a), float32: ``soft_math.gated_inputs``, the engine's function."""
