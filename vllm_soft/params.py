@@ -30,17 +30,18 @@ REQUESTS_KEY = "soft_thinking_requests"
 """``additional_config`` key: which requests of a soft-thinking engine are soft (``REQUEST_POLICIES``)."""
 REQUEST_POLICIES = ("opt_in", "all")
 FLAT_PREFIX = "soft_thinking_"
-RESOLVED_THINK_END_KEY = "think_end_id"
 
 
 @dataclass(frozen=True)
 class SoftThinkingParams:
     """The knobs of one request's soft span (see ``soft_math`` for the step itself)."""
 
-    mode: Literal["replace", "add", "gate"] = "replace"
+    mode: Literal["replace", "add", "gate", "hidden"] = "replace"
     """replace: next input = concept embedding; add: E[emitted] + scale * concept (SCM);
     gate: HRPO's learned gate between E[emitted] and the concept (the model folder's
-    ``soft_gate/gate.safetensors``, ``vllm_soft.gate``; HRPO samples at temperature 0.5, top-k 50)."""
+    ``soft_gate/gate.safetensors``, ``vllm_soft.gate``; HRPO samples at temperature 0.5, top-k 50);
+    hidden: Coconut's continuous thought, the previous position's last hidden state, for
+    ``max_soft_steps`` latent steps (needs max_soft_steps; emit argmax; no noise or multiplex)."""
     scale: float = 1.0
     """Weight of the concept vector in mode 'add'."""
     top_k: int = 15
@@ -80,12 +81,23 @@ class SoftThinkingParams:
     patience: int = 256
     """... for this many consecutive soft steps forces the think-end token."""
     max_soft_steps: int | None = None
-    """Budget of soft steps; None: no budget beyond max_tokens."""
+    """Budget of soft steps; None: no budget beyond max_tokens. Mode 'hidden': the number
+    of latent steps K (0: plain decoding), after which thinking ends (``think_end`` forced
+    as one more step if set)."""
+    latent_token: str | int | None = None
+    """Mode 'hidden': the token a latent step emits (text only: its input is the hidden
+    state); None: the step's argmax, a readable hint of the latent."""
+    rescale_latent: bool = False
+    """Mode 'hidden': rescale each fed-back hidden state to the embedding table's RMS row
+    norm (on SmolLM2 a last hidden state is ~17x a token embedding's norm); False feeds it
+    as is, as Coconut does."""
     think_end_id: int | None = field(default=None, repr=False)
     """``think_end`` resolved against the tokenizer (set by the engine front end)."""
+    latent_token_id: int | None = field(default=None, repr=False)
+    """``latent_token`` resolved against the tokenizer (set by the engine front end)."""
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, ("replace", "add", "gate"))
+        _check_choice("mode", self.mode, ("replace", "add", "gate", "hidden"))
         _check_choice("emit", self.emit, ("argmax", "sample"))
         _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel", "gaussian"))
         _check_choice("multiplex_weights", self.multiplex_weights, ("probability", "uniform"))
@@ -93,10 +105,13 @@ class SoftThinkingParams:
         _check_int("multiplex", self.multiplex, low=0)
         # OpenAI's vllm_xargs carries no booleans (they arrive as 0/1) and flags carry strings.
         object.__setattr__(self, "multiplex_replacement", _as_bool("multiplex_replacement", self.multiplex_replacement))
+        object.__setattr__(self, "rescale_latent", _as_bool("rescale_latent", self.rescale_latent))
         _check_int("top_k", self.top_k, low=1)
         _check_int("patience", self.patience, low=1)
         if self.max_soft_steps is not None:
-            _check_int("max_soft_steps", self.max_soft_steps, low=1)
+            _check_int("max_soft_steps", self.max_soft_steps, low=0 if self.mode == "hidden" else 1)
+        if self.mode == "hidden":
+            self._check_hidden()
         _check_float("top_p", self.top_p, "in (0, 1]", lambda v: 0.0 < v <= 1.0)
         _check_float("min_p", self.min_p, "in [0, 1)", lambda v: 0.0 <= v < 1.0)
         _check_float("temperature", self.temperature, "> 0", lambda v: v > 0.0)
@@ -119,14 +134,32 @@ class SoftThinkingParams:
             raise SoftThinkingParamError(
                 "multiplex", f"soft_thinking.multiplex must be <= top_k ({self.top_k}) without replacement (got {self.multiplex})"
             )
-        if isinstance(self.think_end, bool) or not isinstance(self.think_end, (str, int, type(None))):
+        for name in ("think_end", "latent_token"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (str, int, type(None))):
+                raise SoftThinkingParamError(
+                    name, f"soft_thinking.{name} must be a token string, a token id or null (got {value!r})"
+                )
+
+    def _check_hidden(self) -> None:
+        """Mode 'hidden' has a fixed number of latent steps, each fed its hidden state: no
+        draws, nothing sampled, no budget left open."""
+        if self.max_soft_steps is None:
             raise SoftThinkingParamError(
-                "think_end", f"soft_thinking.think_end must be a token string, a token id or null (got {self.think_end!r})"
+                "max_soft_steps", "soft_thinking.mode 'hidden' needs max_soft_steps, the number of latent steps "
+                "(an integer >= 0; 0 decodes plainly)"
             )
+        for name, value, allowed in (("noise", self.noise, "none"), ("emit", self.emit, "argmax"),
+                                     ("multiplex", self.multiplex, 0)):
+            if value != allowed:
+                raise SoftThinkingParamError(
+                    name, f"soft_thinking.{name} must be {allowed!r} with mode 'hidden' (got {value!r}): latent steps "
+                    "feed back the hidden state and emit a placeholder, with nothing drawn"
+                )
 
     def with_overrides(self, overrides: dict[str, Any]) -> "SoftThinkingParams":
         """A copy with ``overrides`` applied; unknown knobs are an error naming the valid ones."""
-        unknown = sorted(set(overrides) - KNOBS - {"think_end_id"})
+        unknown = sorted(set(overrides) - KNOBS - RESOLVED_FIELDS)
         if unknown:
             raise SoftThinkingParamError(
                 unknown[0], f"unknown soft_thinking knob(s) {unknown}; valid knobs: {', '.join(sorted(KNOBS))}"
@@ -137,7 +170,9 @@ class SoftThinkingParams:
         return dataclasses.asdict(self)
 
 
-KNOBS = {f.name for f in dataclasses.fields(SoftThinkingParams)} - {"think_end_id"}
+RESOLVED_FIELDS = {"think_end_id", "latent_token_id"}
+"""Fields the front end sets from the tokenizer; not knobs a request gives."""
+KNOBS = {f.name for f in dataclasses.fields(SoftThinkingParams)} - RESOLVED_FIELDS
 
 
 @functools.cache
@@ -237,17 +272,18 @@ def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingPar
     return SoftThinkingParams().with_overrides(config)
 
 
-def resolve_think_end(params: SoftThinkingParams, vocab_size: int, token_to_id) -> SoftThinkingParams:
-    """Resolve ``think_end`` to a token id with ``token_to_id(str) -> int | None``; error if
-    it is not a single token of the vocabulary."""
-    value = params.think_end
-    if value is None:
-        return dataclasses.replace(params, think_end_id=None)
-    token_id = value if isinstance(value, int) else token_to_id(value)
-    if token_id is None or not 0 <= token_id < vocab_size:
-        raise SoftThinkingParamError(
-            "think_end",
-            f"soft_thinking.think_end {value!r} is not a single token of the vocabulary (size {vocab_size}); "
-            "give a token string that the tokenizer has as one token, a token id, or null",
-        )
-    return dataclasses.replace(params, think_end_id=token_id)
+def resolve_tokens(params: SoftThinkingParams, vocab_size: int, token_to_id) -> SoftThinkingParams:
+    """Resolve ``think_end`` and ``latent_token`` to token ids with ``token_to_id(str) ->
+    int | None``; error naming the knob if one is not a single token of the vocabulary."""
+    resolved = {}
+    for name in ("think_end", "latent_token"):
+        value = getattr(params, name)
+        token_id = value if value is None or isinstance(value, int) else token_to_id(value)
+        if value is not None and (token_id is None or not 0 <= token_id < vocab_size):
+            raise SoftThinkingParamError(
+                name,
+                f"soft_thinking.{name} {value!r} is not a single token of the vocabulary (size {vocab_size}); "
+                "give a token string that the tokenizer has as one token, a token id, or null",
+            )
+        resolved[f"{name}_id"] = token_id
+    return dataclasses.replace(params, **resolved)

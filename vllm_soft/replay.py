@@ -140,6 +140,9 @@ def soft_inputs_embeds(
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
     """
+    if mode == "hidden":
+        raise ValueError("replaying mode 'hidden' (Coconut's latents) is not supported by the learner: its inputs "
+                         "are hidden states, which a parallel forward cannot rebuild from the trace")
     device = embedding_VH.device
     inputs_BTH = embedding_VH[input_ids_BT.to(device)]
     fed_back, step_rows, columns = [], [], []

@@ -192,7 +192,7 @@ def vocabulary_statistics(logits_CV: torch.Tensor, temperature_C: torch.Tensor):
 NOISE_CODES = {"none": 0, "dirichlet": 1, "gumbel": 2, "gaussian": 3}
 """Per-row noise kinds as integers, for batched selection (``SoftThinkingParams.noise``)."""
 EMIT_CODES = {"argmax": 0, "sample": 1}
-MODE_CODES = {"replace": 0, "add": 1, "gate": 2}
+MODE_CODES = {"replace": 0, "add": 1, "gate": 2, "hidden": 3}
 ACTION_CODES = {"sampled": 0, "token": 1}
 MIXTURE_CODES = {"probability": 0, "uniform": 1}
 
@@ -492,6 +492,10 @@ def gate_lambda_for(retention_H: torch.Tensor) -> torch.Tensor:
     return -(torch.expm1(target)).log()
 
 
+BUDGET_END_CODE = 3
+"""``records.END_REASONS`` index of 'budget'."""
+
+
 def thinking_transition(
     emitted_B: torch.Tensor,
     entropy_B: torch.Tensor,
@@ -516,6 +520,37 @@ def thinking_transition(
     think_end = has_think_end & (emitted_B == think_end_id_B)
     cold_stop = ~think_end & (streak >= patience_B)
     budget = ~think_end & ~cold_stop & (max_soft_steps_B > 0) & (soft_steps_done_B + 1 >= max_soft_steps_B)
-    end_code = torch.where(think_end, 1, torch.where(cold_stop, 2, torch.where(budget, 3, 0)))
+    end_code = torch.where(think_end, 1, torch.where(cold_stop, 2, torch.where(budget, BUDGET_END_CODE, 0)))
     forced = (cold_stop | budget) & has_think_end
     return torch.where(forced, think_end_id_B, emitted_B), streak, end_code
+
+
+def latent_transition(
+    argmax_B: torch.Tensor,
+    soft_steps_done_B: torch.Tensor,
+    latent_steps_B: torch.Tensor,
+    think_end_id_B: torch.Tensor,
+    latent_token_id_B: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mode 'hidden' (Coconut): each step's fate by its count alone, (latent_B, emitted_B,
+    end_code_B). Steps 0..K-1 (K = ``latent_steps_B``) are latent: the next input is the
+    hidden state, the text shows the latent token (< 0: the step's argmax). Without a
+    think-end token thinking ends with latent step K-1 (its hidden state is still fed
+    back); with one, step K emits it, forced, and thinking ends there. No entropy, no
+    emitted think-end token, ends a latent span early: Coconut's K is fixed."""
+    latent_B = soft_steps_done_B < latent_steps_B
+    has_think_end = think_end_id_B >= 0
+    placeholder_B = torch.where(latent_token_id_B >= 0, latent_token_id_B, argmax_B)
+    emitted_B = torch.where(latent_B | ~has_think_end, placeholder_B, think_end_id_B)
+    last_step_B = torch.where(has_think_end, latent_steps_B, latent_steps_B - 1)
+    end_code_B = torch.where(soft_steps_done_B >= last_step_B, BUDGET_END_CODE, 0)
+    return latent_B, emitted_B, end_code_B
+
+
+def rescaled_latents(hidden_BH: torch.Tensor, target_norm_B: torch.Tensor) -> torch.Tensor:
+    """Hidden states as latent inputs, float32: each rescaled to L2 norm ``target_norm_B``
+    where it is > 0 (the embedding table's RMS row norm), as is where it is 0."""
+    hidden_BH = hidden_BH.float()
+    norm_B = hidden_BH.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+    factor_B = torch.where(target_norm_B > 0, target_norm_B.float() / norm_B, 1.0)
+    return hidden_BH * factor_B.unsqueeze(-1)

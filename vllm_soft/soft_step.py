@@ -32,19 +32,20 @@ from vllm_soft.params import SoftThinkingParams
 FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "alpha", "tau", "scale", "entropy_threshold", "sigma")
 INT_COLUMNS = (
     "top_k", "noise", "emit", "mode", "think_end_id", "patience", "max_soft_steps", "seed",
-    "multiplex", "multiplex_replacement", "multiplex_weights", "action",
+    "multiplex", "multiplex_replacement", "multiplex_weights", "action", "latent_token_id", "rescale_latent",
 )
 (TEMPERATURE, TOP_P, MIN_P, ALPHA, TAU, SCALE, ENTROPY_THRESHOLD, SIGMA) = range(len(FLOAT_COLUMNS))
 (
     TOP_K, NOISE, EMIT, MODE, THINK_END_ID, PATIENCE, MAX_SOFT_STEPS, SEED,
-    MULTIPLEX, MULTIPLEX_REPLACEMENT, MULTIPLEX_WEIGHTS, ACTION,
+    MULTIPLEX, MULTIPLEX_REPLACEMENT, MULTIPLEX_WEIGHTS, ACTION, LATENT_TOKEN_ID, RESCALE_LATENT,
 ) = range(len(INT_COLUMNS))
 
 
 def knob_row(params: SoftThinkingParams, seed: int, embedding_rms: float = 1.0) -> tuple[list[float], list[int]]:
     """A request's knobs as one float row and one int row (``FLOAT_COLUMNS``, ``INT_COLUMNS``);
-    absent think-end token: -1, no budget: 0; ``seed``: the request's 64-bit soft-step seed;
-    sigma: absolute, ``params.sigma`` times the embedding table's RMS entry ``embedding_rms``."""
+    absent think-end or latent token: -1, no budget: 0; ``seed``: the request's 64-bit
+    soft-step seed; sigma: absolute, ``params.sigma`` times the embedding table's RMS entry
+    ``embedding_rms``."""
     floats = [
         params.temperature, params.top_p, params.min_p, params.alpha, params.tau, params.scale,
         params.entropy_threshold, params.sigma * embedding_rms,
@@ -62,6 +63,8 @@ def knob_row(params: SoftThinkingParams, seed: int, embedding_rms: float = 1.0) 
         int(params.multiplex_replacement),
         soft_math.MIXTURE_CODES[params.multiplex_weights],
         soft_math.ACTION_CODES[params.action],
+        -1 if params.latent_token_id is None else params.latent_token_id,
+        int(params.rescale_latent),
     ]
     return floats, ints
 
@@ -88,6 +91,10 @@ class StepKnobs:
     """Whether some row mixes in mode 'add'."""
     any_gate: bool = False
     """Whether some row mixes in mode 'gate' (HRPO's gate)."""
+    any_hidden: bool = False
+    """Whether some row is in mode 'hidden' (Coconut's latents)."""
+    any_rescale_latent: bool = False
+    """Whether some row rescales its hidden state (``rescale_latent``)."""
     max_multiplex: int = 0
     """The most multiplex draws among the rows (0: no row multiplexes)."""
 
@@ -114,6 +121,8 @@ class StepKnobs:
             any_sample=bool((host_ints_BI[:, EMIT] == soft_math.EMIT_CODES["sample"]).any()),
             any_add=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["add"]).any()),
             any_gate=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["gate"]).any()),
+            any_hidden=bool((host_ints_BI[:, MODE] == soft_math.MODE_CODES["hidden"]).any()),
+            any_rescale_latent=bool(host_ints_BI[:, RESCALE_LATENT].any()),
             max_multiplex=int(host_ints_BI[:, MULTIPLEX].max()),
         )
 
@@ -169,17 +178,24 @@ class SoftStepOutput:
     gate_retention_B: torch.Tensor
     """Mode 'gate': the mean over dimensions of the gate's a (the token embedding's share);
     NaN for other rows (float64)."""
+    latent_BH: torch.Tensor | None = None
+    """Mode 'hidden': the latent fed back as the next input, in the model's dtype; NaN for
+    rows without one. None when no row is in mode 'hidden'."""
 
     def packed(self) -> torch.Tensor:
-        """Everything the host needs, as one float64 (B, 4K + 9) tensor, for one transfer:
-        ids and draws (exact in float64), weights, log-weights, then
+        """Everything the host needs, as one float64 (B, 4K + L + 10) tensor, for one
+        transfer: ids and draws (exact in float64), weights, log-weights, the L = H latent
+        values if some row is in mode 'hidden' (else L = 0), then
         ``records.PACKED_COLUMNS`` (read back by ``records.unpack_rows``)."""
         seed_low, seed_high = self.seed_B & 0xFFFFFFFF, (self.seed_B >> 32) & 0xFFFFFFFF  # exact in float64
+        latent_size = torch.full_like(self.kept_B, 0 if self.latent_BH is None else self.latent_BH.shape[-1])
         columns = (
             self.kept_B, self.entropy_B, self.emitted_B, self.logprob_B, self.noise_scale_B, seed_low, seed_high,
-            self.gate_retention_B, self.end_code_B,
+            self.gate_retention_B, latent_size, self.end_code_B,
         )
         blocks = (self.token_ids_BK.double(), self.weights_BK, self.log_weights_BK, self.draws_BK.double())
+        if self.latent_BH is not None:
+            blocks += (self.latent_BH.double(),)
         return torch.cat((*blocks, torch.stack([c.double() for c in columns], dim=-1)), dim=-1)
 
 
@@ -373,6 +389,8 @@ def soft_step(
     compiled: CompiledSoftStep | None = None,
     hidden_size: int = 0,
     gate: soft_math.GateTensors | None = None,
+    hidden_BH: torch.Tensor | None = None,
+    latent_norm: float = 0.0,
 ) -> SoftStepOutput:
     """Filter, perturb, emit, decide thinking's end and build the next inputs, for all rows.
 
@@ -382,13 +400,20 @@ def soft_step(
     everything but the embeddings compiled; otherwise eager kernels, with ``workspace``
     serving the vocabulary pass. ``hidden_size``: the embeddings' size, needed by rows with
     Gaussian noise (drawn before the embeddings are looked up). ``gate``: the model's HRPO
-    gate, needed by rows in mode 'gate'.
+    gate, needed by rows in mode 'gate'. ``hidden_BH``: the rows' final-normed last hidden
+    states (the ones their logits came from), needed by rows in mode 'hidden';
+    ``latent_norm``: the embedding table's RMS row norm, what rows with ``rescale_latent``
+    rescale them to.
     """
     floats, ints = knobs.floats_BF, knobs.ints_BI
     if "gaussian" in knobs.noise_kinds and hidden_size <= 0:
         raise ValueError("soft_step: rows with Gaussian noise need hidden_size (the embeddings' size)")
     if knobs.any_gate and gate is None:
         raise ValueError("soft_step: rows in mode 'gate' need the model's gate (vllm_soft.gate)")
+    if knobs.any_hidden and hidden_BH is None:
+        raise ValueError("soft_step: rows in mode 'hidden' need their hidden states")
+    if knobs.any_rescale_latent and latent_norm <= 0:
+        raise ValueError("soft_step: rows with rescale_latent need latent_norm (the embeddings' RMS row norm)")
     if compiled is not None:
         token_ids_BK, entropy_B, *decided = compiled(logits_BV, knobs, hidden_size)
     else:
@@ -417,10 +442,26 @@ def soft_step(
     retention_B = torch.full((rows,), float("nan"), dtype=torch.float64, device=token_ids_BK.device)
     if knobs.any_gate:
         gate_B = ints[:, MODE] == soft_math.MODE_CODES["gate"]
-        latent_BH = soft_math.normalized_concept(weights_BK, support_embeds_BKH)
-        gated_BH, a_BH = soft_math.gated_inputs(embeds[rows * slots :], latent_BH, gate)
+        normalized_BH = soft_math.normalized_concept(weights_BK, support_embeds_BKH)
+        gated_BH, a_BH = soft_math.gated_inputs(embeds[rows * slots :], normalized_BH, gate)
         next_inputs_BH = torch.where(gate_B.unsqueeze(-1), gated_BH.float(), next_inputs_BH)
         retention_B = torch.where(gate_B, a_BH.double().mean(-1), retention_B)
+    latent_BH = None
+    if knobs.any_hidden:  # by count alone: the filtered distribution only names the placeholder
+        hidden_rows_B = ints[:, MODE] == soft_math.MODE_CODES["hidden"]
+        latent_B, latent_emitted_B, latent_end_B = soft_math.latent_transition(
+            token_ids_BK[:, 0], knobs.soft_steps_done_B, ints[:, MAX_SOFT_STEPS], ints[:, THINK_END_ID],
+            ints[:, LATENT_TOKEN_ID],
+        )
+        emitted_B = torch.where(hidden_rows_B, latent_emitted_B, emitted_B)
+        end_code_B = torch.where(hidden_rows_B, latent_end_B, end_code_B)
+        logprob_B = torch.where(hidden_rows_B, float("nan"), logprob_B)
+        target_norm_B = torch.where(ints[:, RESCALE_LATENT] == 1, latent_norm, 0.0)
+        # As the model receives it: in its own dtype (what the trace records, exactly).
+        fed_BH = soft_math.rescaled_latents(hidden_BH, target_norm_B).to(hidden_BH.dtype).float()
+        fed_B = hidden_rows_B & latent_B
+        next_inputs_BH = torch.where(fed_B.unsqueeze(-1), fed_BH, next_inputs_BH)
+        latent_BH = torch.where(fed_B.unsqueeze(-1), fed_BH, float("nan"))
 
     return SoftStepOutput(
         token_ids_BK=token_ids_BK,
@@ -437,4 +478,5 @@ def soft_step(
         noise_scale_B=torch.where(ints[:, NOISE] == soft_math.NOISE_CODES["gaussian"], floats[:, SIGMA], 0.0),
         seed_B=ints[:, SEED],
         gate_retention_B=retention_B,
+        latent_BH=latent_BH,
     )

@@ -10,6 +10,7 @@ method's result is the next one's input (plan -> run -> commit). Per engine step
     _preprocess ───► inject(): rows whose scheduled positions include a soft input get it
                      from the slot's pending input (decode: one indexed copy for the batch);
                      positions recomputed after a preemption are rebuilt from the records
+    sample_tokens ─► step_hidden: the sampled rows' last hidden states (mode 'hidden')
     _sample ───────► plan(): which logits rows are soft (thinking, sample not discarded)
       Sampler.sample ► run(): ``soft_step`` on those rows, before vLLM samples; writes next
                      inputs and progress by slot, starts the one device→host copy; the
@@ -54,8 +55,8 @@ class SoftRequestState:
     """Absolute position of the first generated token: soft step k emits position first + k."""
     soft_steps: int = 0
     mixtures: list[np.ndarray] = field(default_factory=list)
-    """Packed row (``SoftStepOutput.packed()``) of soft step k, whose mixture is the input at
-    ``first_soft_position + k``, for every step after which thinking went on: what a
+    """Packed row (``SoftStepOutput.packed()``) of soft step k, whose mixture (or latent) is
+    the input at ``first_soft_position + k``, for every step that fed one back: what a
     recompute after preemption rebuilds."""
 
 
@@ -136,6 +137,9 @@ class SoftThinkingRunner:
         self.model_path = model_path
         """The model folder, where mode 'gate' finds the model's gate (``vllm_soft.gate``)."""
         self._gate: soft_math.GateTensors | None = None
+        self.step_hidden: torch.Tensor | None = None
+        """This engine step's final-normed last hidden states, one row per logits row (set
+        by the patch before sampling, cleared after): what mode 'hidden' feeds back."""
         self.current_plan: SoftStepPlan | None = None
         """The plan whose step ran in this engine step, until ``commit``."""
 
@@ -169,6 +173,8 @@ class SoftThinkingRunner:
         if overrides is None or req_id in self.requests:
             return
         params = self.defaults.with_overrides(overrides)
+        if params.mode == "hidden" and params.max_soft_steps == 0:
+            return  # no latent step: plain decoding (an empty trace tells the caller)
         if not self._free_slots:
             self._grow(2 * self._capacity)
         slot = self._free_slots.pop()
@@ -246,18 +252,28 @@ class SoftThinkingRunner:
         """Inputs of recorded soft positions scheduled again (a recompute after preemption),
         from the host records, with the learner's replay functions. Not on the decode path."""
         starts, computed = view.query_starts, view.num_computed
-        flat, steps, add, scale, gated = [], [], [], [], []
+        flat, steps, add, scale, gated, latents = [], [], [], [], [], {}
         for row in rows.tolist():
             state = self.requests[view.req_ids[row]]
             first = state.first_soft_position
             for position in range(int(rebuild_from[row]), int(rebuild_to[row])):
                 packed = state.mixtures[position - first]
+                flat_index = int(starts[row]) + position - int(computed[row])
+                latent = records.row_latent(packed)
+                if latent is not None:  # mode 'hidden': the recorded vector itself
+                    latents[flat_index] = latent
+                    continue
                 steps += records.unpack_rows(packed[None], first_position=position - first)
-                flat.append(int(starts[row]) + position - int(computed[row]))
+                flat.append(flat_index)
                 add.append(state.params.mode == "add")
                 scale.append(state.params.scale)
                 gated.append(state.params.mode == "gate")
         device = inputs_embeds.device
+        if latents:
+            vectors = torch.from_numpy(np.stack(list(latents.values()))).to(device, inputs_embeds.dtype)
+            inputs_embeds[torch.tensor(list(latents), device=device)] = vectors
+        if not flat:
+            return
         flat_B = torch.tensor(flat, device=device)
         concept = replay.recorded_concepts(steps, embed, device)
         tokens = inputs_embeds[flat_B]  # E[emitted]: each position's token is its step's emitted one
@@ -297,11 +313,18 @@ class SoftThinkingRunner:
     def run(self, plan: SoftStepPlan, logits_BV: torch.Tensor, embed) -> torch.Tensor:
         """The soft step for the plan's rows; returns their emitted tokens (on the device)."""
         soft_logits = logits_BV if plan.all_rows else logits_BV.index_select(0, plan.rows_dev)
-        if "gaussian" in plan.knobs.noise_kinds:  # the gathered copy: sigma in embedding units -> absolute
-            plan.knobs.floats_BF[:, soft_step.SIGMA] *= self.embedding_rms(embed)
+        knobs = plan.knobs
+        if "gaussian" in knobs.noise_kinds:  # the gathered copy: sigma in embedding units -> absolute
+            knobs.floats_BF[:, soft_step.SIGMA] *= self.embedding_rms(embed)
+        hidden_BH = None
+        if knobs.any_hidden:
+            if self.step_hidden is None:
+                raise RuntimeError("mode 'hidden': this step's hidden states were not captured before sampling")
+            hidden_BH = self.step_hidden if plan.all_rows else self.step_hidden.index_select(0, plan.rows_dev)
+        latent_norm = self.embedding_rms(embed) * self.hidden_size**0.5 if knobs.any_rescale_latent else 0.0
         out = soft_step.soft_step(
-            soft_logits, plan.knobs, embed, self._workspace_for(logits_BV), self.compiled, self.hidden_size,
-            self.gate() if plan.knobs.any_gate else None,
+            soft_logits, knobs, embed, self._workspace_for(logits_BV), self.compiled, self.hidden_size,
+            self.gate() if knobs.any_gate else None, hidden_BH, latent_norm,
         )
         self.pending_SH.index_copy_(0, plan.slots_dev, out.next_inputs_BH.to(self.dtype))
         progress = torch.stack((plan.knobs.soft_steps_done_B + 1, out.low_entropy_streak_B), dim=-1)
@@ -384,27 +407,29 @@ class SoftThinkingRunner:
         if plan.copied is not None:
             plan.copied.synchronize()
         payload = plan.payload.numpy().copy()  # the pinned buffer (CUDA) is reused next step
-        went_on = (payload[:, -1] == 0).tolist()  # end code 0: thinking goes on
+        went_on = (payload[:, records.END_CODE] == 0).tolist()  # end code 0: thinking goes on
         for row, req_id, values, thinking, length in zip(plan.rows, plan.req_ids, payload, went_on, sequence_lengths):
             assert sampled_token_ids[row], f"vLLM discarded the sample of soft row {row} ({req_id})"
             state = self.requests[req_id]
             position = state.first_soft_position + state.soft_steps
             assert length - 1 == position, "soft trace out of step with the sequence"
             state.soft_steps += 1
-            if thinking:
+            # Mode 'hidden''s last latent step ends thinking and still feeds its latent back.
+            if thinking or records.row_latent(values) is not None:
                 state.mixtures.append(values)
                 self.pending_position_np[state.slot] = position
                 self.mixture_end_np[state.slot] = position + 1
             else:
-                self.thinking_np[state.slot] = False
                 self.pending_position_np[state.slot] = -1
+            if not thinking:
+                self.thinking_np[state.slot] = False
         return SoftStepRows(plan.req_ids, payload)
 
     # -- memory profiling -------------------------------------------------------------
 
     def profile(self, num_reqs: int, embed) -> None:
         """Run the soft step once for ``num_reqs`` rows with every branch on (noise, multiplex,
-        sampled emission, add mode), inside vLLM's memory profiling: its buffers and peak count
+        sampled emission, add and hidden modes), inside vLLM's memory profiling: its buffers and peak count
         against the KV-cache budget. Leaves no request state behind."""
         rows = max(num_reqs, 1)
         logits = torch.randn(rows, self.vocab_size, device=self.device)
@@ -414,9 +439,16 @@ class SoftThinkingRunner:
             SoftThinkingParams(top_k=top_k, noise="gumbel"),
             SoftThinkingParams(top_k=top_k, multiplex=top_k, emit="sample"),
             SoftThinkingParams(top_k=top_k, noise="gaussian"),
+            SoftThinkingParams(top_k=top_k, mode="hidden", max_soft_steps=1, rescale_latent=True),
         ]
-        knobs = soft_step.StepKnobs.for_requests([(branches[i % 4], 0, 0) for i in range(rows)], self.device)
-        out = soft_step.soft_step(logits, knobs, embed, self._workspace_for(logits), self.compiled, self.hidden_size)
+        knobs = soft_step.StepKnobs.for_requests(
+            [(branches[i % len(branches)], 0, 0) for i in range(rows)], self.device
+        )
+        hidden = torch.randn(rows, self.hidden_size, device=self.device, dtype=self.dtype)
+        out = soft_step.soft_step(
+            logits, knobs, embed, self._workspace_for(logits), self.compiled, self.hidden_size,
+            hidden_BH=hidden, latent_norm=1.0,
+        )
         out.packed()
 
 

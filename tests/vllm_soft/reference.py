@@ -2,8 +2,9 @@
 
 It re-implements the filtering one row at a time, the obvious way, independently of the
 batched kernels in ``soft_math``, and replays a completion teacher-forced: the inputs are
-rebuilt from the recorded trace (mixtures at soft positions, token embeddings elsewhere)
-and one forward pass gives the distribution at every soft step.
+rebuilt from the recorded trace (mixtures at soft positions, Coconut's latents at latent
+positions, token embeddings elsewhere) and one forward pass gives the distribution, and
+the final-normed last hidden state, at every soft step.
 """
 
 from dataclasses import dataclass
@@ -68,7 +69,12 @@ def rebuild_inputs_embeds(
     inputs = embedding[ids].float().clone()
     for entry in trace:
         position = len(prompt_ids) + entry["position"]
-        if entry["end_reason"] is not None or position >= len(inputs):
+        if position >= len(inputs):
+            continue
+        if entry.get("latent") is not None:  # mode 'hidden': the recorded vector, even on the last latent step
+            inputs[position] = torch.tensor(entry["latent"], dtype=torch.float64).float()
+            continue
+        if entry["end_reason"] is not None:
             continue
         if knobs.mode == "gate":
             inputs[position], mean_a = hrpo_gated_input(inputs[position], entry["token_ids"], entry["weights"], embedding, gate)
@@ -87,18 +93,49 @@ def rebuild_inputs_embeds(
 def teacher_forced_logits(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
                           gate=None) -> torch.Tensor:
     """Logits predicting each completion token, [len(completion), V], from one forward pass."""
+    return teacher_forced_states(model, prompt_ids, completion_ids, trace, knobs, gate)[0]
+
+
+@torch.no_grad()
+def teacher_forced_states(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
+                          gate=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, final-normed last hidden states) at the positions predicting each
+    completion token, [len(completion), V] and [len(completion), H], from one forward pass:
+    hidden state i is what Coconut feeds back as the input of completion position i."""
     embedding = model.get_input_embeddings().weight
     inputs = rebuild_inputs_embeds(embedding, prompt_ids, completion_ids, trace, knobs, gate)
-    logits = model(inputs_embeds=inputs.unsqueeze(0).to(embedding.dtype)).logits[0].float()
-    return logits[len(prompt_ids) - 1 :]
+    hidden = model.model(inputs_embeds=inputs.unsqueeze(0).to(embedding.dtype)).last_hidden_state[0]
+    logits = model.lm_head(hidden).float()
+    return logits[len(prompt_ids) - 1 :], hidden.float()[len(prompt_ids) - 1 :]
+
+
+def coconut_latent(hidden_H: torch.Tensor, knobs: SoftThinkingParams, embedding: torch.Tensor) -> torch.Tensor:
+    """Coconut's fed-back vector from a final-normed hidden state, float64: as is, or
+    rescaled to the embedding table's RMS row norm sqrt(mean_i ||E_i||^2)."""
+    hidden = hidden_H.double()
+    if not knobs.rescale_latent:
+        return hidden
+    return hidden * (embedding.double().pow(2).sum(-1).mean().sqrt() / hidden.norm())
 
 
 def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
                  gate=None) -> list[ReferenceStep]:
     """The reference soft step at every traced position, teacher-forced (``gate``: the
-    HRPO gate's tensors, for mode 'gate')."""
-    logits = teacher_forced_logits(model, prompt_ids, completion_ids, trace, knobs, gate)
+    HRPO gate's tensors, for mode 'gate'). In mode 'hidden' it also checks that every
+    recorded latent is the hidden state the reference computes there (within
+    ``LATENT_TOLERANCE``, relative)."""
+    logits, hidden = teacher_forced_states(model, prompt_ids, completion_ids, trace, knobs, gate)
+    embedding = model.get_input_embeddings().weight
+    for entry in trace:
+        if entry.get("latent") is not None:
+            expected = coconut_latent(hidden[entry["position"]], knobs, embedding)
+            error = float((torch.tensor(entry["latent"], dtype=torch.float64) - expected).norm() / expected.norm())
+            assert error <= LATENT_TOLERANCE, (entry["position"], error)
     return [reference_filter(logits[entry["position"]], knobs) for entry in trace]
+
+
+LATENT_TOLERANCE = 1e-5
+"""Largest relative L2 error of a recorded latent against the reference's hidden state."""
 
 
 def predicted_end_step(entropies: list[float], emitted: list[int], knobs: SoftThinkingParams) -> tuple[int, str] | None:

@@ -76,15 +76,16 @@ def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
         engine_weights = dict(zip(entry["token_ids"], entry["weights"]))
         for token, weight in zip(reference.token_ids, reference.weights):
             assert abs(engine_weights[token] - weight) <= WEIGHT_TOLERANCE, (entry["position"], token)
-        if knobs.noise == "none" and entry["end_reason"] is None:
+        if knobs.noise == "none" and entry["end_reason"] is None and knobs.latent_token is None:
             assert entry["emitted"] == entry["token_ids"][max(range(len(entry["weights"])), key=entry["weights"].__getitem__)]
         assert completion.token_ids[entry["position"]] == entry["emitted"]
     return trace, expected
 
 
 def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
-    """24 requests in one generate(): soft ones with their own knobs replay exactly; plain
-    ones equal their output from the same engine alone, unless a near-tie came first.
+    """24 requests in one generate(), every mode: soft ones with their own knobs replay
+    exactly (latents included); plain ones equal their output from the same engine alone,
+    unless a near-tie came first.
     Returns how many prompt tokens the batch found in the prefix cache."""
     prompts = chat_prompts(tokenizer, 24)
     knob_sets = [
@@ -96,6 +97,8 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
         {"mode": "add", "top_p": 0.8, "min_p": 0.05},
         {"mode": "gate", "top_k": 50, "temperature": 0.5},
         {"mode": "gate", "top_k": 4},
+        {"mode": "hidden", "max_soft_steps": 4},
+        {"mode": "hidden", "max_soft_steps": 5, "rescale_latent": True, "think_end": 30, "latent_token": 31},
     ]
     plain_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
     params = [plain_params if k is None else soft_params(max_tokens, **k) for k in (knob_sets * 3)]

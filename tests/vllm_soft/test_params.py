@@ -4,11 +4,12 @@ import pytest
 
 from vllm_soft.params import (
     KNOBS,
+    RESOLVED_FIELDS,
     SoftThinkingParamError,
     SoftThinkingParams,
     engine_defaults,
     request_overrides,
-    resolve_think_end,
+    resolve_tokens,
 )
 
 BAD_KNOBS = [
@@ -34,7 +35,29 @@ BAD_KNOBS = [
     ("multiplex_replacement", 2, "true or false"),
     ("multiplex_weights", "equal", "probability, uniform"),
     ("action", "draws", "sampled, token"),
+    ("latent_token", [1], "token string"),
+    ("rescale_latent", "yes", "true or false"),
 ]
+
+
+@pytest.mark.parametrize("knobs, knob, named", [
+    ({"mode": "hidden"}, "max_soft_steps", "needs max_soft_steps"),
+    ({"mode": "hidden", "max_soft_steps": -1}, "max_soft_steps", ">= 0"),
+    ({"mode": "hidden", "max_soft_steps": 4, "emit": "sample"}, "emit", "'argmax' with mode 'hidden'"),
+    ({"mode": "hidden", "max_soft_steps": 4, "noise": "gumbel"}, "noise", "'none' with mode 'hidden'"),
+    ({"mode": "hidden", "max_soft_steps": 4, "multiplex": 2}, "multiplex", "0 with mode 'hidden'"),
+])
+def test_hidden_mode_refuses_what_latent_steps_cannot_honour(knobs, knob, named):
+    with pytest.raises(SoftThinkingParamError) as excinfo:
+        SoftThinkingParams().with_overrides(knobs)
+    assert excinfo.value.parameter == knob and named in str(excinfo.value)
+
+
+def test_hidden_mode_takes_zero_latent_steps_and_other_modes_do_not():
+    assert SoftThinkingParams(mode="hidden", max_soft_steps=0).max_soft_steps == 0
+    assert SoftThinkingParams(mode="hidden", max_soft_steps=3, rescale_latent=1).rescale_latent is True
+    with pytest.raises(SoftThinkingParamError, match=">= 1"):
+        SoftThinkingParams(max_soft_steps=0)
 
 
 @pytest.mark.parametrize("knobs, named", [
@@ -88,15 +111,17 @@ def test_engine_defaults():
         engine_defaults({"soft_thinking": {"top_k": -4}})
 
 
-def test_think_end_resolution():
+@pytest.mark.parametrize("knob", ["think_end", "latent_token"])
+def test_token_knob_resolution(knob):
     vocab = {"</think>": 7}
-    resolve = lambda params: resolve_think_end(params, 10, vocab.get)  # noqa: E731
-    assert resolve(SoftThinkingParams(think_end="</think>")).think_end_id == 7
-    assert resolve(SoftThinkingParams(think_end=3)).think_end_id == 3
-    assert resolve(SoftThinkingParams()).think_end_id is None
+    resolve = lambda params: resolve_tokens(params, 10, vocab.get)  # noqa: E731
+    assert getattr(resolve(SoftThinkingParams(**{knob: "</think>"})), f"{knob}_id") == 7
+    assert getattr(resolve(SoftThinkingParams(**{knob: 3})), f"{knob}_id") == 3
+    assert getattr(resolve(SoftThinkingParams()), f"{knob}_id") is None
     for bad in ("<missing>", 10, -1):
-        with pytest.raises(SoftThinkingParamError, match="think_end .* not a single token"):
-            resolve(SoftThinkingParams(think_end=bad))
+        with pytest.raises(SoftThinkingParamError, match=f"{knob} .* not a single token") as excinfo:
+            resolve(SoftThinkingParams(**{knob: bad}))
+        assert excinfo.value.parameter == knob
 
 
 @pytest.mark.parametrize("policy, extra_args, top_k", [
@@ -120,4 +145,4 @@ def test_which_requests_are_soft(policy, extra_args, top_k):
         assert resolved is None
     else:
         assert resolved["top_k"] == top_k
-        assert set(resolved) == KNOBS | {"think_end_id"}, "the complete, resolved set"
+        assert set(resolved) == KNOBS | RESOLVED_FIELDS, "the complete, resolved set"

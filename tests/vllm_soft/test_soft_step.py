@@ -206,7 +206,7 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
         rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
         steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed, hidden_size=HIDDEN).packed().numpy())
     blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
-    assert [block["shape"] for block in blocks] == [[2, 21], [1, 89], [1, 21]]
+    assert [block["shape"] for block in blocks] == [[2, 22], [1, 90], [1, 22]]
     entries = records.unpack_trace(blocks)
     assert [entry["position"] for entry in entries] == [0, 1, 2, 3]
     for entry, step in zip(entries, steps):
@@ -270,3 +270,37 @@ def test_compiled_step_takes_any_batch_and_input_form_without_compiling_again(co
         batch = [(params.with_overrides({"top_k": 2 + 9 * count}), seed, step) for params, seed, step in rows[:count]]
         got = soft_step.soft_step(logits[:count], knobs_for(batch), embed, compiled=compiled_step, hidden_size=HIDDEN)
         _assert_same_step(got, soft_step.soft_step(logits[:count], knobs_for(batch), embed, hidden_size=HIDDEN))
+
+
+@pytest.mark.parametrize("think_end, latent_token", [(None, None), (5, 9)])
+def test_hidden_rows_feed_back_their_hidden_state_for_exactly_k_steps(think_end, latent_token):
+    """Coconut in one row beside a replace row: latent steps 0..K-1 feed back the row's
+    hidden state (as is, or rescaled to a given norm), emit the latent token or the argmax,
+    have no log-probability and record the fed vector exactly; thinking ends with step K-1,
+    or with a forced think-end token at step K when one is set. The replace row is unchanged."""
+    latent_steps, hidden = 3, torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(3)).bfloat16()
+    replace = SoftThinkingParams(top_k=4)
+    plain = soft_step.soft_step(_logits(1, seed=7), knobs_for([(replace, 1, 0)]), embed)
+    for rescale in (False, True):
+        params = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps, think_end_id=think_end,
+                                    latent_token_id=latent_token, rescale_latent=rescale)
+        ends = []
+        for step in range(latent_steps + 1 if think_end is not None else latent_steps):
+            logits = torch.cat((_logits(1, seed=7), _logits(1, seed=step)))
+            out = soft_step.soft_step(logits, knobs_for([(replace, 1, 0), (params, 2, step)]), embed,
+                                      hidden_BH=hidden, latent_norm=4.0)
+            assert torch.equal(out.next_inputs_BH[0], plain.next_inputs_BH[0]) and int(out.emitted_B[0]) == int(plain.emitted_B[0])
+            replace_entry, entry = records.unpack_rows(out.packed().numpy())
+            assert replace_entry["latent"] is None, "a replace row has no latent"
+            assert entry["logprob"] is None and math.isnan(float(out.logprob_B[1]))
+            ends.append(entry["end_reason"])
+            if step < latent_steps:
+                expected = hidden[1].float()
+                if rescale:
+                    expected = (expected * (4.0 / expected.norm())).bfloat16().float()
+                torch.testing.assert_close(out.next_inputs_BH[1], expected, rtol=0, atol=0)
+                assert entry["latent"] == expected.double().tolist(), "the trace holds the fed vector exactly"
+                assert entry["emitted"] == (latent_token if latent_token is not None else entry["token_ids"][0])
+            else:
+                assert entry["latent"] is None and entry["emitted"] == think_end
+        assert ends == [None] * (len(ends) - 1) + ["budget"]

@@ -22,15 +22,16 @@ from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, REQUESTS_KEY, SoftThinkingPa
 
 logger = logging.getLogger("vllm_soft")
 
-def _think_end(value: str) -> str | int:
+def _token(value: str) -> str | int:
+    """A token knob's flag value: an id if it is digits, else the token string."""
     return int(value) if value.isdigit() else value
 
 
 def _flag_type(knob: str) -> tuple[Callable[[str], Any], list[str] | None]:
     """(argparse type, choices) of a knob's flag, from its field's annotation."""
     annotation = typing.get_type_hints(SoftThinkingParams)[knob]
-    if knob == "think_end":
-        return _think_end, None
+    if knob in ("think_end", "latent_token"):
+        return _token, None
     if typing.get_origin(annotation) is typing.Literal:
         return str, list(typing.get_args(annotation))
     if annotation is bool:

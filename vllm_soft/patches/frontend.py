@@ -5,7 +5,7 @@ over the API), the worker needs the think-end token as an id, and on a server st
 with ``--soft-thinking`` a request that says nothing is soft. What: wraps
 ``InputProcessor.process_inputs``, the one place the front end parses knobs: soft by
 default where the engine says so (``params.soft_by_default``), engine defaults merged in,
-types and ranges checked, think-end resolved with the tokenizer, top-k checked against the vocabulary; the request's own copy of its params then carries
+types and ranges checked, think-end and latent tokens resolved with the tokenizer, top-k checked against the vocabulary; the request's own copy of its params then carries
 the complete knob set, which every later process reads. When it can go: if vLLM adds a
 validation hook for ``extra_args``.
 
@@ -26,7 +26,7 @@ from vllm_soft.params import (
     SoftThinkingParamError,
     engine_defaults,
     request_overrides,
-    resolve_think_end,
+    resolve_tokens,
     soft_by_default,
 )
 from vllm_soft.records import unpack_trace
@@ -76,7 +76,7 @@ def resolve_request_knobs(extra_args: dict, additional_config: dict | None, voca
     params = defaults.with_overrides(overrides)
     if params.top_k > vocab_size:
         raise SoftThinkingParamError("top_k", f"soft_thinking.top_k must be <= the vocabulary size {vocab_size} (got {params.top_k})")
-    params = resolve_think_end(params, vocab_size, _token_to_id(tokenizer))
+    params = resolve_tokens(params, vocab_size, _token_to_id(tokenizer))
     for key in [k for k in extra_args if k.startswith(FLAT_PREFIX)]:
         del extra_args[key]
     extra_args[EXTRA_ARGS_KEY] = params.to_dict()

@@ -3,7 +3,7 @@
 Why: vLLM has no hook to read a request's processed logits and feed an arbitrary
 embedding back as its next input. What: wraps ``GPUModelRunner`` (which the CPU runner
 subclasses, so one patch covers both) ``__init__``, ``_update_states``, ``_preprocess``,
-``_sample``, ``sample_tokens``, ``_dummy_sampler_run`` and ``reload_weights`` (weights
+``_sample``, ``sample_tokens`` (which also hands mode 'hidden' the step's hidden states), ``_dummy_sampler_run`` and ``reload_weights`` (weights
 changed: the Gaussian noise's unit is measured again; a push's ``soft_gate.*`` tensors go
 to the HRPO gate), and ``Sampler.sample``; the
 logic lives in ``vllm_soft.worker``. Only the V1 runner has the soft step: soft-thinking
@@ -148,8 +148,17 @@ def apply() -> None:
 
     @functools.wraps(sample_tokens)
     def sample_tokens_(self, *args, **kwargs):
-        output = sample_tokens(self, *args, **kwargs)
         soft = self.vllm_soft
+        state = self.execute_model_state
+        if soft is not None and soft.requests and state is not None:
+            # Mode 'hidden' feeds back the rows' final-normed hidden states; sample_tokens
+            # clears the state before it samples, so they are taken here.
+            soft.step_hidden = state.sample_hidden_states
+        try:
+            output = sample_tokens(self, *args, **kwargs)
+        finally:
+            if soft is not None:
+                soft.step_hidden = None
         plan = soft.current_plan if soft is not None else None
         if plan is not None:
             soft.current_plan = None
