@@ -131,6 +131,8 @@ class Learner:
             share_sum, gated = self.policy.hidden_share
             _add(totals, "hidden_share_sum", share_sum * weight)
             _add(totals, "gated_inputs", gated * weight)
+            if self.policy.latent_replay_gap is not None and weight > 0:
+                totals["latent_replay_gap"] = max(totals.get("latent_replay_gap", 0.0), self.policy.latent_replay_gap)
             rollout = _pad([rollout_logprobs[r] for r in rows], logprobs.shape[1]).to(logprobs.device)
             reference = self._reference_logprobs(micro) if self.loss_config.beta > 0 else None
             loss, metrics = grpo_loss(

@@ -239,7 +239,7 @@ def _learner_step(config: TrainConfig, learners: LearnerGroup, samples, advantag
     totals = {}
     for rank_totals in per_rank:
         for key, value in rank_totals.items():
-            if key in ("ratio_max", "grad_norm", "learner_s"):
+            if key in ("ratio_max", "grad_norm", "learner_s", "latent_replay_gap"):
                 totals[key] = max(totals.get(key, 0.0), value)
             else:
                 totals[key] = totals.get(key, 0.0) + value
@@ -270,6 +270,8 @@ def _step_metrics(samples, totals: dict, rewards: torch.Tensor, rollout_s: float
         "grad_norm": totals["grad_norm"],
         # HRPO: how much of the gated inputs is the latent, mean sqrt(1 - a^2) (None without a gate).
         "hidden_share": _ratio(totals.get("hidden_share_sum", 0.0), totals.get("gated_inputs", 0.0)),
+        # Coconut: largest relative error of the learner's latents against the rollout's (None without).
+        "latent_replay_gap": totals.get("latent_replay_gap"),
         "rollout_tokens_per_s": summary["tokens_per_s"],
     }
 

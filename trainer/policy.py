@@ -21,7 +21,7 @@ from trainer.attention import BLOCK_ATTENTION
 from trainer.gate import SoftGate
 from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.replay import response_logprobs, soft_inputs_embeds
+from vllm_soft.replay import coconut_latents, latent_gap, response_logprobs, soft_inputs_embeds
 from vllm_soft.soft_math import GateTensors
 
 
@@ -71,6 +71,9 @@ class ReplayPolicy(nn.Module):
         self.soft_gate = SoftGate(gate) if gate is not None else None
         self.hidden_share = (0.0, 0)
         """The last forward's (sum over gated inputs of mean sqrt(1 - a^2), their count)."""
+        self.latent_replay_gap: float | None = None
+        """Mode 'hidden': the last forward's largest relative error of its latents against
+        the recorded ones (None without latents)."""
 
     def forward(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
@@ -86,9 +89,10 @@ class ReplayPolicy(nn.Module):
 
         if knobs.mode == "gate" and self.soft_gate is None:
             raise ValueError("samples generated in mode 'gate' need a policy with the gate (algorithm.mode: gate)")
+        latents = self._latents(batch, embedding) if knobs.mode == "hidden" else None
         inputs = soft_inputs_embeds(
             embedding, packed.input_ids_BT, batch.response_ids, batch.soft_steps, packed.rows, packed.response_starts,
-            knobs.mode, knobs.scale, gate if self.soft_gate is not None else None,
+            knobs.mode, knobs.scale, gate if self.soft_gate is not None else None, latents,
         )
         if self.soft_gate is not None and not shares:
             # Every forward runs the gate, with a zero share in the loss when nothing was gated:
@@ -115,3 +119,17 @@ class ReplayPolicy(nn.Module):
             logprobs[row, : len(r)] = response_logprobs(logits[row], r, s, knobs, batch.temperature, embedding)
             mask[row, : len(r)] = True
         return logprobs, mask
+
+    def _latents(self, batch: ReplayBatch, embedding: torch.Tensor) -> list[torch.Tensor]:
+        """Mode 'hidden': each sequence's latents (K, H) from this policy, computed once per
+        prompt (a group's samples share their latent span: latent steps draw nothing), and
+        ``latent_replay_gap`` against the recorded ones. Always K passes, whatever the
+        batch holds, so that FSDP ranks join the same gathers."""
+        prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
+        decoder = self.model.get_decoder()
+        computed = coconut_latents(lambda inputs: decoder(inputs_embeds=inputs).last_hidden_state, embedding,
+                                   [list(p) for p in prompts], batch.knobs.max_soft_steps, batch.knobs.rescale_latent)
+        row = {prompt: i for i, prompt in enumerate(prompts)}
+        latents = [computed[row[tuple(prompt)]] for prompt in batch.prompt_ids]
+        self.latent_replay_gap = latent_gap(latents, batch.soft_steps)
+        return latents

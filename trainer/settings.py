@@ -7,7 +7,7 @@ from rollout.prompts import PromptFormat, PromptSourceConfig
 from rollout.settings import EngineConfig, PoolConfig
 from trainer.grpo import GRPOLossConfig
 
-Mode = Literal["discrete", "replace", "add", "gate"]
+Mode = Literal["discrete", "replace", "add", "gate", "hidden"]
 SoftAction = Literal["token", "concrete", "multiplex", "gaussian"]
 
 SOFT_ACTIONS: dict[str, tuple[dict, dict]] = {
@@ -95,7 +95,10 @@ class AlgorithmConfig:
     mode: Mode = "replace"
     """discrete: token GRPO (baseline); replace: Soft Thinking; add: Soft Concept Mixing;
     gate: HRPO, the emitted token's embedding gated with the step's latent by a learned gate
-    that trains with the model (``learner.gate_learning_rate``) and is saved beside it."""
+    that trains with the model (``learner.gate_learning_rate``) and is saved beside it;
+    hidden: Coconut, ``soft_thinking.max_soft_steps`` latent steps feeding back the last
+    hidden state (the learner recomputes them, gradients flowing through the chain; latent
+    steps have no log-probability, the tokens after them carry the loss)."""
     soft_thinking: dict = field(default_factory=lambda: {"emit": "sample", "max_soft_steps": 64})
     """Soft knobs for replace/add (``scale`` comes from here too; the mode is ``mode``: a
     ``mode`` knob here must agree with it)."""
@@ -153,6 +156,9 @@ class AlgorithmConfig:
             raise ValueError("prompts_per_step must be >= 1 and group_size >= 2 (GRPO compares within a group)")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 for RL sampling (got {self.temperature})")
+        if self.mode == "hidden" and self.soft_action is not None:
+            raise ValueError("algorithm.soft_action does not apply to mode hidden: latent steps draw nothing "
+                             "and have no log-probability; leave it null")
         if self.soft_action is not None and self.soft_action not in SOFT_ACTIONS:
             raise ValueError(f"algorithm.soft_action must be one of {', '.join(SOFT_ACTIONS)} or null (got {self.soft_action!r})")
         self.rollout_knobs()  # a knob that disagrees with the soft action fails at load

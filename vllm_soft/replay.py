@@ -2,12 +2,15 @@
 
 Imports only torch (and the pure modules beside it). A rollout is a prompt, the response tokens, and the trace of its soft
 steps (``soft_steps``: the engine's ``vllm_soft.records.SoftStep`` records; replay reads
-``position``, ``token_ids``, ``weights``, ``log_weights``, ``draws``, ``logprob`` and
-``end_reason``). From it:
+``position``, ``token_ids``, ``weights``, ``log_weights``, ``draws``, ``logprob``,
+``end_reason`` and ``latent``). From it:
 
+    coconut_latents ───────► mode 'hidden': the policy's own latents after each prompt, K
+                             sequential passes (``latent_gap``: against the recorded ones)
     soft_inputs_embeds ────► inputs of prompt + response[:-1] (padded or packed), the
                              input after every soft step that thinking continued from
-                             being its mixture (replace) or E[y] + scale * mixture (add);
+                             being its mixture (replace), E[y] + scale * mixture (add),
+                             the gated input (gate) or the latent (hidden);
                              differentiable in the embedding table
     response_logprobs ─────► log-probability of each response token under the policy that
                              produced it: at a soft step, ``soft_math.step_logprob`` of the
@@ -41,6 +44,7 @@ from vllm_soft.soft_math import (
     gated_inputs,
     mix_inputs,
     normalized_concept,
+    rescaled_latents,
     step_logprob,
 )
 
@@ -128,6 +132,7 @@ def soft_inputs_embeds(
     mode: str = "replace",
     scale: float = 1.0,
     gate: Gate | None = None,
+    latents: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Input embeddings (B, T, H) of ``input_ids_BT`` as the engine fed them: response i
     lies in row ``rows[i]``, its token p at column ``response_starts[i] + p``, and the input
@@ -135,16 +140,18 @@ def soft_inputs_embeds(
     the mixture, plus Gaussian noise if the step had it; ``replace``), E[y] + scale *
     concept (``add``) or HRPO's gated input from E[y] and the latent (``gate``, with the
     model's ``gate``, ``Gate``; the latent is detached, as HRPO does, so gradients reach the
-    gate and E[y]).
+    gate and E[y]); in mode ``hidden``, each latent step's input is row k of response i's
+    ``latents[i]`` (K, H) (``coconut_latents``: the policy's own, not the recorded ones).
 
     One embedding lookup for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
     """
-    if mode == "hidden":
-        raise ValueError("replaying mode 'hidden' (Coconut's latents) is not supported by the learner: its inputs "
-                         "are hidden states, which a parallel forward cannot rebuild from the trace")
+    if mode not in MODE_CODES:
+        raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
     device = embedding_VH.device
     inputs_BTH = embedding_VH[input_ids_BT.to(device)]
+    if mode == "hidden":
+        return _with_latents(inputs_BTH, response_ids, soft_steps, rows, response_starts, latents)
     fed_back, step_rows, columns = [], [], []
     for row, start, response, steps in zip(rows, response_starts, response_ids, soft_steps):
         for step in steps:
@@ -154,8 +161,6 @@ def soft_inputs_embeds(
                 columns.append(start + step["position"])
     if not fed_back:
         return inputs_BTH
-    if mode not in MODE_CODES:
-        raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
     # The engine's own functions (soft_step.soft_step), with the table as the embedding.
     index = (torch.tensor(step_rows, device=device), torch.tensor(columns, device=device))
     if mode == "gate":
@@ -170,6 +175,71 @@ def soft_inputs_embeds(
     add_S = torch.full((steps,), mode == "add", device=device)
     mixed_SH = mix_inputs(add_S, inputs_BTH[index], concept_SH, torch.full((steps,), scale, device=device))
     return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
+
+
+def _with_latents(inputs_BTH, response_ids, soft_steps, rows, response_starts, latents) -> torch.Tensor:
+    """Mode 'hidden': ``inputs_BTH`` with each latent step's input from ``latents``."""
+    index, vectors = ([], []), []
+    for i, (row, start, response, steps) in enumerate(zip(rows, response_starts, response_ids, soft_steps)):
+        for step in steps:
+            if step.get("latent") is not None and step["position"] < len(response) - 1:
+                if latents is None:
+                    raise ValueError("replaying mode 'hidden' needs the policy's latents (coconut_latents)")
+                index[0].append(row)
+                index[1].append(start + step["position"])
+                vectors.append(latents[i][step["position"]])
+    if not vectors:
+        return inputs_BTH
+    device = inputs_BTH.device
+    position = (torch.tensor(index[0], device=device), torch.tensor(index[1], device=device))
+    return inputs_BTH.index_put(position, torch.stack(vectors).to(inputs_BTH.dtype))
+
+
+def coconut_latents(
+    decoder: Callable[[torch.Tensor], torch.Tensor],
+    embedding_VH: torch.Tensor,
+    prompt_ids: list[list[int]],
+    latent_steps: int,
+    rescale_latent: bool,
+) -> torch.Tensor:
+    """Coconut's latents (N, K, H) after each prompt, as the engine computes them: pass k
+    runs [prompt | latents 0..k-1] and latent k is the final-normed last hidden state of
+    its last position (``decoder``: inputs_embeds (N, T, H) -> last hidden states, causal),
+    rescaled to the table's RMS row norm with ``rescale_latent`` (the norm a constant of
+    the step: detached), in the embedding's dtype. Sequential passes, without a cache, as
+    Coconut's training does; every pass stays in the graph, so gradients flow through
+    the whole latent chain. Prompts of different lengths share a pass, right-padded: a
+    causal query never sees the padding after it."""
+    device, dtype = embedding_VH.device, embedding_VH.dtype
+    sequences = [embedding_VH[torch.tensor(ids, device=device)] for ids in prompt_ids]
+    lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
+    rows = torch.arange(len(prompt_ids), device=device)
+    norm = float(embedding_VH.detach().double().pow(2).sum(-1).mean().sqrt()) if rescale_latent else 0.0
+    target_N = torch.full((len(prompt_ids),), norm, device=device)
+    latents = []
+    for step in range(latent_steps):
+        width = max(len(sequence) for sequence in sequences)
+        padded = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, width - len(s))) for s in sequences])
+        hidden_NH = decoder(padded)[rows, lengths + step - 1]
+        latent_NH = rescaled_latents(hidden_NH, target_N).to(dtype)
+        latents.append(latent_NH)
+        sequences = [torch.cat((sequence, latent_NH[i : i + 1])) for i, sequence in enumerate(sequences)]
+    if not latents:
+        return embedding_VH.new_zeros(len(prompt_ids), 0, embedding_VH.shape[1])
+    return torch.stack(latents, dim=1)
+
+
+def latent_gap(latents: list[torch.Tensor], soft_steps: list[list[dict]]) -> float | None:
+    """Largest relative L2 error ||computed - recorded|| / ||recorded|| over the recorded
+    latents of ``soft_steps`` (``latents[i]``: sequence i's computed (K, H)); None if none."""
+    gaps = []
+    for computed, steps in zip(latents, soft_steps):
+        for step in steps:
+            if step.get("latent") is not None:
+                recorded = torch.tensor(step["latent"], dtype=torch.float64)
+                error = computed[step["position"]].detach().double().cpu() - recorded
+                gaps.append(float(error.norm() / recorded.norm().clamp_min(1e-30)))
+    return max(gaps) if gaps else None
 
 
 def rebuild_inputs_embeds(

@@ -176,3 +176,45 @@ def test_gate_mode_trains_the_gate_at_its_own_rates_and_saves_it_beside_the_weig
             assert torch.equal(tensor, trained[name]), name
     finally:
         learner.shutdown()
+
+
+def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_path):
+    """Mode 'hidden': the learner recomputes each prompt's latents in K passes (under FSDP,
+    several forwards before one backward), places them at the latent steps (which carry no
+    log-probability), reports their largest gap to the recorded ones, and trains every
+    weight from the tokens after them."""
+    from vllm_soft.params import SoftThinkingParams
+    from vllm_soft.replay import coconut_latents
+
+    config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-3)
+    learner = Learner(config, GRPOLossConfig(), str(tiny_model_path), 0, 1, "127.0.0.1", _free_port(), seed=0)
+    try:
+        batch, advantages, _ = _batch()
+        latent_steps = 2
+        batch.response_ids = [[101, 102] + r for r in batch.response_ids]
+        prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
+        with torch.no_grad():
+            model = learner.policy.model
+            recorded = coconut_latents(lambda x: model.get_decoder()(inputs_embeds=x).last_hidden_state,
+                                       model.get_input_embeddings().weight, [list(p) for p in prompts], latent_steps, False)
+        batch.knobs = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps)
+
+        def steps(latents_KH, response):
+            return [{"position": k, "token_ids": [response[k]], "weights": [1.0], "log_weights": [0.0], "draws": None,
+                     "emitted": response[k], "logprob": None, "end_reason": None if k < latent_steps - 1 else "budget",
+                     "entropy": 0.0, "latent": latents_KH[k].double().tolist()} for k in range(latent_steps)]
+
+        batch.soft_steps = [steps(recorded[prompts.index(tuple(p))], r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+        with torch.no_grad():
+            logprobs, _ = learner.policy(batch)
+        assert (logprobs[:, :latent_steps] == 0).all(), "latent steps have no log-probability"
+        assert learner.policy.latent_replay_gap <= 1e-6, "the same weights give the same latents"
+        batch.soft_steps[-1] = steps(2 * recorded[prompts.index(tuple(batch.prompt_ids[-1]))], batch.response_ids[-1])
+        rollout = [[float(v) for v in logprobs[i, : len(r)]] for i, r in enumerate(batch.response_ids)]
+        before = {n: _local(p).detach().clone() for n, p in learner.policy.named_parameters()}
+        totals = learner.train_step(batch, advantages, rollout, 1, sum(len(r) for r in batch.response_ids))
+        assert totals["latent_replay_gap"] == pytest.approx(1.0, abs=1e-5), "a recorded latent twice the policy's"
+        assert totals["grad_norm"] > 0
+        assert all(not torch.equal(_local(p), before[n]) for n, p in learner.policy.named_parameters())
+    finally:
+        learner.shutdown()

@@ -1,6 +1,7 @@
 """The learner's replay of rollouts: log-probs at step 0 equal the engine's (float32) for
 every soft action: the token, the noise densities (of the fed-back weights, or of the
-concept embedding), the multiplex draws."""
+concept embedding), the multiplex draws, HRPO's gate, Coconut's latents (which the learner
+recomputes)."""
 
 import pytest
 import torch
@@ -30,6 +31,9 @@ MODES = {
     },
     "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
     "hrpo gate (fresh)": {"mode": "gate", **SOFT},
+    "coconut latents": {"mode": "hidden", "max_soft_steps": 6},
+    "coconut latents, rescaled, latent token": {"mode": "hidden", "max_soft_steps": 4, "rescale_latent": True,
+                                                "latent_token": 31},
 }
 """Every soft action (what a step's log-probability scores) the learner must replay."""
 
@@ -79,13 +83,22 @@ def _replay_gap(model, samples, batch: ReplayBatch) -> tuple[float, torch.Tensor
     """Largest |learner - rollout| log-prob over the batch's response tokens, and the mask."""
     # Mode gate: the default model's folder has no gate, so the engine drew the fresh one.
     gate = fresh_gate(model.config.hidden_size) if batch.knobs.mode == "gate" else None
+    policy = ReplayPolicy(model, gate=gate)
     with torch.no_grad():
-        logprobs, mask = ReplayPolicy(model, gate=gate)(batch)  # one padded forward for all
+        logprobs, mask = policy(batch)  # one padded forward for all
+    if batch.knobs.mode == "hidden":  # the learner's own latents (sequential passes) against the engine's
+        assert all(sum(step["latent"] is not None for step in s.soft_steps) == batch.knobs.max_soft_steps for s in samples)
+        assert policy.latent_replay_gap <= LATENT_REPLAY_TOLERANCE
     rollout = torch.zeros_like(logprobs)
     for row, s in enumerate(samples):
         rollout[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs)
     return float(logprob_gap(logprobs, rollout, mask)), mask
 
+
+LATENT_REPLAY_TOLERANCE = 1e-4
+"""Relative L2 error of the learner's latents against the engine's: its own latents feed
+its next passes, so float32 differences compound over the span (teacher-forced, one latent
+is within 1e-5: tests/vllm_soft/test_hidden.py)."""
 
 ENGINE_DEFAULTS = {"mode": "add", "scale": 0.6, "temperature": 0.8}
 

@@ -43,3 +43,10 @@ def test_a_soft_action_sets_the_rollout_knobs_it_needs(action, soft_thinking, ex
 def test_a_knob_that_disagrees_with_the_soft_action_is_an_error_naming_both(action, soft_thinking, message):
     with pytest.raises(ValueError, match=f"^algorithm.soft_action {action!r} {message}$".replace("(", r"\(").replace(")", r"\)")):
         AlgorithmConfig(mode="replace", soft_thinking=soft_thinking, soft_action=action)
+
+
+def test_hidden_mode_takes_no_soft_action():
+    assert AlgorithmConfig(mode="hidden", soft_thinking={"max_soft_steps": 4}).rollout_knobs() == {
+        "max_soft_steps": 4, "mode": "hidden"}
+    with pytest.raises(ValueError, match="soft_action does not apply to mode hidden"):
+        AlgorithmConfig(mode="hidden", soft_thinking={"max_soft_steps": 4}, soft_action="token")
