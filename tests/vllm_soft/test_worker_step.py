@@ -141,3 +141,45 @@ def test_gated_requests_use_the_model_folders_gate_and_rebuild_after_a_preemptio
     with caplog.at_level("WARNING", logger="vllm_soft"):
         assert torch.equal(bare.gate().weight_r_HH, fresh_gate(HIDDEN).weight_r_HH)
     assert "fresh gate" in caplog.text
+
+
+def test_hidden_requests_feed_back_their_hidden_states_and_rebuild_them_after_a_preemption():
+    """Mode 'hidden' with K = 3 beside a plain request: latent step k's input is the hidden
+    state of the row that sampled step k (the last latent's too, though thinking ended with
+    it); a recompute puts every recorded latent back at its position."""
+    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+                                max_num_reqs=2, compile_step=False)
+    worker.register("h", SamplingParams(extra_args={"soft_thinking": {"mode": "hidden", "max_soft_steps": 3}}), 4)
+    worker.register("p", SamplingParams(), 5)
+    zero = SamplingParams(extra_args={"soft_thinking": {"mode": "hidden", "max_soft_steps": 0}})
+    worker.register("z", zero, 5)
+    assert set(worker.requests) == {"h"}, "K = 0 decodes plainly"
+    logits = torch.randn(4, 2, VOCAB, generator=torch.Generator().manual_seed(5)) * 2
+    hidden = torch.randn(4, 2, HIDDEN, generator=torch.Generator().manual_seed(6))
+    ends, fed = [], []
+    for step in range(4):
+        batch = view("hp", [4, 5], [0, 0]) if step == 0 else view("hp", [1, 1], [3 + step, 4 + step])
+        ids = torch.arange(9) if step == 0 else torch.tensor([7, 8])
+        _, inputs = worker.inject(batch, ids, None, embed)
+        if step:
+            fed.append(inputs[0].clone())
+            torch.testing.assert_close(inputs[1], embed(ids[1]))
+        plan = worker.plan(batch)
+        if step == 3:
+            assert plan is None, "thinking ended with the third latent step"
+            break
+        worker.step_hidden = hidden[step]
+        emitted = worker.run(plan, logits[step, :1], embed)
+        assert int(emitted[0]) == int(logits[step, 0].argmax()), "a latent step shows its argmax"
+        entry, = records.unpack_rows(worker.commit(plan, [[1], [1]], [5 + step]).payload)
+        assert entry["latent"] == hidden[step, 0].double().tolist() and entry["logprob"] is None
+        ends.append(entry["end_reason"])
+    assert ends == [None, None, "budget"]
+    for k, vector in enumerate(fed):
+        torch.testing.assert_close(vector, hidden[k, 0], rtol=0, atol=0)
+
+    # Preempted and recomputed from scratch: positions 4-6 get the recorded latents.
+    recompute = view("hp", [7, 1], [0, 8])
+    _, inputs = worker.inject(recompute, torch.arange(8), None, embed)
+    torch.testing.assert_close(inputs[4:7], hidden[:3, 0], rtol=0, atol=0)
+    torch.testing.assert_close(inputs[:4], embed(torch.arange(4)))
