@@ -74,17 +74,23 @@ def test_latents_are_the_references_hidden_states_and_decoding_goes_on_greedily(
     assert checked >= 8 * 10, "most tokens after the latent span were checked"
 
 
-def test_latent_positions_survive_preemption(preempting_engine, default_hf_model, default_tokenizer):
+def test_latent_positions_survive_preemption(preempting_engine, default_engine, default_hf_model, default_tokenizer):
     """24 requests with long latent spans on a KV cache that holds few of them: preempted
-    requests are recomputed with their recorded latents (a wrong input would show in the
-    teacher-forced replay of every later step)."""
+    requests are recomputed with their recorded latents, and give the output they give on
+    an engine that never preempts (a wrong input would also show in the teacher-forced
+    replay of every later step)."""
     knobs = {"mode": "hidden", "max_soft_steps": 20}
     params = SoftThinkingParams().with_overrides(knobs)
     prompts = chat_prompts(default_tokenizer, 24)
     before = _preemptions(preempting_engine)
     completions = generate(preempting_engine, prompts, soft_params(32, **knobs))
     assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
-    for prompt_ids, completion in zip(prompts, completions):
+    unpreempted = generate(default_engine, prompts, soft_params(32, **knobs))
+    for prompt_ids, completion, other in zip(prompts, completions, unpreempted):
         trace, _ = assert_replays(default_hf_model, prompt_ids, completion, params)
         assert len(trace) == 20
         _assert_greedy_after(default_hf_model, prompt_ids, completion, trace, params, len(trace))
+        assert list(completion.token_ids) == list(other.token_ids)
+        for entry, other_entry in zip(trace, soft_trace(other)):
+            recorded, expected = torch.tensor(entry["latent"]), torch.tensor(other_entry["latent"])
+            assert float((recorded - expected).norm() / expected.norm()) <= 1e-5
