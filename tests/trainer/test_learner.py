@@ -183,6 +183,8 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
     several forwards before one backward), places them at the latent steps (which carry no
     log-probability), reports their largest gap to the recorded ones, and trains every
     weight from the tokens after them."""
+    from transformers import AutoModelForCausalLM
+
     from vllm_soft.params import SoftThinkingParams
     from vllm_soft.replay import coconut_latents
 
@@ -193,8 +195,8 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
         latent_steps = 2
         batch.response_ids = [[101, 102] + r for r in batch.response_ids]
         prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)  # the rollout's weights
         with torch.no_grad():
-            model = learner.policy.model
             recorded = coconut_latents(lambda x: model.get_decoder()(inputs_embeds=x).last_hidden_state,
                                        model.get_input_embeddings().weight, [list(p) for p in prompts], latent_steps, False)
         batch.knobs = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps)
@@ -213,7 +215,7 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
         rollout = [[float(v) for v in logprobs[i, : len(r)]] for i, r in enumerate(batch.response_ids)]
         before = {n: _local(p).detach().clone() for n, p in learner.policy.named_parameters()}
         totals = learner.train_step(batch, advantages, rollout, 1, sum(len(r) for r in batch.response_ids))
-        assert totals["latent_replay_gap"] == pytest.approx(1.0, abs=1e-5), "a recorded latent twice the policy's"
+        assert totals["latent_replay_gap"] == pytest.approx(0.5, abs=1e-5), "a recorded latent twice the policy's: |h - 2h| / |2h|"
         assert totals["grad_norm"] > 0
         assert all(not torch.equal(_local(p), before[n]) for n, p in learner.policy.named_parameters())
     finally:

@@ -115,7 +115,7 @@ def coconut_latent(hidden_H: torch.Tensor, knobs: SoftThinkingParams, embedding:
     hidden = hidden_H.double()
     if not knobs.rescale_latent:
         return hidden
-    return hidden * (embedding.double().pow(2).sum(-1).mean().sqrt() / hidden.norm())
+    return hidden * (embedding.detach().double().pow(2).sum(-1).mean().sqrt() / hidden.norm())
 
 
 def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,

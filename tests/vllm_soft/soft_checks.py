@@ -101,10 +101,11 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
         {"mode": "hidden", "max_soft_steps": 5, "rescale_latent": True, "think_end": 30, "latent_token": 31},
     ]
     plain_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
-    params = [plain_params if k is None else soft_params(max_tokens, **k) for k in (knob_sets * 3)]
+    knob_sets = (knob_sets * 3)[: len(prompts)]
+    params = [plain_params if k is None else soft_params(max_tokens, **k) for k in knob_sets]
     outputs = engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     completions = [o.outputs[0] for o in outputs]
-    for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets * 3):
+    for prompt_ids, completion, knobs in zip(prompts, completions, knob_sets):
         if knobs is None:
             alone = generate(engine, [prompt_ids], plain_params)[0]
             assert_equal_unless_near_tie(completion, alone)
