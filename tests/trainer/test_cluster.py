@@ -42,6 +42,14 @@ def _node(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _own_ports() -> list[str]:
+    """Free ports for a node's processes: the defaults may be taken (another cluster on this
+    machine, or the other node here: both have one address)."""
+    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port")
+    return [f"--{name}={_free_port()}" for name in names]
+
+
 def _job_status(address: str, cwd: Path, env: dict) -> str:
     status = _ray("job", "status", address, "smoke", cwd=cwd, env=env, timeout=60)
     return (status.stdout + status.stderr).lower()
@@ -58,7 +66,8 @@ def test_ray_job_submit_to_a_two_node_cluster_trains_lora_and_survives_a_killed_
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     port, dashboard = _free_port(), _free_port()
     nodes = [_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", "--num-cpus=2", f"--resources={json.dumps({'learner_node': 2})}"],
+                    f"--dashboard-port={dashboard}", "--num-cpus=2", f"--resources={json.dumps({'learner_node': 2})}",
+                    *_own_ports()],
                    tmp_path, env)]
     address = f"--address=http://127.0.0.1:{dashboard}"
     try:
@@ -66,25 +75,30 @@ def test_ray_job_submit_to_a_two_node_cluster_trains_lora_and_survives_a_killed_
         while _ray("job", "list", address, cwd=tmp_path, env=env, timeout=60).returncode != 0:
             assert nodes[0].poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
             time.sleep(2)
-        nodes.append(_node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                            f"--resources={json.dumps({'rollout_node': 2})}"], tmp_path, env))
-        import ray
-
-        ray.init(address=f"127.0.0.1:{port}")
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            assert nodes[1].poll() is None and time.monotonic() < deadline, nodes[1].stderr.read()[-2000:]
-            time.sleep(1)
         run_dir = tmp_path / "run"
-        submitted = _ray(
+        job = [
             "job", "submit", address, "--submission-id=smoke", "--no-wait", "--",
             "python", str(REPO / "trainer" / "run.py"), "--config", SMOKE, f"output_dir={run_dir}", "steps=3",
             "pool.num_workers=2", "learner.resources_per_rank={learner_node: 1}",
             "pool.resources_per_worker={rollout_node: 1}",
             "learner.learning_rate=0.01", "learner.lora.rank=4", "learner.lora.alpha=8",
             "learner.lora.target_modules=[q_proj,v_proj]",
-            cwd=tmp_path, env=env,
-        )
+        ]
+        submitted = _ray(*job, cwd=tmp_path, env=env)
+        while "no available agent" in submitted.stderr.lower() and time.monotonic() < deadline:  # still starting
+            time.sleep(2)
+            submitted = _ray(*job, cwd=tmp_path, env=env)
         assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+        # The second node joins after the submission; the rollout workers wait for it.
+        nodes.append(_node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                            f"--resources={json.dumps({'rollout_node': 2})}", *_own_ports()], tmp_path, env))
+        import ray
+
+        ray.init(address=f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 120
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert nodes[1].poll() is None and time.monotonic() < deadline, nodes[1].stderr.read()[-2000:]
+            time.sleep(1)
         deadline = time.monotonic() + 600
         while not ((run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
             assert "failed" not in _job_status(address, tmp_path, env) and time.monotonic() < deadline

@@ -225,7 +225,7 @@ def test_soft_step_buffers_exist_during_vllm_memory_profiling(inprocess_tiny_eng
     soft._workspace = None
     held = dict(soft.requests)  # a request finished by an earlier test is freed at the next step
     step, rows = soft_step.soft_step, []
-    monkeypatch.setattr(soft_step, "soft_step", lambda logits, *args: rows.append(len(logits)) or step(logits, *args))
+    monkeypatch.setattr(soft_step, "soft_step", lambda logits, *args, **kwargs: rows.append(len(logits)) or step(logits, *args, **kwargs))
     runner.profile_run()
     assert rows == [runner.max_num_reqs]
     assert soft.compiled is not None, "the compiled soft step is in use on CPU"
