@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from in_process import engine_in_this_process
+from in_process import engine_in_this_process, shared_distributed_state
 
 from vllm_soft import models
 from vllm_soft.runtime import configure_cpu_threads
@@ -39,6 +39,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engines_share_distributed_state():
+    """Session-long: no engine's shutdown tears down the distributed groups that this
+    process's other engines use (``in_process.shared_distributed_state``)."""
+    with shared_distributed_state():
+        yield
 
 
 @pytest.fixture(scope="session")

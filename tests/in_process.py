@@ -28,3 +28,35 @@ def engine_in_this_process():
         else:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
         envs.disable_envs_cache()
+
+
+@contextlib.contextmanager
+def shared_distributed_state():
+    """Keep this process's distributed groups alive when an in-process engine shuts down.
+
+    vLLM's ``EngineCore.shutdown`` ends with ``cleanup_dist_env_and_memory``: it destroys
+    the world and model-parallel groups, which every in-process engine of the test session
+    shares. A test that shuts down an engine of its own (tests/vllm_soft/
+    test_runner_selection.py, test_tensor_parallel.py) would leave the session's engines
+    failing their next step ("pipeline model parallel group is not initialized"), and a
+    failed step leaves requests in the scheduler that hang the next ``generate``. The groups
+    are torn down once, with the process."""
+    from vllm.v1.engine import core
+
+    teardown = core.cleanup_dist_env_and_memory
+    core.cleanup_dist_env_and_memory = lambda shutdown_ray=False: envs_and_gc_only()
+    try:
+        yield
+    finally:
+        core.cleanup_dist_env_and_memory = teardown
+
+
+def envs_and_gc_only() -> None:
+    """What ``cleanup_dist_env_and_memory`` does that one engine may do: forget vLLM's view
+    of the environment and let the engine's objects be collected."""
+    import gc
+
+    import vllm.envs as envs
+
+    envs.disable_envs_cache()
+    gc.unfreeze()

@@ -82,7 +82,7 @@ def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
     return trace, expected
 
 
-def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24, hidden: bool = True) -> int:
+def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
     """24 requests in one generate(), every mode: soft ones with their own knobs replay
     exactly (latents included); plain ones equal their output from the same engine alone,
     unless a near-tie came first.
@@ -101,8 +101,6 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24, hidden:
         {"mode": "hidden", "max_soft_steps": 5, "rescale_latent": True, "think_end": 30, "latent_token": 31},
     ]
     plain_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
-    if not hidden:
-        knob_sets = [k for k in knob_sets if k is None or k["mode"] != "hidden"]
     knob_sets = (knob_sets * 3)[: len(prompts)]
     params = [plain_params if k is None else soft_params(max_tokens, **k) for k in knob_sets]
     outputs = engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
