@@ -21,7 +21,7 @@ from trainer.attention import BLOCK_ATTENTION
 from trainer.gate import SoftGate
 from trainer.packing import pack_by_prompt
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.replay import coconut_latents, latent_gap, response_logprobs, soft_inputs_embeds
+from vllm_soft.replay import LatentDecoder, coconut_latents, latent_gap, response_logprobs, soft_inputs_embeds
 from vllm_soft.soft_math import GateTensors
 
 
@@ -126,10 +126,22 @@ class ReplayPolicy(nn.Module):
         ``latent_replay_gap`` against the recorded ones. Always K passes, whatever the
         batch holds, so that FSDP ranks join the same gathers."""
         prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
-        decoder = self.model.get_decoder()
-        computed = coconut_latents(lambda inputs: decoder(inputs_embeds=inputs).last_hidden_state, embedding,
-                                   [list(p) for p in prompts], batch.knobs.max_soft_steps, batch.knobs.rescale_latent)
+        computed = coconut_latents(latent_decoder(self.model), embedding, [list(p) for p in prompts],
+                                   batch.knobs.max_soft_steps, batch.knobs.rescale_latent)
         row = {prompt: i for i, prompt in enumerate(prompts)}
         latents = [computed[row[tuple(prompt)]] for prompt in batch.prompt_ids]
         self.latent_replay_gap = latent_gap(latents, batch.soft_steps)
         return latents
+
+
+def latent_decoder(model: nn.Module) -> LatentDecoder:
+    """``model``'s decoder as ``coconut_latents`` calls it: a pass that extends a KV cache
+    (Hugging Face's, created by the first pass)."""
+    decoder = model.get_decoder()
+
+    def decode(inputs_embeds, attention_mask, position_ids, cache):
+        out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=cache, use_cache=True)
+        return out.last_hidden_state, out.past_key_values
+
+    return decode

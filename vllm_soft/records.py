@@ -76,6 +76,11 @@ def _layout(row: np.ndarray) -> tuple[int, int]:
     return (row.shape[0] - latent_size - len(PACKED_COLUMNS)) // SLOT_BLOCKS, latent_size
 
 
+def _latent_columns(slots: int, latent_size: int) -> slice:
+    """Where a row of layout (K, L) keeps its latent values: after its four slot blocks."""
+    return slice(SLOT_BLOCKS * slots, SLOT_BLOCKS * slots + latent_size)
+
+
 def row_support(row: np.ndarray) -> tuple[list[int], list[float]]:
     """(token ids, weights) of the support of one packed row."""
     slots, latent_size = _layout(row)
@@ -86,7 +91,7 @@ def row_support(row: np.ndarray) -> tuple[list[int], list[float]]:
 def row_latent(row: np.ndarray) -> np.ndarray | None:
     """The latent vector a packed row fed back (float64 view), or None."""
     slots, latent_size = _layout(row)
-    latent = row[SLOT_BLOCKS * slots : SLOT_BLOCKS * slots + latent_size]
+    latent = row[_latent_columns(slots, latent_size)]
     return latent if latent_size and not np.isnan(latent[0]) else None
 
 
@@ -100,7 +105,7 @@ def unpack_rows(payload: np.ndarray, first_position: int = 0) -> list[SoftStep]:
     draws = payload[:, 3 * slots : 4 * slots].astype(np.int64)
     multiplexed = draws.any(axis=1).tolist()
     draws = draws.tolist()
-    latents = payload[:, SLOT_BLOCKS * slots : SLOT_BLOCKS * slots + latent_size]
+    latents = payload[:, _latent_columns(slots, latent_size)]
     latent_rows = ~np.isnan(latents[:, 0]) if latent_size else np.zeros(payload.shape[0], bool)
     columns = SLOT_BLOCKS * slots + latent_size
     column = {name: payload[:, columns + c] for c, name in enumerate(PACKED_COLUMNS)}

@@ -5,8 +5,9 @@ steps (``soft_steps``: the engine's ``vllm_soft.records.SoftStep`` records; repl
 ``position``, ``token_ids``, ``weights``, ``log_weights``, ``draws``, ``logprob``,
 ``end_reason`` and ``latent``). From it:
 
-    coconut_latents ───────► mode 'hidden': the policy's own latents after each prompt, K
-                             sequential passes (``latent_gap``: against the recorded ones)
+    coconut_latents ───────► mode 'hidden': the policy's own latents after each prompt, a
+                             pass over the prompts then one cached position per latent
+                             (``latent_gap``: against the recorded ones)
     soft_inputs_embeds ────► inputs of prompt + response[:-1] (padded or packed), the
                              input after every soft step that thinking continued from
                              being its mixture (replace), E[y] + scale * mixture (add),
@@ -195,37 +196,52 @@ def _with_latents(inputs_BTH, response_ids, soft_steps, rows, response_starts, l
     return inputs_BTH.index_put(position, torch.stack(vectors).to(inputs_BTH.dtype))
 
 
+LatentDecoder = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, object], tuple[torch.Tensor, object]
+]
+"""``(inputs_embeds (N, T, H), attention_mask (N, C + T), position_ids (N, T), cache) ->
+(final-normed last hidden states (N, T, H), cache)``: a causal decoder that extends the KV
+cache it is given (None: a new one) by T positions; C is the positions cached before."""
+
+
 def coconut_latents(
-    decoder: Callable[[torch.Tensor], torch.Tensor],
+    decoder: LatentDecoder,
     embedding_VH: torch.Tensor,
     prompt_ids: list[list[int]],
     latent_steps: int,
     rescale_latent: bool,
 ) -> torch.Tensor:
-    """Coconut's latents (N, K, H) after each prompt, as the engine computes them: pass k
-    runs [prompt | latents 0..k-1] and latent k is the final-normed last hidden state of
-    its last position (``decoder``: inputs_embeds (N, T, H) -> last hidden states, causal),
-    rescaled to the table's RMS row norm with ``rescale_latent`` (the norm a constant of
-    the step: detached), in the embedding's dtype. Sequential passes, without a cache, as
-    Coconut's training does; every pass stays in the graph, so gradients flow through
-    the whole latent chain. Prompts of different lengths share a pass, right-padded: a
-    causal query never sees the padding after it."""
+    """Coconut's latents (N, K, H) after each prompt, as the engine computes them: latent k
+    is the final-normed last hidden state of the last position of [prompt | latents
+    0..k-1], rescaled to the table's RMS row norm with ``rescale_latent`` (the norm a
+    constant of the step: detached), in the embedding's dtype.
+
+    Sequential passes over a KV cache, as Coconut's training does: one pass over the
+    prompts, right-padded (the padding masked out), then one position per latent, at each
+    row's own position id. Every pass stays in the graph, cache included, so gradients
+    flow through the whole latent chain."""
     device, dtype = embedding_VH.device, embedding_VH.dtype
-    sequences = [embedding_VH[torch.tensor(ids, device=device)] for ids in prompt_ids]
+    count = len(prompt_ids)
+    if latent_steps == 0:
+        return embedding_VH.new_zeros(count, 0, embedding_VH.shape[1])
     lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
-    rows = torch.arange(len(prompt_ids), device=device)
+    width = int(lengths.max())
+    padded_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompt_ids], device=device)
+    mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+    positions = torch.arange(width, device=device).expand(count, width)
     norm = float(embedding_VH.detach().double().pow(2).sum(-1).mean().sqrt()) if rescale_latent else 0.0
-    target_N = torch.full((len(prompt_ids),), norm, device=device)
+    target_N = torch.full((count,), norm, dtype=torch.float64, device=device)
+    hidden_NTH, cache = decoder(embedding_VH[padded_ids], mask, positions, None)
+    last_NH = hidden_NTH[torch.arange(count, device=device), lengths - 1]
     latents = []
     for step in range(latent_steps):
-        width = max(len(sequence) for sequence in sequences)
-        padded = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, width - len(s))) for s in sequences])
-        hidden_NH = decoder(padded)[rows, lengths + step - 1]
-        latent_NH = rescaled_latents(hidden_NH, target_N).to(dtype)
+        latent_NH = rescaled_latents(last_NH, target_N).to(dtype)
         latents.append(latent_NH)
-        sequences = [torch.cat((sequence, latent_NH[i : i + 1])) for i, sequence in enumerate(sequences)]
-    if not latents:
-        return embedding_VH.new_zeros(len(prompt_ids), 0, embedding_VH.shape[1])
+        if step + 1 == latent_steps:
+            break
+        mask = torch.cat((mask, mask.new_ones(count, 1)), dim=1)
+        hidden_NTH, cache = decoder(latent_NH[:, None], mask, (lengths + step)[:, None], cache)
+        last_NH = hidden_NTH[:, 0]
     return torch.stack(latents, dim=1)
 
 

@@ -548,9 +548,10 @@ def latent_transition(
 
 
 def rescaled_latents(hidden_BH: torch.Tensor, target_norm_B: torch.Tensor) -> torch.Tensor:
-    """Hidden states as latent inputs, float32: each rescaled to L2 norm ``target_norm_B``
-    where it is > 0 (the embedding table's RMS row norm), as is where it is 0."""
-    hidden_BH = hidden_BH.float()
+    """Hidden states as latent inputs, in float32 at least (float64 stays float64): each
+    rescaled to L2 norm ``target_norm_B`` where it is > 0 (the embedding table's RMS row
+    norm), as is where it is 0."""
+    hidden_BH = hidden_BH.to(torch.promote_types(hidden_BH.dtype, torch.float32))
     norm_B = hidden_BH.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
-    factor_B = torch.where(target_norm_B > 0, target_norm_B.float() / norm_B, 1.0)
+    factor_B = torch.where(target_norm_B > 0, target_norm_B.to(hidden_BH.dtype) / norm_B, 1.0)
     return hidden_BH * factor_B.unsqueeze(-1)

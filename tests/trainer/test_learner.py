@@ -186,6 +186,7 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
     from transformers import AutoModelForCausalLM
 
     from vllm_soft.params import SoftThinkingParams
+    from trainer.policy import latent_decoder
     from vllm_soft.replay import coconut_latents
 
     config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-3)
@@ -197,8 +198,8 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
         prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
         model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)  # the rollout's weights
         with torch.no_grad():
-            recorded = coconut_latents(lambda x: model.get_decoder()(inputs_embeds=x).last_hidden_state,
-                                       model.get_input_embeddings().weight, [list(p) for p in prompts], latent_steps, False)
+            recorded = coconut_latents(latent_decoder(model), model.get_input_embeddings().weight,
+                                       [list(p) for p in prompts], latent_steps, False)
         batch.knobs = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps)
 
         def steps(latents_KH, response):
