@@ -6,6 +6,8 @@
     soft_dirichlet  Soft Thinking with Dirichlet noise on the mixture weights
     soft_gumbel     Soft Thinking with Gumbel-Softmax noise
     scm_add         Soft Concept Mixing (the mixture added to the token embedding)
+    hrpo_gate       HRPO's gated input (the model folder's gate; latent at T 0.5 after top-k 50)
+    coconut         Coconut's continuous thought: 6 latent steps feeding back the hidden state
 
 ``temperature`` and ``top_p`` sample the tokens after thinking ends (the noisy soft modes
 sample them like token sampling; the others decode them greedily). Knobs are overridden
@@ -71,6 +73,10 @@ MODES: dict[str, EvalMode] = {
         EvalMode("soft_gumbel", "Soft + Gumbel", temperature=0.6, top_p=0.95,
                  soft_thinking={"noise": "gumbel", "tau": 0.5}),
         EvalMode("scm_add", "Soft Concept Mixing", temperature=0.0, soft_thinking={"mode": "add", "scale": 1.0}),
+        EvalMode("hrpo_gate", "HRPO gate", temperature=0.0,
+                 soft_thinking={"mode": "gate", "top_k": 50, "top_p": 1.0, "min_p": 0.0, "temperature": 0.5}),
+        # Coconut's GSM8k setting: 3 stages of 2 thoughts.
+        EvalMode("coconut", "Coconut", temperature=0.0, soft_thinking={"mode": "hidden", "max_soft_steps": 6}),
     )
 }
 
