@@ -11,6 +11,7 @@ Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides a
   gaussian  configs/arith_soft_gaussian.yaml   Gaussian noise (sigma 0.5 RMS) on the concept
   scm       configs/arith_scm.yaml             Soft Concept Mixing (add), token action
   gate      configs/arith_gate.yaml            HRPO's learned gate (mode gate), token action
+  gate_fast configs/arith_gate_fast.yaml       the same, gate learning rates x100 (a 20-step run)
 
 Each arm trains in its own process (``trainer/run.py``, in-training evaluation off) into
 ``--runs``, all arms before any evaluation; an arm whose final checkpoint exists is not
@@ -22,7 +23,7 @@ problems (seed 12345; training draws seed 0) in:
   soft_sharp   the same at temperature 0.175 = 0.7 x tau 0.25: the sharpness of the
                mixtures the Gumbel arms fed back in training (noise-free)
   scm          add mode, scale 1, temperature 0.7 (only with the scm arm)
-  gate         gate mode, top-k 50, temperature 0.7 (only with the gate arm; the base model
+  gate         gate mode, top-k 50, temperature 0.7 (only with the gate arms; the base model
                and token GRPO have no gate file, so they get the seeded fresh gate)
   multiplex    multiplex decoding as the multiplex arm trained: 4 seeded draws fed back as
                their mixture, the first one emitted (only with the multiplex arm; a
@@ -57,13 +58,14 @@ ARMS = {
     "gaussian": "configs/arith_soft_gaussian.yaml",
     "scm": "configs/arith_scm.yaml",
     "gate": "configs/arith_gate.yaml",
+    "gate_fast": "configs/arith_gate_fast.yaml",
 }
 EVAL_SEED = 12345
 NEUTRAL_INSTRUCTION = "Give only the final number."
 SOFT_TEMPERATURE = 0.7
 SHARP_TEMPERATURE = 0.175
 OWN_SOFT_MODE = {"concrete": "soft_sharp", "token": "soft_sharp", "multiplex": "soft", "gaussian": "soft", "scm": "scm",
-                 "gate": "gate"}
+                 "gate": "gate", "gate_fast": "gate"}
 """Each soft arm's own mode without noise: the training knobs at the sharpness they fed back."""
 EXTRA_MODES = {"multiplex": ["multiplex"]}
 """Modes an arm (with the base model and token GRPO) is also decoded in, outside the bar."""
@@ -188,7 +190,7 @@ def summarize(results: dict, arms: list[str]) -> dict:
         greedy_gap = by_key[("train", arm, "greedy")]["gain"] - by_key[("train", "grpo", "greedy")]["gain"]
         # "within 3 points of token GRPO's" read as no more than 3 points below it
         passes = own_gain >= THRESHOLDS["own_gain"]
-        if arm != "gate":
+        if OWN_SOFT_MODE[arm] != "gate":
             passes = passes and neutral_vs_grpo >= THRESHOLDS["neutral_vs_grpo"] and greedy_gap >= -THRESHOLDS["greedy_gain_gap"]
         verdicts[arm] = {
             "own_mode": own, "own_gain": own_gain, "neutral_vs_grpo": neutral_vs_grpo, "greedy_gain_minus_grpo": greedy_gap,

@@ -1,5 +1,7 @@
 """Training configs: two settings that disagree are an error naming both."""
 
+from pathlib import Path
+
 import pytest
 
 from rollout.settings import EngineConfig
@@ -50,3 +52,13 @@ def test_hidden_mode_takes_no_soft_action():
         "max_soft_steps": 4, "mode": "hidden"}
     with pytest.raises(ValueError, match="soft_action does not apply to mode hidden"):
         AlgorithmConfig(mode="hidden", soft_thinking={"max_soft_steps": 4}, soft_action="token")
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
+                                        if p.name != "rollout_smoke.yaml"))
+def test_every_shipped_training_config_loads(path):
+    """The configs the README and the benchmarks name are valid as written."""
+    from rollout.config import load_config
+
+    config = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / path, [])
+    assert config.steps > 0
