@@ -44,14 +44,14 @@ def shared_distributed_state():
     from vllm.v1.engine import core
 
     teardown = core.cleanup_dist_env_and_memory
-    core.cleanup_dist_env_and_memory = lambda shutdown_ray=False: envs_and_gc_only()
+    core.cleanup_dist_env_and_memory = lambda shutdown_ray=False: _envs_and_gc_only()
     try:
         yield
     finally:
         core.cleanup_dist_env_and_memory = teardown
 
 
-def envs_and_gc_only() -> None:
+def _envs_and_gc_only() -> None:
     """What ``cleanup_dist_env_and_memory`` does that one engine may do: forget vLLM's view
     of the environment and let the engine's objects be collected."""
     import gc

@@ -1,4 +1,5 @@
-"""Evaluation modes: the six of the issue and the gate and Coconut modes, knob overrides, and errors that name the problem."""
+"""Evaluation modes: the six of the issue and the gate and Coconut modes, knob overrides,
+and errors that name the problem."""
 
 import pytest
 
@@ -6,7 +7,8 @@ from rollout.eval.modes import MODES, resolve_modes
 
 
 def test_the_modes_and_which_are_deterministic():
-    assert list(MODES) == ["sampling", "greedy", "soft", "soft_dirichlet", "soft_gumbel", "scm_add", "hrpo_gate", "coconut"]
+    assert list(MODES) == [
+        "sampling", "greedy", "soft", "soft_dirichlet", "soft_gumbel", "scm_add", "hrpo_gate", "coconut"]
     assert [m.deterministic for m in MODES.values()] == [False, True, True, False, False, True, True, True]
     assert MODES["scm_add"].soft_thinking["mode"] == "add"
     assert MODES["hrpo_gate"].soft_thinking["mode"] == "gate" and MODES["coconut"].soft_thinking["mode"] == "hidden"

@@ -40,7 +40,8 @@ def test_command_writes_table_json_and_plot_and_a_resumed_run_recomputes_only_mi
     argv = [
         "--model", "untrained=tiny", "--bench", "basic_arithmetic", "--bench-args", f"basic_arithmetic={json.dumps(ARITH)}",
         "--bench", "gpqa_diamond", "--data", f"gpqa_diamond={_gpqa_csv(tmp_path / 'gpqa_diamond.csv')}",
-        "--modes", "greedy", "scm_add", "soft_gumbel", "hrpo_gate", "coconut", "--set", "scm_add.soft_thinking.scale=0.5", "--n", "2",
+        "--modes", "greedy", "scm_add", "soft_gumbel", "hrpo_gate", "coconut",
+        "--set", "scm_add.soft_thinking.scale=0.5", "--n", "2",
         "--num-problems", "4", "--max-tokens", "8", "--dtype", "float32", "--cpus-per-worker", "1", "--out", str(tmp_path),
         "--no-engine-core-process",
     ]

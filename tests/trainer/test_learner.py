@@ -185,8 +185,8 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
     weight from the tokens after them."""
     from transformers import AutoModelForCausalLM
 
-    from vllm_soft.params import SoftThinkingParams
     from trainer.policy import latent_decoder
+    from vllm_soft.params import SoftThinkingParams
     from vllm_soft.replay import coconut_latents
 
     config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-3)
