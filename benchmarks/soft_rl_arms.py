@@ -15,7 +15,10 @@ Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides a
 
 Each arm trains in its own process (``trainer/run.py``, in-training evaluation off) into
 ``--runs``, all arms before any evaluation; an arm whose final checkpoint exists is not
-trained again. Then every model
+trained again, and its metrics are copied into ``--out`` as soon as it has trained. Arms
+named in ``--from-results`` (trained on an earlier machine; ``--runs`` is not kept between
+machines) are reported from ``--out`` alone: their finished cells and kept metrics; a cell
+they never got is logged and its part of the bar reads "n/a". Then every model
 (the base and each final checkpoint) is decoded greedily on ``--num-problems`` held-out
 problems (seed 12345; training draws seed 0) in:
   greedy       plain token argmax
@@ -138,15 +141,48 @@ def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems:
     from rollout.prompts import PromptFormat
     from rollout.settings import PoolConfig
     from trainer.settings import TrainConfig
+    from vllm_soft.models import resolve_model
 
     train = load_config(TrainConfig, REPO / ARMS["grpo"], [])
     bench = resolve_benchmark(train.prompts.name, train.prompts.args, seed=EVAL_SEED, size=num_problems)
     formats = {"train": train.format, "neutral": PromptFormat(instruction=NEUTRAL_INSTRUCTION)}
     for name, fmt in formats.items():
-        plan = EvalPlan(models=[f"{label}={path}"], benchmarks=[bench], modes=eval_modes(modes), n=1,
+        wanted = modes
+        if not Path(resolve_model(str(path))).exists():
+            # a checkpoint from an earlier machine: only its finished cells can be reported
+            wanted = [m for m in modes if m in finished_modes(out / name / label)]
+            if wanted != modes:
+                log.warning("%s: checkpoint %s is gone; %s prompt cells %s not evaluated", label, path, name,
+                            [m for m in modes if m not in wanted])
+        plan = EvalPlan(models=[f"{label}={path}"], benchmarks=[bench], modes=eval_modes(wanted), n=1,
                         num_problems=num_problems, max_tokens=train.algorithm.max_tokens, seed=0, engine=train.engine,
                         pool=PoolConfig(num_workers=1, num_cpus_per_worker=2), format=fmt)
         evaluate(plan, out / name / label, resume=True)
+
+
+def finished_modes(cell_dir: Path) -> set[str]:
+    """The modes whose cells an earlier evaluation into ``cell_dir`` finished."""
+    path = cell_dir / "results.json"
+    return {cell["mode"] for cell in json.loads(path.read_text())} if path.exists() else set()
+
+
+def arm_metrics(runs: Path, out: Path, arm: str) -> list[dict]:
+    """An arm's per-step training metrics: from its run folder, or where that is gone (an
+    earlier machine) from the copy kept beside the results."""
+    path = runs / arm / "metrics.jsonl"
+    if not path.exists():
+        path = out / f"{arm}_metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("step", 0) >= 1 and "reward_mean" in r]
+
+
+def keep_metrics(runs: Path, out: Path, arm: str) -> None:
+    """Copy an arm's training metrics beside the results as soon as it has trained: the
+    run folder (checkpoints, gigabytes) stays on this machine."""
+    rows = arm_metrics(runs, out, arm)
+    (out / f"{arm}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def correctness(out: Path) -> dict[tuple[str, str, str], list[bool]]:
@@ -170,8 +206,10 @@ def paired(a: list[bool], b: list[bool]) -> tuple[float, float]:
     return mean, math.sqrt(var / len(diffs))
 
 
-def summarize(results: dict, arms: list[str]) -> dict:
-    """Accuracies, paired gains over the base model and over token GRPO, and the bar per soft arm."""
+def summarize(results: dict, arms: list[str], rewards: dict[str, tuple[float, float]],
+              shares: dict[str, tuple[float, float]]) -> dict:
+    """Accuracies, paired gains over the base model and over token GRPO, and the bar per soft
+    arm; ``rewards`` (mean, SE) and ``shares`` (first, last hidden share) from training."""
     rows, verdicts = [], {}
     for (fmt, model, mode), correct in sorted(results.items()):
         row = {"format": fmt, "model": model, "mode": mode, "n": len(correct), "accuracy": sum(correct) / len(correct)}
@@ -185,17 +223,29 @@ def summarize(results: dict, arms: list[str]) -> dict:
         if arm == "grpo" or "grpo" not in arms:
             continue
         own = OWN_SOFT_MODE[arm]
-        own_gain = by_key[("train", arm, own)]["gain"]
-        neutral_vs_grpo = by_key[("neutral", arm, own)]["vs_grpo"]
-        greedy_gap = by_key[("train", arm, "greedy")]["gain"] - by_key[("train", "grpo", "greedy")]["gain"]
-        # "within 3 points of token GRPO's" read as no more than 3 points below it
-        passes = own_gain >= THRESHOLDS["own_gain"]
-        if OWN_SOFT_MODE[arm] != "gate":
-            passes = passes and neutral_vs_grpo >= THRESHOLDS["neutral_vs_grpo"] and greedy_gap >= -THRESHOLDS["greedy_gain_gap"]
-        verdicts[arm] = {
-            "own_mode": own, "own_gain": own_gain, "neutral_vs_grpo": neutral_vs_grpo, "greedy_gain_minus_grpo": greedy_gap,
-            "passes": passes,
-        }
+        # a cell or metric can be absent where a gone checkpoint never got it: its part of the bar is unknown
+        own_gain = by_key.get(("train", arm, own), {}).get("gain")
+        neutral_vs_grpo = by_key.get(("neutral", arm, own), {}).get("vs_grpo")
+        greedy = by_key.get(("train", arm, "greedy"))
+        greedy_gap = greedy["gain"] - by_key[("train", "grpo", "greedy")]["gain"] if greedy else None
+        verdict = {"own_mode": own, "own_gain": own_gain, "neutral_vs_grpo": neutral_vs_grpo,
+                   "greedy_gain_minus_grpo": greedy_gap}
+        checks = {"own_gain": None if own_gain is None else own_gain >= THRESHOLDS["own_gain"]}
+        if own == "gate":  # issue 17: reward no worse than GRPO's within one SE, the hidden share rises
+            if arm in rewards and "grpo" in rewards:
+                (mean, se), (grpo_mean, grpo_se) = rewards[arm], rewards["grpo"]
+                verdict["reward_minus_grpo"] = mean - grpo_mean
+                checks["reward"] = mean - grpo_mean >= -math.hypot(se, grpo_se)
+            else:
+                checks["reward"] = None
+            verdict["hidden_share_first_last"] = shares.get(arm)
+            checks["hidden_share_rises"] = shares[arm][1] > shares[arm][0] if arm in shares else None
+        else:  # "within 3 points of token GRPO's" read as no more than 3 points below it
+            checks["neutral_vs_grpo"] = None if neutral_vs_grpo is None else neutral_vs_grpo >= THRESHOLDS["neutral_vs_grpo"]
+            checks["greedy_gain"] = None if greedy_gap is None else greedy_gap >= -THRESHOLDS["greedy_gain_gap"]
+        verdict["checks"] = checks
+        verdict["passes"] = ("no" if False in checks.values() else "unknown" if None in checks.values() else "yes")
+        verdicts[arm] = verdict
     return {"rows": rows, "verdicts": verdicts, "thresholds": THRESHOLDS}
 
 
@@ -203,6 +253,14 @@ def pct(x: float | None, se: float | None = None) -> str:
     if x is None:
         return ""
     return f"{100 * x:+.1f} ± {100 * se:.1f}" if se is not None else f"{100 * x:.1f}"
+
+
+def checks_text(checks: dict[str, bool | None]) -> str:
+    return ", ".join(f"{name} {'n/a' if ok is None else 'ok' if ok else 'short'}" for name, ok in checks.items())
+
+
+def signed_points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}"
 
 
 def markdown(summary: dict, train_seconds: dict) -> str:
@@ -214,12 +272,13 @@ def markdown(summary: dict, train_seconds: dict) -> str:
     lines += ["", "| arm | own soft mode | gain, own mode, train format | vs GRPO, own mode, neutral | "
               "greedy gain minus GRPO's | bar met | training s |", "|---|---|---:|---:|---:|---|---:|"]
     for arm, v in summary["verdicts"].items():
-        lines.append(f"| {arm} | {v['own_mode']} | {100 * v['own_gain']:+.1f} | {100 * v['neutral_vs_grpo']:+.1f} | "
-                     f"{100 * v['greedy_gain_minus_grpo']:+.1f} | {'yes' if v['passes'] else 'no'} | "
+        lines.append(f"| {arm} | {v['own_mode']} | {signed_points(v['own_gain'])} | {signed_points(v['neutral_vs_grpo'])} | "
+                     f"{signed_points(v['greedy_gain_minus_grpo'])} | {v['passes']} ({checks_text(v['checks'])}) | "
                      f"{train_seconds.get(arm, '')} |")
-    lines += ["", "| arm | mean training reward (± SE over steps) |", "|---|---:|"]
+    lines += ["", "| arm | mean training reward (± SE over steps) | hidden share, first → last step |", "|---|---:|---:|"]
     for arm, (mean, se) in summary.get("training_reward", {}).items():
-        lines.append(f"| {arm} | {mean:.3f} ± {se:.3f} |")
+        share = summary.get("hidden_share", {}).get(arm)
+        lines.append(f"| {arm} | {mean:.3f} ± {se:.3f} | {f'{share[0]:.6f} → {share[1]:.6f}' if share else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,25 +305,32 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def training_rewards(runs: Path, arms: list[str]) -> dict[str, tuple[float, float]]:
+def training_rewards(runs: Path, out: Path, arms: list[str]) -> dict[str, tuple[float, float]]:
     """Each trained arm's mean training reward over its steps and the standard error of
     that mean (steps as the unit)."""
     rewards = {}
     for arm in arms:
-        path = runs / arm / "metrics.jsonl"
-        if path.exists():
-            values = [json.loads(line)["reward_mean"] for line in path.read_text().splitlines()
-                      if line.strip() and json.loads(line).get("step", 0) >= 1]
-            if len(values) > 1:
-                mean = sum(values) / len(values)
-                var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-                rewards[arm] = (mean, math.sqrt(var / len(values)))
+        values = [r["reward_mean"] for r in arm_metrics(runs, out, arm)]
+        if len(values) > 1:
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+            rewards[arm] = (mean, math.sqrt(var / len(values)))
     return rewards
 
 
+def hidden_shares(runs: Path, out: Path, arms: list[str]) -> dict[str, tuple[float, float]]:
+    """Each gate arm's hidden share (mean sqrt(1 - a^2)) at its first and last step."""
+    shares = {}
+    for arm in arms:
+        values = [r["hidden_share"] for r in arm_metrics(runs, out, arm) if r.get("hidden_share") is not None]
+        if values:
+            shares[arm] = (values[0], values[-1])
+    return shares
+
+
 def plot_training(runs: Path, arms: list[str], out: Path) -> None:
-    """Each arm's training curves (reward; for soft arms the soft-step log-prob gap; for the
-    gate arm its hidden share), from its run folder; the metrics are copied beside the plot."""
+    """Each arm's training curves: reward; for soft arms the soft-step log-prob gap; for the
+    gate arms the hidden share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,12 +338,9 @@ def plot_training(runs: Path, arms: list[str], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for arm in arms:
-        path = runs / arm / "metrics.jsonl"
-        if not path.exists():
+        rows = arm_metrics(runs, out, arm)
+        if not rows:
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("step", 0) >= 1 and "reward_mean" in r]
-        (out / f"{arm}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         axes[0].plot([r["step"] for r in rows], [r["reward_mean"] for r in rows], label=arm)
         gaps = [(r["step"], r["logprob_gap_soft"]) for r in rows if r.get("logprob_gap_soft") is not None]
         if gaps:
@@ -302,7 +365,12 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "soft_rl_arms")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soft_rl_arms")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the arms' existing checkpoints only")
+    parser.add_argument("--from-results", nargs="*", default=[], choices=list(ARMS), metavar="ARM",
+                        help="arms reported from --out alone (trained on an earlier machine, checkpoint gone): "
+                             "not trained again; only their finished cells count")
     args = parser.parse_args(argv)
+    if not set(args.from_results) <= set(args.arms):
+        parser.error(f"--from-results {sorted(set(args.from_results) - set(args.arms))}: not among --arms")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -312,20 +380,21 @@ def main(argv=None) -> None:
     # evaluated; a stopped run keeps its trained arms and its finished cells.
     checkpoints = {}
     for arm in args.arms:
-        if args.skip_training:
+        if args.skip_training or arm in args.from_results:
             checkpoints[arm] = final_checkpoint(args.runs / arm, args.steps)
             continue
         checkpoints[arm], seconds = train_arm(arm, args.runs, args.steps)
         if seconds is not None:
             train_seconds[arm] = round(seconds)
             seconds_path.write_text(json.dumps(train_seconds, indent=1))
+            keep_metrics(args.runs, args.out, arm)
     evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
     for arm, checkpoint in checkpoints.items():
         evaluate_model(arm, checkpoint, modes_of(arm, args.arms), args.num_problems, args.out)
 
-    summary = summarize(correctness(args.out), args.arms)
-    summary["train_seconds"] = train_seconds
-    summary["training_reward"] = training_rewards(args.runs, args.arms)
+    rewards, shares = training_rewards(args.runs, args.out, args.arms), hidden_shares(args.runs, args.out, args.arms)
+    summary = summarize(correctness(args.out), args.arms, rewards, shares)
+    summary.update(train_seconds=train_seconds, training_reward=rewards, hidden_share=shares)
     (args.out / "arms.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary, train_seconds)
     (args.out / "arms.md").write_text(table)

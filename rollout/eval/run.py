@@ -81,13 +81,21 @@ def cell_settings(plan: EvalPlan, model: str, bench: Benchmark, mode: EvalMode) 
             "soft_thinking": mode.soft_thinking, "format": dataclasses.asdict(plan.format)}
 
 
+def earlier_cells(out_dir: Path) -> dict[tuple[str, str, str], dict]:
+    """The cells an earlier run finished in ``out_dir``, by (model, bench, mode)."""
+    path = output_paths(out_dir)["json"]
+    return {(c["model"], c["bench"], c["mode"]): c for c in json.loads(path.read_text())} if path.exists() else {}
+
+
+def plan_keys(plan: EvalPlan) -> list[tuple[str, str, str]]:
+    return [(label, bench.name, mode.name) for label, _ in map(model_label, plan.models)
+            for bench in plan.benchmarks for mode in plan.modes]
+
+
 def finished_cells(plan: EvalPlan, out_dir: Path) -> dict[tuple[str, str, str], dict]:
     """Cells of an earlier run in ``out_dir`` that this plan would compute again, by
     (model, bench, mode); one made with other settings is an error."""
-    path = output_paths(out_dir)["json"]
-    if not path.exists():
-        return {}
-    earlier = {(c["model"], c["bench"], c["mode"]): c for c in json.loads(path.read_text())}
+    earlier = earlier_cells(out_dir)
     done = {}
     for label, model in map(model_label, plan.models):
         for bench in plan.benchmarks:
@@ -98,7 +106,7 @@ def finished_cells(plan: EvalPlan, out_dir: Path) -> dict[tuple[str, str, str], 
                 wanted = json.loads(json.dumps(cell_settings(plan, model, bench, mode)))
                 changed = sorted(k for k in wanted if cell.get("settings", {}).get(k) != wanted[k])
                 if changed:
-                    raise ValueError(f"{path}: {label} | {bench.name} | {mode.name} was made with other {changed}; "
+                    raise ValueError(f"{output_paths(out_dir)['json']}: {label} | {bench.name} | {mode.name} was made with other {changed}; "
                                      f"evaluate into another --out, or without --resume")
                 done[label, bench.name, mode.name] = cell
     return done
@@ -109,11 +117,17 @@ def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) 
     are rewritten as each mode finishes (its samples appended to samples.jsonl), so a long
     evaluation that stops keeps what it finished; ``resume`` reuses those cells."""
     done = finished_cells(plan, out_dir) if resume and out_dir is not None else {}
-    if done:
-        log.info("resuming: %d cell(s) finished in an earlier run in %s", len(done), out_dir)
+    # Resuming adds to the folder: the finished cells of other models, benchmarks or modes
+    # stay in it (a plan naming fewer modes must not erase the rest).
+    planned = set(plan_keys(plan))
+    others = ([c for key, c in earlier_cells(out_dir).items() if key not in planned]
+              if resume and out_dir is not None else [])
+    if done or others:
+        log.info("resuming: %d cell(s) finished in an earlier run in %s (%d of them outside this plan, kept)",
+                 len(done) + len(others), out_dir, len(others))
     samples_path = output_paths(out_dir)["samples"] if out_dir is not None else None
     if samples_path is not None:
-        _keep_samples(samples_path, done)
+        _keep_samples(samples_path, {*done, *((c["model"], c["bench"], c["mode"]) for c in others)})
     cells = []
     for label, model in map(model_label, plan.models):
         with _ModelPool(plan, model) as pool:
@@ -123,7 +137,7 @@ def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) 
                 for mode in plan.modes:
                     cells.append(done.get((label, bench.name, mode.name)) or next(fresh))
                     if out_dir is not None:
-                        write_outputs(cells, out_dir)
+                        write_outputs(cells + others, out_dir)
     return cells
 
 
@@ -196,10 +210,11 @@ def sample_mode(pool, groups, mode: EvalMode, n: int, max_tokens: int, seed: int
     return pool.generate(groups, sampling, progress=progress, rewards=rewards)
 
 
-def _keep_samples(samples_path: Path, done: dict) -> None:
-    """Leave in samples.jsonl only the samples of the cells in ``done``."""
-    lines = samples_path.read_text().splitlines() if done and samples_path.exists() else []
-    kept = [line for line in lines if tuple(json.loads(line)[k] for k in ("model", "bench", "mode")) in done]
+def _keep_samples(samples_path: Path, finished: set[tuple[str, str, str]]) -> None:
+    """Leave in samples.jsonl only the samples of the ``finished`` cells (a cell that never
+    finished left some of its samples)."""
+    lines = samples_path.read_text().splitlines() if finished and samples_path.exists() else []
+    kept = [line for line in lines if tuple(json.loads(line)[k] for k in ("model", "bench", "mode")) in finished]
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     samples_path.write_text("".join(line + "\n" for line in kept))
 

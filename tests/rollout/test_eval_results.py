@@ -83,15 +83,21 @@ def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
     cells = [{"model": "base", "bench": "basic_arithmetic", "mode": mode.name, "label": mode.label,
               **summarize_mode([[_sample(0, 0, True, 10)]], 1.0), "settings": cell_settings(plan, "tiny", bench, mode)}
              for mode in plan.modes]
-    (tmp_path / "results.json").write_text(json.dumps(cells))
+    # a finished cell this plan does not name (another model's): resuming must keep it
+    other = {**cells[0], "model": "trained"}
+    (tmp_path / "results.json").write_text(json.dumps([*cells, other]))
     (tmp_path / "samples.jsonl").write_text(
-        "".join(json.dumps({"model": "base", "bench": "basic_arithmetic", "mode": m}) + "\n"
-                for m in ("greedy", "sampling", "soft")))  # "soft": a mode that never finished
+        "".join(json.dumps({"model": model, "bench": "basic_arithmetic", "mode": m}) + "\n"
+                for model, m in (("base", "greedy"), ("trained", "greedy"), ("base", "sampling"),
+                                 ("base", "soft"))))  # "soft": a mode that never finished
 
     again = evaluate(plan, tmp_path, resume=True)  # every cell finished: no engine starts
     assert [c["mode"] for c in again] == ["greedy", "sampling"] and not ray.is_initialized()
-    assert [json.loads(line)["mode"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [
-        "greedy", "sampling"]
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(s["model"], s["mode"]) for s in samples] == [("base", "greedy"), ("trained", "greedy"),
+                                                          ("base", "sampling")]
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert [(c["model"], c["mode"]) for c in stored] == [("base", "greedy"), ("base", "sampling"), ("trained", "greedy")]
     assert (tmp_path / "results.md").exists()
 
     longer = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=plan.modes, n=2, num_problems=4, max_tokens=16)
