@@ -279,6 +279,13 @@ def markdown(summary: dict, train_seconds: dict) -> str:
     for arm, (mean, se) in summary.get("training_reward", {}).items():
         share = summary.get("hidden_share", {}).get(arm)
         lines.append(f"| {arm} | {mean:.3f} ± {se:.3f} | {f'{share[0]:.6f} → {share[1]:.6f}' if share else ''} |")
+    if summary.get("gate_drift"):
+        lines += ["", "| gate arm | retention Λ: mean change | mean abs change | share of dimensions lowered (opened) | "
+                  "W_r relative change | W_i relative change |", "|---|---:|---:|---:|---:|---:|"]
+        for arm, d in summary["gate_drift"].items():
+            lines.append(f"| {arm} | {d['lambda_mean_change']:+.4f} | {d['lambda_mean_abs_change']:.4f} | "
+                         f"{d['lambda_fraction_lowered']:.3f} | {d['weight_r_relative_change']:.4f} | "
+                         f"{d['weight_i_relative_change']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -326,6 +333,24 @@ def hidden_shares(runs: Path, out: Path, arms: list[str]) -> dict[str, tuple[flo
         if values:
             shares[arm] = (values[0], values[-1])
     return shares
+
+
+def gate_drift(checkpoint: Path) -> dict:
+    """How far a gate arm's trained gate moved from the fresh one it started from: the
+    retention Λ per dimension (a lower Λ opens the gate: a larger hidden share) and the
+    gate layers' weights. Tells a directed move from a random walk."""
+    from vllm_soft.gate import fresh_gate, load_gate
+
+    hidden_size = json.loads((checkpoint / "config.json").read_text())["hidden_size"]
+    trained, settings, fresh = load_gate(checkpoint, hidden_size)
+    if fresh:
+        raise ValueError(f"{checkpoint} has no trained gate")
+    start = fresh_gate(hidden_size, settings)  # the gate training started from (the base model has none)
+    delta = trained.lambda_H.double() - start.lambda_H.double()
+    return {"lambda_mean_change": delta.mean().item(), "lambda_mean_abs_change": delta.abs().mean().item(),
+            "lambda_fraction_lowered": (delta < 0).double().mean().item(),
+            "weight_r_relative_change": ((trained.weight_r_HH - start.weight_r_HH).norm() / start.weight_r_HH.norm()).item(),
+            "weight_i_relative_change": ((trained.weight_i_HH - start.weight_i_HH).norm() / start.weight_i_HH.norm()).item()}
 
 
 def plot_training(runs: Path, arms: list[str], out: Path) -> None:
@@ -388,13 +413,18 @@ def main(argv=None) -> None:
             train_seconds[arm] = round(seconds)
             seconds_path.write_text(json.dumps(train_seconds, indent=1))
             keep_metrics(args.runs, args.out, arm)
+    for arm, checkpoint in checkpoints.items():
+        if OWN_SOFT_MODE.get(arm) == "gate" and checkpoint.exists():
+            (args.out / f"{arm}_gate_drift.json").write_text(json.dumps(gate_drift(checkpoint), indent=1) + "\n")
     evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
     for arm, checkpoint in checkpoints.items():
         evaluate_model(arm, checkpoint, modes_of(arm, args.arms), args.num_problems, args.out)
 
     rewards, shares = training_rewards(args.runs, args.out, args.arms), hidden_shares(args.runs, args.out, args.arms)
     summary = summarize(correctness(args.out), args.arms, rewards, shares)
-    summary.update(train_seconds=train_seconds, training_reward=rewards, hidden_share=shares)
+    drifts = {arm: json.loads((args.out / f"{arm}_gate_drift.json").read_text()) for arm in args.arms
+              if (args.out / f"{arm}_gate_drift.json").exists()}
+    summary.update(train_seconds=train_seconds, training_reward=rewards, hidden_share=shares, gate_drift=drifts)
     (args.out / "arms.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary, train_seconds)
     (args.out / "arms.md").write_text(table)
