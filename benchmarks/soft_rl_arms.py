@@ -259,6 +259,11 @@ def checks_text(checks: dict[str, bool | None]) -> str:
     return ", ".join(f"{name} {'n/a' if ok is None else 'ok' if ok else 'short'}" for name, ok in checks.items())
 
 
+def share_change(drift: dict, rows: str) -> str:
+    return (f"{drift[f'{rows}_share_fresh']:.4f} → {drift[f'{rows}_share_trained']:.4f} "
+            f"({drift[f'{rows}_share_trained_lambda_only']:.4f}, {drift[f'{rows}_share_trained_layers_only']:.4f})")
+
+
 def signed_points(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f}"
 
@@ -281,11 +286,12 @@ def markdown(summary: dict, train_seconds: dict) -> str:
         lines.append(f"| {arm} | {mean:.3f} ± {se:.3f} | {f'{share[0]:.6f} → {share[1]:.6f}' if share else ''} |")
     if summary.get("gate_drift"):
         lines += ["", "| gate arm | retention Λ: mean change | mean abs change | share of dimensions lowered (opened) | "
-                  "W_r relative change | W_i relative change |", "|---|---:|---:|---:|---:|---:|"]
+                  "W_r relative change | W_i relative change | hidden share, fresh → trained (Λ alone, layers alone): "
+                  "random vocabulary | its answers' tokens |", "|---|---:|---:|---:|---:|---:|---|---|"]
         for arm, d in summary["gate_drift"].items():
             lines.append(f"| {arm} | {d['lambda_mean_change']:+.4f} | {d['lambda_mean_abs_change']:.4f} | "
                          f"{d['lambda_fraction_lowered']:.3f} | {d['weight_r_relative_change']:.4f} | "
-                         f"{d['weight_i_relative_change']:.4f} |")
+                         f"{d['weight_i_relative_change']:.4f} | {share_change(d, 'vocab')} | {share_change(d, 'emitted')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,11 +341,21 @@ def hidden_shares(runs: Path, out: Path, arms: list[str]) -> dict[str, tuple[flo
     return shares
 
 
-def gate_drift(checkpoint: Path) -> dict:
+def gate_drift(checkpoint: Path, responses: list[str], num_rows: int = 8192) -> dict:
     """How far a gate arm's trained gate moved from the fresh one it started from: the
-    retention Λ per dimension (a lower Λ opens the gate: a larger hidden share) and the
-    gate layers' weights. Tells a directed move from a random walk."""
+    retention Λ per dimension (a lower Λ opens the gate: a larger hidden share), the gate
+    layers' weights, and the hidden share with each part trained or fresh, over ``num_rows``
+    random vocabulary rows and over the tokens of ``responses`` (its own gate-mode answers).
+    Tells a directed move from a random walk, and a general opening from one on the tokens
+    the task emits."""
+    import dataclasses
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
     from vllm_soft.gate import fresh_gate, load_gate
+    from vllm_soft.soft_math import gate_retention
 
     hidden_size = json.loads((checkpoint / "config.json").read_text())["hidden_size"]
     trained, settings, fresh = load_gate(checkpoint, hidden_size)
@@ -347,10 +363,37 @@ def gate_drift(checkpoint: Path) -> dict:
         raise ValueError(f"{checkpoint} has no trained gate")
     start = fresh_gate(hidden_size, settings)  # the gate training started from (the base model has none)
     delta = trained.lambda_H.double() - start.lambda_H.double()
-    return {"lambda_mean_change": delta.mean().item(), "lambda_mean_abs_change": delta.abs().mean().item(),
-            "lambda_fraction_lowered": (delta < 0).double().mean().item(),
-            "weight_r_relative_change": ((trained.weight_r_HH - start.weight_r_HH).norm() / start.weight_r_HH.norm()).item(),
-            "weight_i_relative_change": ((trained.weight_i_HH - start.weight_i_HH).norm() / start.weight_i_HH.norm()).item()}
+    table = None
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            name = next((k for k in weights.keys() if k.endswith("embed_tokens.weight")), None)
+            table = weights.get_tensor(name).float() if name else table
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    emitted = torch.tensor([t for text in responses for t in tokenizer(text, add_special_tokens=False).input_ids])
+    row_sets = {"vocab": table[torch.randperm(table.shape[0], generator=torch.Generator().manual_seed(0))[:num_rows]],
+                "emitted": table[emitted]}
+    gates = {"fresh": start, "trained": trained, "trained_lambda_only": dataclasses.replace(start, lambda_H=trained.lambda_H),
+             "trained_layers_only": dataclasses.replace(trained, lambda_H=start.lambda_H)}
+
+    def share(rows, gate) -> float:
+        a = gate_retention(rows, gate)[0].double()
+        return (1.0 - a * a).clamp_min(0.0).sqrt().mean().item()
+
+    drift = {"lambda_mean_change": delta.mean().item(), "lambda_mean_abs_change": delta.abs().mean().item(),
+             "lambda_fraction_lowered": (delta < 0).double().mean().item(),
+             "weight_r_relative_change": ((trained.weight_r_HH - start.weight_r_HH).norm() / start.weight_r_HH.norm()).item(),
+             "weight_i_relative_change": ((trained.weight_i_HH - start.weight_i_HH).norm() / start.weight_i_HH.norm()).item(),
+             "emitted_tokens": len(emitted)}
+    for rows_name, rows in row_sets.items():
+        for gate_name, gate in gates.items():
+            drift[f"{rows_name}_share_{gate_name}"] = share(rows, gate)
+    return drift
+
+
+def gate_mode_responses(out: Path, arm: str) -> list[str]:
+    """The arm's gate-mode answers to the training-format problems."""
+    lines = (out / "train" / arm / "samples.jsonl").read_text().splitlines()
+    return [r["response"] for r in map(json.loads, lines) if r["mode"] == "gate"]
 
 
 def plot_training(runs: Path, arms: list[str], out: Path) -> None:
@@ -413,12 +456,12 @@ def main(argv=None) -> None:
             train_seconds[arm] = round(seconds)
             seconds_path.write_text(json.dumps(train_seconds, indent=1))
             keep_metrics(args.runs, args.out, arm)
-    for arm, checkpoint in checkpoints.items():
-        if OWN_SOFT_MODE.get(arm) == "gate" and checkpoint.exists():
-            (args.out / f"{arm}_gate_drift.json").write_text(json.dumps(gate_drift(checkpoint), indent=1) + "\n")
     evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
     for arm, checkpoint in checkpoints.items():
         evaluate_model(arm, checkpoint, modes_of(arm, args.arms), args.num_problems, args.out)
+        if OWN_SOFT_MODE.get(arm) == "gate" and checkpoint.exists():
+            drift = gate_drift(checkpoint, gate_mode_responses(args.out, arm))
+            (args.out / f"{arm}_gate_drift.json").write_text(json.dumps(drift, indent=1) + "\n")
 
     rewards, shares = training_rewards(args.runs, args.out, args.arms), hidden_shares(args.runs, args.out, args.arms)
     summary = summarize(correctness(args.out), args.arms, rewards, shares)
