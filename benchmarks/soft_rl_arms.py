@@ -162,8 +162,9 @@ def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems:
 
 def finished_modes(cell_dir: Path) -> set[str]:
     """The modes whose cells an earlier evaluation into ``cell_dir`` finished."""
-    path = cell_dir / "results.json"
-    return {cell["mode"] for cell in json.loads(path.read_text())} if path.exists() else set()
+    from rollout.eval.run import earlier_cells
+
+    return {mode for _, _, mode in earlier_cells(cell_dir)}
 
 
 def arm_metrics(runs: Path, out: Path, arm: str) -> list[dict]:

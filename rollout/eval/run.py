@@ -92,10 +92,9 @@ def plan_keys(plan: EvalPlan) -> list[tuple[str, str, str]]:
             for bench in plan.benchmarks for mode in plan.modes]
 
 
-def finished_cells(plan: EvalPlan, out_dir: Path) -> dict[tuple[str, str, str], dict]:
-    """Cells of an earlier run in ``out_dir`` that this plan would compute again, by
-    (model, bench, mode); one made with other settings is an error."""
-    earlier = earlier_cells(out_dir)
+def finished_cells(plan: EvalPlan, out_dir: Path, earlier: dict) -> dict[tuple[str, str, str], dict]:
+    """The ``earlier`` cells (``earlier_cells(out_dir)``) that this plan would compute again,
+    by (model, bench, mode); one made with other settings is an error."""
     done = {}
     for label, model in map(model_label, plan.models):
         for bench in plan.benchmarks:
@@ -106,8 +105,8 @@ def finished_cells(plan: EvalPlan, out_dir: Path) -> dict[tuple[str, str, str], 
                 wanted = json.loads(json.dumps(cell_settings(plan, model, bench, mode)))
                 changed = sorted(k for k in wanted if cell.get("settings", {}).get(k) != wanted[k])
                 if changed:
-                    raise ValueError(f"{output_paths(out_dir)['json']}: {label} | {bench.name} | {mode.name} was made with other {changed}; "
-                                     f"evaluate into another --out, or without --resume")
+                    raise ValueError(f"{output_paths(out_dir)['json']}: {label} | {bench.name} | {mode.name} was made "
+                                     f"with other {changed}; evaluate into another --out, or without --resume")
                 done[label, bench.name, mode.name] = cell
     return done
 
@@ -116,12 +115,12 @@ def evaluate(plan: EvalPlan, out_dir: Path | None = None, resume: bool = False) 
     """One cell per (model, benchmark, mode), in that order. With ``out_dir``, the outputs
     are rewritten as each mode finishes (its samples appended to samples.jsonl), so a long
     evaluation that stops keeps what it finished; ``resume`` reuses those cells."""
-    done = finished_cells(plan, out_dir) if resume and out_dir is not None else {}
+    earlier = earlier_cells(out_dir) if resume and out_dir is not None else {}
+    done = finished_cells(plan, out_dir, earlier)
     # Resuming adds to the folder: the finished cells of other models, benchmarks or modes
     # stay in it (a plan naming fewer modes must not erase the rest).
     planned = set(plan_keys(plan))
-    others = ([c for key, c in earlier_cells(out_dir).items() if key not in planned]
-              if resume and out_dir is not None else [])
+    others = [c for key, c in earlier.items() if key not in planned]
     if done or others:
         log.info("resuming: %d cell(s) finished in an earlier run in %s (%d of them outside this plan, kept)",
                  len(done) + len(others), out_dir, len(others))
