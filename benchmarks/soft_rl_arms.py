@@ -1,7 +1,7 @@
 """Soft GRPO arms on 1-digit, 2-term arithmetic: train each arm, then evaluate every
 checkpoint against the untrained model on the same held-out problems, paired.
 
-    .venv/bin/python benchmarks/soft_rl_arms.py [--arms grpo gaussian ...] [--num-problems 500]
+    .venv/bin/python benchmarks/soft_rl_arms.py [--arms grpo gaussian scm_s1 ...] [--num-problems 500]
 
 Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides all alike):
   grpo      configs/arith_grpo.yaml            token GRPO, the baseline
@@ -13,12 +13,19 @@ Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides a
   gate      configs/arith_gate.yaml            HRPO's learned gate (mode gate), token action
   gate_fast configs/arith_gate_fast.yaml       the same, gate learning rates x100 (a 20-step run)
 
+A run is an arm and a seed (the config's ``seed``: prompt order, sample streams, learner
+init): ``scm`` is seed 0, ``scm_s1`` seed 1, and so on; ``--arms`` takes either. A run is
+compared with token GRPO of the same seed; where an arm has several seeds ``arms.md`` adds
+its gains per seed and their spread: one run per arm cannot tell a gap of a few points from
+seed-to-seed noise.
+
 Each arm trains in its own process (``trainer/run.py``, in-training evaluation off) into
 ``--runs``, all arms before any evaluation; an arm whose final checkpoint exists is not
 trained again, and its metrics are copied into ``--out`` as soon as it has trained. Arms
 named in ``--from-results`` (trained on an earlier machine; ``--runs`` is not kept between
-machines) are reported from ``--out`` alone: their finished cells and kept metrics; a cell
-they never got is logged and its part of the bar reads "n/a". Then every model
+machines) are reported from ``--out`` alone: their finished cells and kept metrics, even
+where the checkpoint still exists; a cell they never got is logged and its part of the bar
+reads "n/a". ``--modes`` restricts the decodings evaluated (for a quick look at a new seed). Then every model
 (the base and each final checkpoint) is decoded greedily on ``--num-problems`` held-out
 problems (seed 12345; training draws seed 0) in:
   greedy       plain token argmax
@@ -81,24 +88,39 @@ first part alone (its training reward against token GRPO's is in the training ta
 log = logging.getLogger("soft_rl_arms")
 
 
+def run_label(arm: str, seed: int) -> str:
+    """A run's name in --runs, --out and the tables: the arm for seed 0, ``arm_sN`` else."""
+    return arm if seed == 0 else f"{arm}_s{seed}"
+
+
+def arm_of(label: str) -> str:
+    """The arm a run label belongs to (``scm_s1`` -> ``scm``; ``base`` stays)."""
+    arm, _, seed = label.rpartition("_s")
+    return arm if arm in ARMS and seed.isdigit() and seed == str(int(seed)) and int(seed) >= 1 else label
+
+
+def seed_of(label: str) -> int:
+    return 0 if arm_of(label) == label else int(label.rpartition("_s")[2])
+
+
 def final_checkpoint(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / f"step_{steps:06d}" / "model"
 
 
-def train_arm(arm: str, runs: Path, steps: int) -> tuple[Path, float | None]:
-    """The arm's final checkpoint, training it first if missing; (path, training seconds)."""
-    run_dir = runs / arm
+def train_arm(label: str, runs: Path, steps: int) -> tuple[Path, float | None]:
+    """The run's final checkpoint, training it first if missing; (path, training seconds)."""
+    run_dir = runs / label
     checkpoint = final_checkpoint(run_dir, steps)
     if (checkpoint.parent / "COMPLETE").exists():
-        log.info("%s: final checkpoint %s exists, not training", arm, checkpoint)
+        log.info("%s: final checkpoint %s exists, not training", label, checkpoint)
         return checkpoint, None
-    command = [sys.executable, "trainer/run.py", "--config", ARMS[arm], f"output_dir={run_dir}",
-               f"steps={steps}", f"checkpoint_every={steps}", "eval.num_prompts=0"]
-    log.info("%s: training: %s", arm, " ".join(command))
+    command = [sys.executable, "trainer/run.py", "--config", ARMS[arm_of(label)], f"output_dir={run_dir}",
+               f"steps={steps}", f"checkpoint_every={steps}", "eval.num_prompts=0", f"seed={seed_of(label)}"]
+    log.info("%s: training: %s", label, " ".join(command))
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
     seconds = time.perf_counter() - start
-    log.info("%s: trained %d steps in %.0f s", arm, steps, seconds)
+    log.info("%s: trained %d steps in %.0f s", label, steps, seconds)
     return checkpoint, seconds
 
 
@@ -123,18 +145,22 @@ def eval_modes(names: list[str]):
 
 
 def modes_of(model: str, arms: list[str]) -> list[str]:
-    """What each model is decoded in: greedy and the soft modes it is compared in. The base
-    model and token GRPO, the references, in every soft mode of the arms run."""
-    if model in ("base", "grpo"):
-        wanted = {mode for arm in arms if arm != "grpo" for mode in [OWN_SOFT_MODE[arm], *EXTRA_MODES.get(arm, [])]}
+    """What each model (``base`` or a run label) is decoded in: greedy and the soft modes it
+    is compared in. The base model and token GRPO, the references, in every soft mode of the
+    arms run."""
+    arm = arm_of(model)
+    if arm in ("base", "grpo"):
+        wanted = {mode for a in map(arm_of, arms) if a != "grpo" for mode in [OWN_SOFT_MODE[a], *EXTRA_MODES.get(a, [])]}
         return ["greedy", "soft"] + [m for m in ("soft_sharp", "scm", "gate", "multiplex") if m in wanted]
-    own = [OWN_SOFT_MODE[model]] if OWN_SOFT_MODE[model] != "soft" else []
-    return ["greedy", "soft"] + own + EXTRA_MODES.get(model, [])
+    own = [OWN_SOFT_MODE[arm]] if OWN_SOFT_MODE[arm] != "soft" else []
+    return ["greedy", "soft"] + own + EXTRA_MODES.get(arm, [])
 
 
-def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems: int, out: Path) -> None:
+def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems: int, out: Path,
+                   report_only: bool = False) -> None:
     """The harness's cells for one model in ``modes``, in both formats, into
-    ``out/FORMAT/LABEL`` (resumable: finished cells are kept)."""
+    ``out/FORMAT/LABEL`` (resumable: finished cells are kept). ``report_only``, or a
+    checkpoint that is gone, evaluates nothing new: only finished cells are reported."""
     from rollout.config import load_config
     from rollout.eval.benchmarks import resolve_benchmark
     from rollout.eval.run import EvalPlan, evaluate
@@ -148,12 +174,14 @@ def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems:
     formats = {"train": train.format, "neutral": PromptFormat(instruction=NEUTRAL_INSTRUCTION)}
     for name, fmt in formats.items():
         wanted = modes
-        if not Path(resolve_model(str(path))).exists():
-            # a checkpoint from an earlier machine: only its finished cells can be reported
+        if report_only or not Path(resolve_model(str(path))).exists():
+            # trained on an earlier machine: only its finished cells can be reported
             wanted = [m for m in modes if m in finished_modes(out / name / label)]
             if wanted != modes:
-                log.warning("%s: checkpoint %s is gone; %s prompt cells %s not evaluated", label, path, name,
-                            [m for m in modes if m not in wanted])
+                log.warning("%s: reported from its results (checkpoint %s); %s prompt cells %s not evaluated",
+                            label, path, name, [m for m in modes if m not in wanted])
+            if not wanted:
+                continue
         plan = EvalPlan(models=[f"{label}={path}"], benchmarks=[bench], modes=eval_modes(wanted), n=1,
                         num_problems=num_problems, max_tokens=train.algorithm.max_tokens, seed=0, engine=train.engine,
                         pool=PoolConfig(num_workers=1, num_cpus_per_worker=2), format=fmt)
@@ -209,32 +237,36 @@ def paired(a: list[bool], b: list[bool]) -> tuple[float, float]:
 
 def summarize(results: dict, arms: list[str], rewards: dict[str, tuple[float, float]],
               shares: dict[str, tuple[float, float]]) -> dict:
-    """Accuracies, paired gains over the base model and over token GRPO, and the bar per soft
-    arm; ``rewards`` (mean, SE) and ``shares`` (first, last hidden share) from training."""
+    """Accuracies, paired gains over the base model and over token GRPO of the same seed, and
+    the bar per soft run (``arms``: run labels); ``rewards`` (mean, SE) and ``shares`` (first,
+    last hidden share) from training; ``seeds``: each arm's gains per seed where it has
+    several."""
     rows, verdicts = [], {}
     for (fmt, model, mode), correct in sorted(results.items()):
         row = {"format": fmt, "model": model, "mode": mode, "n": len(correct), "accuracy": sum(correct) / len(correct)}
         if model != "base" and (fmt, "base", mode) in results:
             row["gain"], row["gain_se"] = paired(correct, results[fmt, "base", mode])
-        if model not in ("base", "grpo") and (fmt, "grpo", mode) in results:
-            row["vs_grpo"], row["vs_grpo_se"] = paired(correct, results[fmt, "grpo", mode])
+        reference = run_label("grpo", seed_of(model))
+        if arm_of(model) not in ("base", "grpo") and (fmt, reference, mode) in results:
+            row["vs_grpo"], row["vs_grpo_se"] = paired(correct, results[fmt, reference, mode])
         rows.append(row)
     by_key = {(r["format"], r["model"], r["mode"]): r for r in rows}
     for arm in arms:
-        if arm == "grpo" or "grpo" not in arms:
+        reference = run_label("grpo", seed_of(arm))
+        if arm_of(arm) == "grpo" or reference not in arms:
             continue
-        own = OWN_SOFT_MODE[arm]
+        own = OWN_SOFT_MODE[arm_of(arm)]
         # a cell or metric can be absent where a gone checkpoint never got it: its part of the bar is unknown
         own_gain = by_key.get(("train", arm, own), {}).get("gain")
         neutral_vs_grpo = by_key.get(("neutral", arm, own), {}).get("vs_grpo")
-        greedy = by_key.get(("train", arm, "greedy"))
-        greedy_gap = greedy["gain"] - by_key[("train", "grpo", "greedy")]["gain"] if greedy else None
+        greedy, grpo_greedy = by_key.get(("train", arm, "greedy")), by_key.get(("train", reference, "greedy"))
+        greedy_gap = greedy["gain"] - grpo_greedy["gain"] if greedy and grpo_greedy else None
         verdict = {"own_mode": own, "own_gain": own_gain, "neutral_vs_grpo": neutral_vs_grpo,
                    "greedy_gain_minus_grpo": greedy_gap}
         checks = {"own_gain": None if own_gain is None else own_gain >= THRESHOLDS["own_gain"]}
         if own == "gate":  # issue 17: reward no worse than GRPO's within one SE, the hidden share rises
-            if arm in rewards and "grpo" in rewards:
-                (mean, se), (grpo_mean, grpo_se) = rewards[arm], rewards["grpo"]
+            if arm in rewards and reference in rewards:
+                (mean, se), (grpo_mean, grpo_se) = rewards[arm], rewards[reference]
                 verdict["reward_minus_grpo"] = mean - grpo_mean
                 checks["reward"] = mean - grpo_mean >= -math.hypot(se, grpo_se)
             else:
@@ -247,7 +279,27 @@ def summarize(results: dict, arms: list[str], rewards: dict[str, tuple[float, fl
         verdict["checks"] = checks
         verdict["passes"] = ("no" if False in checks.values() else "unknown" if None in checks.values() else "yes")
         verdicts[arm] = verdict
-    return {"rows": rows, "verdicts": verdicts, "thresholds": THRESHOLDS}
+    return {"rows": rows, "verdicts": verdicts, "thresholds": THRESHOLDS, "seeds": seed_spread(rows, arms)}
+
+
+def seed_spread(rows: list[dict], labels: list[str]) -> list[dict]:
+    """Per (format, mode, arm) run with two or more seeds: each seed's gain over the base
+    model, their mean and their standard deviation across seeds (the spread a single
+    run's gain carries on top of its paired SE)."""
+    gains: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in rows:
+        if r["model"] in labels and "gain" in r:
+            gains.setdefault((r["format"], r["mode"], arm_of(r["model"])), {})[seed_of(r["model"])] = r["gain"]
+    spread = []
+    for (fmt, mode, arm), by_seed in sorted(gains.items()):
+        if len(by_seed) < 2:
+            continue
+        values = list(by_seed.values())
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        spread.append({"format": fmt, "mode": mode, "arm": arm, "gains": dict(sorted(by_seed.items())),
+                       "mean": mean, "sd": sd})
+    return spread
 
 
 def pct(x: float | None, se: float | None = None) -> str:
@@ -285,6 +337,13 @@ def markdown(summary: dict, train_seconds: dict) -> str:
     for arm, (mean, se) in summary.get("training_reward", {}).items():
         share = summary.get("hidden_share", {}).get(arm)
         lines.append(f"| {arm} | {mean:.3f} ± {se:.3f} | {f'{share[0]:.6f} → {share[1]:.6f}' if share else ''} |")
+    if summary.get("seeds"):
+        lines += ["", "| format | mode | arm | gain over base per seed (pts) | mean | SD across seeds |",
+                  "|---|---|---|---|---:|---:|"]
+        for s in summary["seeds"]:
+            per_seed = ", ".join(f"s{seed} {100 * g:+.1f}" for seed, g in s["gains"].items())
+            lines.append(f"| {s['format']} | {s['mode']} | {s['arm']} | {per_seed} | {100 * s['mean']:+.1f} | "
+                         f"{100 * s['sd']:.1f} |")
     if summary.get("gate_drift"):
         lines += ["", "| gate arm | retention Λ: mean change | mean abs change | share of dimensions lowered (opened) | "
                   "W_r relative change | W_i relative change | hidden share, fresh → trained (Λ alone, layers alone): "
@@ -428,18 +487,25 @@ def plot_training(runs: Path, arms: list[str], out: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), metavar="RUN",
+                        help=f"runs: an arm ({', '.join(ARMS)}) for seed 0, ARM_sN for seed N")
+    parser.add_argument("--modes", nargs="+", choices=["greedy", "soft", "soft_sharp", "scm", "multiplex", "gate"],
+                        help="evaluate only these decodings (default: every one the arms are compared in)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num-problems", type=int, default=500)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "soft_rl_arms")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soft_rl_arms")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the arms' existing checkpoints only")
-    parser.add_argument("--from-results", nargs="*", default=[], choices=list(ARMS), metavar="ARM",
-                        help="arms reported from --out alone (trained on an earlier machine, checkpoint gone): "
-                             "not trained again; only their finished cells count")
+    parser.add_argument("--from-results", nargs="*", default=[], metavar="RUN",
+                        help="runs (ARM or ARM_sN) reported from --out alone (trained on an earlier machine): "
+                             "not trained or evaluated again; only their finished cells count")
     args = parser.parse_args(argv)
-    if not set(args.from_results) <= set(args.arms):
-        parser.error(f"--from-results {sorted(set(args.from_results) - set(args.arms))}: not among --arms")
+    labels = args.arms
+    unknown = [label for label in labels if arm_of(label) not in ARMS]
+    if unknown:
+        parser.error(f"--arms {unknown}: a run is an arm ({', '.join(ARMS)}) or ARM_sN with a seed N >= 1")
+    if not set(args.from_results) <= set(labels):
+        parser.error(f"--from-results {sorted(set(args.from_results) - set(labels))}: not among --arms")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -448,32 +514,37 @@ def main(argv=None) -> None:
     # Every arm trains first (the timed part, alone on the machine), then every model is
     # evaluated; a stopped run keeps its trained arms and its finished cells.
     checkpoints = {}
-    for arm in args.arms:
-        if args.skip_training or arm in args.from_results:
-            checkpoints[arm] = final_checkpoint(args.runs / arm, args.steps)
+    for label in labels:
+        if args.skip_training or label in args.from_results:
+            checkpoints[label] = final_checkpoint(args.runs / label, args.steps)
             continue
-        checkpoints[arm], seconds = train_arm(arm, args.runs, args.steps)
+        checkpoints[label], seconds = train_arm(label, args.runs, args.steps)
         if seconds is not None:
-            train_seconds[arm] = round(seconds)
+            train_seconds[label] = round(seconds)
             seconds_path.write_text(json.dumps(train_seconds, indent=1))
-            keep_metrics(args.runs, args.out, arm)
-    evaluate_model("base", "smollm2-135m", modes_of("base", args.arms), args.num_problems, args.out)
-    for arm, checkpoint in checkpoints.items():
-        evaluate_model(arm, checkpoint, modes_of(arm, args.arms), args.num_problems, args.out)
-        if OWN_SOFT_MODE.get(arm) == "gate" and checkpoint.exists():
-            drift = gate_drift(checkpoint, gate_mode_responses(args.out, arm))
-            (args.out / f"{arm}_gate_drift.json").write_text(json.dumps(drift, indent=1) + "\n")
+            keep_metrics(args.runs, args.out, label)
 
-    rewards, shares = training_rewards(args.runs, args.out, args.arms), hidden_shares(args.runs, args.out, args.arms)
-    summary = summarize(correctness(args.out), args.arms, rewards, shares)
-    drifts = {arm: json.loads((args.out / f"{arm}_gate_drift.json").read_text()) for arm in args.arms
-              if (args.out / f"{arm}_gate_drift.json").exists()}
+    def modes(model: str) -> list[str]:
+        return [m for m in modes_of(model, labels) if args.modes is None or m in args.modes]
+
+    evaluate_model("base", "smollm2-135m", modes("base"), args.num_problems, args.out)
+    for label, checkpoint in checkpoints.items():
+        evaluate_model(label, checkpoint, modes(label), args.num_problems, args.out,
+                       report_only=label in args.from_results)
+        if OWN_SOFT_MODE.get(arm_of(label)) == "gate" and checkpoint.exists() and label not in args.from_results:
+            drift = gate_drift(checkpoint, gate_mode_responses(args.out, label))
+            (args.out / f"{label}_gate_drift.json").write_text(json.dumps(drift, indent=1) + "\n")
+
+    rewards, shares = training_rewards(args.runs, args.out, labels), hidden_shares(args.runs, args.out, labels)
+    summary = summarize(correctness(args.out), labels, rewards, shares)
+    drifts = {label: json.loads((args.out / f"{label}_gate_drift.json").read_text()) for label in labels
+              if (args.out / f"{label}_gate_drift.json").exists()}
     summary.update(train_seconds=train_seconds, training_reward=rewards, hidden_share=shares, gate_drift=drifts)
     (args.out / "arms.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary, train_seconds)
     (args.out / "arms.md").write_text(table)
     plot(summary, args.out / "arms.png")
-    plot_training(args.runs, args.arms, args.out)
+    plot_training(args.runs, labels, args.out)
     print(table)
 
 

@@ -1,0 +1,51 @@
+"""The soft-RL arms benchmark's bookkeeping: run labels (arm and seed), the bar against token
+GRPO of the same seed, and the spread of gains across seeds. Pure functions, no engine."""
+
+import math
+
+import pytest
+
+from benchmarks.soft_rl_arms import arm_of, run_label, seed_of, summarize
+
+
+@pytest.mark.parametrize("label, arm, seed", [("scm", "scm", 0), ("scm_s1", "scm", 1), ("gate_fast", "gate_fast", 0),
+                                              ("gate_fast_s12", "gate_fast", 12), ("base", "base", 0)])
+def test_a_run_label_names_its_arm_and_seed(label, arm, seed):
+    assert (arm_of(label), seed_of(label)) == (arm, seed)
+    assert arm == "base" or run_label(arm, seed) == label
+
+
+@pytest.mark.parametrize("label", ["scm_s0", "scm_s01", "scm_sx", "nope_s1"])
+def test_labels_that_name_no_other_seed_are_not_runs(label):
+    assert arm_of(label) == label  # so main() rejects them as --arms
+
+
+def cells(**accuracy_by_model: float) -> dict:
+    """(format, model, mode) -> 10 problems' correctness, the first round(10 * acc) correct."""
+    return {(fmt, model, mode): [i < round(10 * acc) for i in range(10)]
+            for model, acc in accuracy_by_model.items() for fmt in ("train", "neutral") for mode in ("greedy", "scm")}
+
+
+def test_each_seed_is_compared_with_token_grpo_of_its_own_seed_and_the_spread_is_reported():
+    results = cells(base=0.2, grpo=0.6, scm=0.5, grpo_s1=0.4, scm_s1=0.5)
+    labels = ["grpo", "scm", "grpo_s1", "scm_s1"]
+    summary = summarize(results, labels, rewards={}, shares={})
+    rows = {(r["format"], r["model"], r["mode"]): r for r in summary["rows"]}
+    assert rows["neutral", "scm", "scm"]["vs_grpo"] == pytest.approx(-0.1)
+    assert rows["neutral", "scm_s1", "scm"]["vs_grpo"] == pytest.approx(0.1)
+    assert "vs_grpo" not in rows["train", "grpo_s1", "greedy"]
+    verdicts = summary["verdicts"]
+    assert set(verdicts) == {"scm", "scm_s1"}
+    assert verdicts["scm"]["greedy_gain_minus_grpo"] == pytest.approx(-0.1)
+    assert verdicts["scm_s1"]["greedy_gain_minus_grpo"] == pytest.approx(0.1)
+    assert verdicts["scm_s1"]["passes"] == "yes" and verdicts["scm"]["passes"] == "no"
+    spread = {(s["format"], s["mode"], s["arm"]): s for s in summary["seeds"]}
+    grpo = spread["train", "greedy", "grpo"]
+    assert grpo["gains"] == {0: pytest.approx(0.4), 1: pytest.approx(0.2)}
+    assert grpo["mean"] == pytest.approx(0.3) and grpo["sd"] == pytest.approx(math.sqrt(0.02))
+    assert spread["neutral", "scm", "scm"]["sd"] == pytest.approx(0.0)
+
+
+def test_a_run_without_token_grpo_of_its_seed_gets_no_verdict():
+    summary = summarize(cells(base=0.2, grpo=0.6, scm_s1=0.5), ["grpo", "scm_s1"], rewards={}, shares={})
+    assert summary["verdicts"] == {} and summary["seeds"] == []
