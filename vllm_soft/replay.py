@@ -41,6 +41,7 @@ from vllm_soft.soft_math import (
     ActionKnobs,
     GateTensors,
     concept_embeddings,
+    embedding_rms,
     gaussian_log_density,
     gated_inputs,
     mix_inputs,
@@ -229,7 +230,9 @@ def coconut_latents(
     padded_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompt_ids], device=device)
     mask = (torch.arange(width, device=device) < lengths[:, None]).long()
     positions = torch.arange(width, device=device).expand(count, width)
-    norm = float(embedding_VH.detach().double().pow(2).sum(-1).mean().sqrt()) if rescale_latent else 0.0
+    vocab_size, hidden_size = embedding_VH.shape
+    norm = (embedding_rms(embedding_VH.__getitem__, vocab_size, hidden_size, device) * hidden_size**0.5
+            if rescale_latent else 0.0)
     target_N = torch.full((count,), norm, dtype=torch.float64, device=device)
     hidden_NTH, cache = decoder(embedding_VH[padded_ids], mask, positions, None)
     last_NH = hidden_NTH[torch.arange(count, device=device), lengths - 1]

@@ -547,6 +547,19 @@ def latent_transition(
     return latent_B, emitted_B, end_code_B
 
 
+def embedding_rms(embed: Callable[[torch.Tensor], torch.Tensor], vocab_size: int, hidden_size: int,
+                  device: torch.device | str = "cpu", chunk: int = 8192) -> float:
+    """The embedding table's RMS entry sqrt(mean E_ij^2), in float64, read ``chunk`` rows at
+    a time through ``embed`` (ids -> rows), so no float64 copy of the table is made. Gaussian
+    noise's unit; times sqrt(H) it is the RMS row norm, Coconut's latent norm. Engine and
+    learner both call this."""
+    total = 0.0
+    for start in range(0, vocab_size, chunk):
+        ids = torch.arange(start, min(start + chunk, vocab_size), device=device)
+        total += float(embed(ids).detach().double().pow(2).sum())
+    return (total / (vocab_size * hidden_size)) ** 0.5
+
+
 def rescaled_latents(hidden_BH: torch.Tensor, target_norm_B: torch.Tensor) -> torch.Tensor:
     """Hidden states as latent inputs, in float32 at least (float64 stays float64): each
     rescaled to L2 norm ``target_norm_B`` where it is > 0 (the embedding table's RMS row

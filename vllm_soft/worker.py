@@ -333,14 +333,10 @@ class SoftThinkingRunner:
         return out.emitted_B
 
     def embedding_rms(self, embed) -> float:
-        """The input embedding table's RMS entry sqrt(mean E_ij^2), Gaussian noise's unit:
-        computed on first use, 8192 rows at a time, and kept until ``weights_changed``."""
+        """The input embedding table's RMS entry (``soft_math.embedding_rms``): computed on
+        first use and kept until ``weights_changed``."""
         if self._embedding_rms is None:
-            total = 0.0
-            for start in range(0, self.vocab_size, 8192):
-                ids = torch.arange(start, min(start + 8192, self.vocab_size), device=self.device)
-                total += float(embed(ids).double().pow(2).sum())
-            self._embedding_rms = (total / (self.vocab_size * self.hidden_size)) ** 0.5
+            self._embedding_rms = soft_math.embedding_rms(embed, self.vocab_size, self.hidden_size, self.device)
         return self._embedding_rms
 
     def gate(self) -> soft_math.GateTensors:
