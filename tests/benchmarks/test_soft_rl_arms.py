@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks.soft_rl_arms import arm_of, run_label, seed_of, summarize
+from benchmarks.soft_rl_arms import arm_of, reward_difference, run_label, seed_of, summarize
 
 
 @pytest.mark.parametrize("label, arm, seed", [("scm", "scm", 0), ("scm_s1", "scm", 1), ("gate_fast", "gate_fast", 0),
@@ -49,3 +49,17 @@ def test_each_seed_is_compared_with_token_grpo_of_its_own_seed_and_the_spread_is
 def test_a_run_without_token_grpo_of_its_seed_gets_no_verdict():
     summary = summarize(cells(base=0.2, grpo=0.6, scm_s1=0.5), ["grpo", "scm_s1"], rewards={}, shares={})
     assert summary["verdicts"] == {} and summary["seeds"] == []
+
+
+def test_training_rewards_are_compared_step_by_step_with_token_grpo_of_the_same_seed():
+    # the steps' prompts move both runs alike: paired, a steady +0.01 has no spread at all
+    grpo = [0.1, 0.4, 0.2, 0.3]
+    rewards = {"grpo": grpo, "gate": [r + 0.01 for r in grpo], "gaussian": [0.0, 0.2]}
+    assert reward_difference(rewards, "gate", "grpo") == (pytest.approx(0.01), pytest.approx(0.0, abs=1e-12))
+    mean, se = reward_difference(rewards, "gaussian", "grpo")  # over the steps both ran
+    assert mean == pytest.approx(-0.15) and se == pytest.approx(0.05)
+    assert reward_difference(rewards, "grpo", "grpo") is None and reward_difference(rewards, "gate_s1", "grpo_s1") is None
+    cells_ = {(fmt, model, mode): [True] * 5 + [False] * 5 for model in ("base", "grpo", "gate")
+              for fmt in ("train", "neutral") for mode in ("greedy", "gate")}
+    verdict = summarize(cells_, ["grpo", "gate"], rewards, {"gate": (0.07, 0.08)})["verdicts"]["gate"]
+    assert verdict["checks"] == {"own_gain": False, "reward": True, "hidden_share_rises": True}
