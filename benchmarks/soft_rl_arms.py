@@ -51,6 +51,7 @@ import dataclasses
 import json
 import logging
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -230,10 +231,7 @@ def paired(a: list[bool] | list[float], b: list[bool] | list[float]) -> tuple[fl
     """Mean of a - b over the same problems (or steps), and its standard error."""
     if len(a) != len(b):
         raise ValueError(f"paired difference over different problem counts ({len(a)} vs {len(b)})")
-    diffs = [float(x) - float(y) for x, y in zip(a, b)]
-    mean = sum(diffs) / len(diffs)
-    var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
-    return mean, math.sqrt(var / len(diffs))
+    return mean_se([float(x) - float(y) for x, y in zip(a, b)])
 
 
 def summarize(results: dict, arms: list[str], rewards: dict[str, list[float]],
@@ -293,10 +291,8 @@ def seed_spread(rows: list[dict], labels: list[str]) -> list[dict]:
         if len(by_seed) < 2:
             continue
         values = list(by_seed.values())
-        mean = sum(values) / len(values)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
         spread.append({"format": fmt, "mode": mode, "arm": arm, "gains": dict(sorted(by_seed.items())),
-                       "mean": mean, "sd": sd})
+                       "mean": statistics.fmean(values), "sd": statistics.stdev(values)})
     return spread
 
 
@@ -388,9 +384,9 @@ def training_rewards(runs: Path, out: Path, arms: list[str]) -> dict[str, list[f
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean over steps and its standard error (steps as the unit)."""
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    """Mean and its standard error (each value, a problem or a step, as the unit; 0 for one)."""
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), se
 
 
 def reward_difference(rewards: dict[str, list[float]], arm: str, reference: str) -> tuple[float, float] | None:
@@ -421,8 +417,6 @@ def gate_drift(checkpoint: Path, responses: list[str], num_rows: int = 8192) -> 
     random vocabulary rows and over the tokens of ``responses`` (its own gate-mode answers).
     Tells a directed move from a random walk, and a general opening from one on the tokens
     the task emits."""
-    import dataclasses
-
     import torch
     from safetensors import safe_open
     from transformers import AutoTokenizer
