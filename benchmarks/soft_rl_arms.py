@@ -262,20 +262,67 @@ def summarize(results: dict, arms: list[str], rewards: dict[str, list[float]],
         greedy_gap = greedy["gain"] - grpo_greedy["gain"] if greedy and grpo_greedy else None
         verdict = {"own_mode": own, "own_gain": own_gain, "neutral_vs_grpo": neutral_vs_grpo,
                    "greedy_gain_minus_grpo": greedy_gap}
-        checks = {"own_gain": None if own_gain is None else own_gain >= THRESHOLDS["own_gain"]}
         if own == "gate":  # issue 17: reward no worse than GRPO's within one SE, the hidden share rises
+            checks = {"own_gain": at_least(own_gain, THRESHOLDS["own_gain"])}
             difference = reward_difference(rewards, arm, reference)
             verdict["reward_minus_grpo"] = difference
             checks["reward"] = None if difference is None else difference[0] >= -difference[1]
             verdict["hidden_share_first_last"] = shares.get(arm)
             checks["hidden_share_rises"] = shares[arm][1] > shares[arm][0] if arm in shares else None
-        else:  # "within 3 points of token GRPO's" read as no more than 3 points below it
-            checks["neutral_vs_grpo"] = None if neutral_vs_grpo is None else neutral_vs_grpo >= THRESHOLDS["neutral_vs_grpo"]
-            checks["greedy_gain"] = None if greedy_gap is None else greedy_gap >= -THRESHOLDS["greedy_gain_gap"]
+        else:
+            checks = soft_action_checks(own_gain, neutral_vs_grpo, greedy_gap)
         verdict["checks"] = checks
-        verdict["passes"] = ("no" if False in checks.values() else "unknown" if None in checks.values() else "yes")
+        verdict["passes"] = passes(checks)
         verdicts[arm] = verdict
-    return {"rows": rows, "verdicts": verdicts, "thresholds": THRESHOLDS, "seeds": seed_spread(rows, arms)}
+    return {"rows": rows, "verdicts": verdicts, "thresholds": THRESHOLDS, "seeds": seed_spread(rows, arms),
+            "bar_over_seeds": bar_over_seeds(verdicts)}
+
+
+def soft_action_checks(own_gain: float | None, neutral_vs_grpo: float | None,
+                       greedy_gap: float | None) -> dict[str, bool | None]:
+    """Issue 16's bar for a soft action (None: the quantity was not measured); "within 3
+    points of token GRPO's" read as no more than 3 points below it."""
+    return {"own_gain": at_least(own_gain, THRESHOLDS["own_gain"]),
+            "neutral_vs_grpo": at_least(neutral_vs_grpo, THRESHOLDS["neutral_vs_grpo"]),
+            "greedy_gain": at_least(greedy_gap, -THRESHOLDS["greedy_gain_gap"])}
+
+
+def at_least(x: float | None, floor: float) -> bool | None:
+    return None if x is None else x >= floor
+
+
+def passes(checks: dict[str, bool | None]) -> str:
+    return "no" if False in checks.values() else "unknown" if None in checks.values() else "yes"
+
+
+BAR_QUANTITIES = ("own_gain", "neutral_vs_grpo", "greedy_gain_minus_grpo")
+
+
+def bar_over_seeds(verdicts: dict) -> list[dict]:
+    """Per soft action judged in two or more seeds (each seed against token GRPO of that
+    seed): each bar quantity per seed, its mean over the seeds with the SE across seeds,
+    and the bar applied to the means. One seed cannot rank two arms whose seed-to-seed
+    spread is larger than their difference; the mean over seeds can."""
+    by_arm: dict[str, dict[int, dict]] = {}
+    for label, verdict in verdicts.items():
+        if verdict["own_mode"] != "gate":  # the gate's bar is issue 17's (reward, hidden share)
+            by_arm.setdefault(arm_of(label), {})[seed_of(label)] = verdict
+    result = []
+    for arm, by_seed in sorted(by_arm.items()):
+        if len(by_seed) < 2:
+            continue
+        entry = {"arm": arm, "seeds": sorted(by_seed)}
+        means = {}
+        for key in BAR_QUANTITIES:
+            per_seed = {seed: by_seed[seed][key] for seed in sorted(by_seed)}
+            measured = [x for x in per_seed.values() if x is not None]
+            mean, se = mean_se(measured) if len(measured) == len(per_seed) else (None, None)
+            entry[key] = {"per_seed": per_seed, "mean": mean, "se": se}
+            means[key] = mean
+        entry["checks"] = soft_action_checks(*(means[key] for key in BAR_QUANTITIES))
+        entry["passes"] = passes(entry["checks"])
+        result.append(entry)
+    return result
 
 
 def seed_spread(rows: list[dict], labels: list[str]) -> list[dict]:
@@ -343,6 +390,19 @@ def markdown(summary: dict, train_seconds: dict) -> str:
             per_seed = ", ".join(f"s{seed} {100 * g:+.1f}" for seed, g in s["gains"].items())
             lines.append(f"| {s['format']} | {s['mode']} | {s['arm']} | {per_seed} | {100 * s['mean']:+.1f} | "
                          f"{100 * s['sd']:.1f} |")
+    if summary.get("bar_over_seeds"):
+        lines += ["", "| arm (seeds) | gain, own mode, train format: per seed; mean ± SE across seeds | "
+                  "vs GRPO of the same seed, own mode, neutral | greedy gain minus GRPO's | bar met on the means |",
+                  "|---|---|---|---|---|"]
+        for entry in summary["bar_over_seeds"]:
+            cells_ = []
+            for key in BAR_QUANTITIES:
+                q = entry[key]
+                per_seed = ", ".join(f"s{seed} {signed_points(x)}" for seed, x in q["per_seed"].items())
+                cells_.append(f"{per_seed}; {pct(q['mean'], q['se']) or 'n/a'}")
+            seeds = ", ".join(str(seed) for seed in entry["seeds"])
+            lines.append(f"| {entry['arm']} ({seeds}) | {' | '.join(cells_)} | {entry['passes']} "
+                         f"({checks_text(entry['checks'])}) |")
     if summary.get("gate_drift"):
         lines += ["", "| gate arm | retention Λ: mean change | mean abs change | share of dimensions lowered (opened) | "
                   "W_r relative change | W_i relative change | hidden share, fresh → trained (Λ alone, layers alone): "

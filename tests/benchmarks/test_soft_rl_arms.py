@@ -44,6 +44,24 @@ def test_each_seed_is_compared_with_token_grpo_of_its_own_seed_and_the_spread_is
     assert grpo["gains"] == {0: pytest.approx(0.4), 1: pytest.approx(0.2)}
     assert grpo["mean"] == pytest.approx(0.3) and grpo["sd"] == pytest.approx(math.sqrt(0.02))
     assert spread["neutral", "scm", "scm"]["sd"] == pytest.approx(0.0)
+    # over the two seeds: SCM is on par with token GRPO (-0.1, +0.1), so the bar fails on the mean
+    [over_seeds] = summary["bar_over_seeds"]
+    assert over_seeds["arm"] == "scm" and over_seeds["seeds"] == [0, 1]
+    neutral = over_seeds["neutral_vs_grpo"]
+    assert neutral["per_seed"] == {0: pytest.approx(-0.1), 1: pytest.approx(0.1)}
+    assert neutral["mean"] == pytest.approx(0.0) and neutral["se"] == pytest.approx(0.1)
+    assert over_seeds["own_gain"]["mean"] == pytest.approx(0.3)
+    assert over_seeds["checks"] == {"own_gain": True, "neutral_vs_grpo": False, "greedy_gain": True}
+    assert over_seeds["passes"] == "no"
+
+
+def test_the_bar_over_seeds_is_unknown_where_a_seed_lacks_a_cell():
+    results = cells(base=0.2, grpo=0.4, scm=0.6, grpo_s1=0.4, scm_s1=0.6)
+    del results["neutral", "scm_s1", "scm"]
+    [over_seeds] = summarize(results, ["grpo", "scm", "grpo_s1", "scm_s1"], rewards={}, shares={})["bar_over_seeds"]
+    assert over_seeds["neutral_vs_grpo"]["mean"] is None
+    assert over_seeds["checks"] == {"own_gain": True, "neutral_vs_grpo": None, "greedy_gain": True}
+    assert over_seeds["passes"] == "unknown"
 
 
 def test_a_run_without_token_grpo_of_its_seed_gets_no_verdict():
