@@ -8,7 +8,7 @@ Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides a
   concrete  configs/arith_soft.yaml            Gumbel tau 0.25, scored by its Concrete density
   token     configs/arith_soft_token.yaml      Gumbel tau 0.25 feeds back, the emitted token is the action
   multiplex configs/arith_soft_multiplex.yaml  4 draws fed back as their mixture
-  gaussian  configs/arith_soft_gaussian.yaml   Gaussian noise (sigma 0.5 RMS) on the concept
+  gaussian  configs/arith_soft_gaussian.yaml   Gaussian noise (sigma 1.0 RMS) on the concept
   scm       configs/arith_scm.yaml             Soft Concept Mixing (add), token action
   gate      configs/arith_gate.yaml            HRPO's learned gate (mode gate), token action
   gate_fast configs/arith_gate_fast.yaml       the same, gate learning rates x100 (a 20-step run)
