@@ -42,7 +42,8 @@ each in two prompt formats: ``train`` (the training instruction: <think>/<answer
 ``neutral`` (the question, then "Give only the final number."; never used in training,
 scored on the last number). Differences are paired per problem (same problems, same
 decode), with standard errors. Outputs in ``--out``: arms.md (table and acceptance),
-arms.json, arms.png, arms_training.png (training curves; each arm's metrics beside it),
+arms.json, arms.png, arms_lengths.png (accuracy against answer length), arms_training.png
+(training curves; each arm's metrics beside it),
 and per format and model the harness's cells and samples.
 """
 
@@ -216,15 +217,39 @@ def keep_metrics(runs: Path, out: Path, arm: str) -> None:
     (out / f"{arm}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def correctness(out: Path) -> dict[tuple[str, str, str], list[bool]]:
-    """(format, model, mode) -> per-problem correctness, in problem order."""
-    table: dict[tuple[str, str, str], dict[int, bool]] = {}
+def eval_records(out: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """(format, model, mode) -> the harness's per-problem records, in problem order."""
+    table: dict[tuple[str, str, str], dict[int, dict]] = {}
     for fmt in ("train", "neutral"):
         for path in sorted((out / fmt).glob("*/samples.jsonl")):
             for line in path.read_text().splitlines():
                 record = json.loads(line)
-                table.setdefault((fmt, record["model"], record["mode"]), {})[record["problem"]] = record["correct"]
+                table.setdefault((fmt, record["model"], record["mode"]), {})[record["problem"]] = record
     return {key: [by_problem[p] for p in sorted(by_problem)] for key, by_problem in table.items()}
+
+
+def correctness(records: dict[tuple[str, str, str], list[dict]]) -> dict[tuple[str, str, str], list[bool]]:
+    """(format, model, mode) -> per-problem correctness, in problem order."""
+    return {key: [r["correct"] for r in rows] for key, rows in records.items()}
+
+
+DIRECT_ANSWER_TOKENS = 16
+"""An answer this short states the result with no worked steps ("(-6 / 2) = -3" is 10
+tokens); the untrained model's answers run 50-77 tokens."""
+
+
+def answer_shape(rows: list[dict]) -> dict:
+    """How a cell answered: mean length and soft steps (tokens), the share of direct answers
+    (at most DIRECT_ANSWER_TOKENS) and the accuracy of direct and of longer answers (None
+    where there are none). It tells a policy that learned to reason from one that learned
+    to skip reasoning, which accuracy alone does not."""
+    direct = [r["correct"] for r in rows if r["length"] <= DIRECT_ANSWER_TOKENS]
+    longer = [r["correct"] for r in rows if r["length"] > DIRECT_ANSWER_TOKENS]
+    return {"mean_length": statistics.fmean(r["length"] for r in rows),
+            "mean_soft_steps": statistics.fmean(r["soft_steps"] for r in rows),
+            "direct_share": len(direct) / len(rows),
+            "direct_accuracy": statistics.fmean(direct) if direct else None,
+            "longer_accuracy": statistics.fmean(longer) if longer else None}
 
 
 def paired(a: list[bool] | list[float], b: list[bool] | list[float]) -> tuple[float, float]:
@@ -235,14 +260,16 @@ def paired(a: list[bool] | list[float], b: list[bool] | list[float]) -> tuple[fl
 
 
 def summarize(results: dict, arms: list[str], rewards: dict[str, list[float]],
-              shares: dict[str, tuple[float, float]]) -> dict:
+              shares: dict[str, tuple[float, float]], shapes: dict | None = None) -> dict:
     """Accuracies, paired gains over the base model and over token GRPO of the same seed, and
     the bar per soft run (``arms``: run labels); ``rewards`` (per-step training rewards) and
-    ``shares`` (first, last hidden share) from training; ``seeds``: each arm's gains per seed
-    where it has several."""
+    ``shares`` (first, last hidden share) from training; ``shapes``: (format, model, mode) ->
+    ``answer_shape``, added to each row; ``seeds``: each arm's gains per seed where it has
+    several."""
     rows, verdicts = [], {}
     for (fmt, model, mode), correct in sorted(results.items()):
-        row = {"format": fmt, "model": model, "mode": mode, "n": len(correct), "accuracy": sum(correct) / len(correct)}
+        row = {"format": fmt, "model": model, "mode": mode, "n": len(correct), "accuracy": sum(correct) / len(correct),
+               **(shapes or {}).get((fmt, model, mode), {})}
         if model != "base" and (fmt, "base", mode) in results:
             row["gain"], row["gain_se"] = paired(correct, results[fmt, "base", mode])
         reference = run_label("grpo", seed_of(model))
@@ -363,11 +390,14 @@ def signed_points(x: float | None) -> str:
 
 
 def markdown(summary: dict, train_seconds: dict) -> str:
-    lines = ["| format | mode | model | accuracy % | gain over base (pts) | vs token GRPO (pts) |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = ["| format | mode | model | accuracy % | gain over base (pts) | vs token GRPO (pts) | mean tokens "
+             f"(soft steps) | direct answers (≤ {DIRECT_ANSWER_TOKENS} tokens) % | accuracy %: direct / longer |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(summary["rows"], key=lambda r: (r["format"] != "train", r["mode"], r["model"] != "base", r["model"])):
+        shape = (f"{r['mean_length']:.1f} ({r['mean_soft_steps']:.1f}) | {pct(r['direct_share'])} | "
+                 f"{pct(r['direct_accuracy']) or '-'} / {pct(r['longer_accuracy']) or '-'}") if "mean_length" in r else " | | "
         lines.append(f"| {r['format']} | {r['mode']} | {r['model']} | {pct(r['accuracy'])} | "
-                     f"{pct(r.get('gain'), r.get('gain_se'))} | {pct(r.get('vs_grpo'), r.get('vs_grpo_se'))} |")
+                     f"{pct(r.get('gain'), r.get('gain_se'))} | {pct(r.get('vs_grpo'), r.get('vs_grpo_se'))} | {shape} |")
     lines += ["", "| arm | own soft mode | gain, own mode, train format | vs GRPO, own mode, neutral | "
               "greedy gain minus GRPO's | bar met | training s |", "|---|---|---:|---:|---:|---|---:|"]
     for arm, v in summary["verdicts"].items():
@@ -523,6 +553,35 @@ def gate_mode_responses(out: Path, arm: str) -> list[str]:
     return [r["response"] for r in map(json.loads, lines) if r["mode"] == "gate"]
 
 
+def plot_lengths(summary: dict, path: Path) -> None:
+    """Held-out accuracy against mean answer length, one point per model and decoding, per
+    prompt format: a policy that skips reasoning sits left, one that reasons in soft steps
+    right, at whatever accuracy each reaches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if "mean_length" in r]
+    models = sorted({r["model"] for r in rows}, key=lambda m: (m != "base", m != "grpo", m))
+    markers = dict(zip(sorted({r["mode"] for r in rows}), "os^vDPX*"))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
+    for ax, fmt in zip(axes, ("train", "neutral")):
+        for r in rows:
+            if r["format"] == fmt:
+                ax.scatter(r["mean_length"], 100 * r["accuracy"], color=plt.cm.tab20(models.index(r["model"]) % 20),
+                           marker=markers[r["mode"]], s=30)
+        ax.set_title(f"{fmt} prompt", fontsize=9)
+        ax.set_xlabel("mean answer length (tokens)")
+    axes[0].set_ylabel("held-out accuracy %")
+    handles = [plt.Line2D([], [], color=plt.cm.tab20(i % 20), marker="o", linestyle="", label=m)
+               for i, m in enumerate(models)]
+    handles += [plt.Line2D([], [], color="gray", marker=k, linestyle="", label=mode) for mode, k in markers.items()]
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.legend(handles=handles, fontsize=7, loc="center right")
+    fig.savefig(path, dpi=120)
+
+
 def plot_training(runs: Path, arms: list[str], out: Path) -> None:
     """Each arm's training curves: reward; for soft arms the soft-step log-prob gap; for the
     gate arms the hidden share."""
@@ -603,7 +662,9 @@ def main(argv=None) -> None:
             (args.out / f"{label}_gate_drift.json").write_text(json.dumps(drift, indent=1) + "\n")
 
     rewards, shares = training_rewards(args.runs, args.out, labels), hidden_shares(args.runs, args.out, labels)
-    summary = summarize(correctness(args.out), labels, rewards, shares)
+    records = eval_records(args.out)
+    shapes = {key: answer_shape(rows) for key, rows in records.items()}
+    summary = summarize(correctness(records), labels, rewards, shares, shapes)
     drifts = {label: json.loads((args.out / f"{label}_gate_drift.json").read_text()) for label in labels
               if (args.out / f"{label}_gate_drift.json").exists()}
     summary.update(train_seconds=train_seconds, training_reward=rewards, hidden_share=shares, gate_drift=drifts)
@@ -611,6 +672,7 @@ def main(argv=None) -> None:
     table = markdown(summary, train_seconds)
     (args.out / "arms.md").write_text(table)
     plot(summary, args.out / "arms.png")
+    plot_lengths(summary, args.out / "arms_lengths.png")
     plot_training(args.runs, labels, args.out)
     print(table)
 

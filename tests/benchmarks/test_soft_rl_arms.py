@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from benchmarks.soft_rl_arms import arm_of, reward_difference, run_label, seed_of, summarize
+from benchmarks.soft_rl_arms import (DIRECT_ANSWER_TOKENS, answer_shape, arm_of, markdown, reward_difference, run_label,
+                                     seed_of, summarize)
 
 
 @pytest.mark.parametrize("label, arm, seed", [("scm", "scm", 0), ("scm_s1", "scm", 1), ("gate_fast", "gate_fast", 0),
@@ -81,3 +82,27 @@ def test_training_rewards_are_compared_step_by_step_with_token_grpo_of_the_same_
               for fmt in ("train", "neutral") for mode in ("greedy", "gate")}
     verdict = summarize(cells_, ["grpo", "gate"], rewards, {"gate": (0.07, 0.08)})["verdicts"]["gate"]
     assert verdict["checks"] == {"own_gain": False, "reward": True, "hidden_share_rises": True}
+
+
+def record(length: int, correct: bool, soft_steps: int = 0) -> dict:
+    return {"length": length, "correct": correct, "soft_steps": soft_steps}
+
+
+def test_answer_shape_splits_direct_answers_from_worked_ones():
+    rows = [record(DIRECT_ANSWER_TOKENS, True, 10), record(8, False, 4), record(DIRECT_ANSWER_TOKENS + 1, True, 17),
+            record(60, False, 40)]
+    shape = answer_shape(rows)
+    assert shape["mean_length"] == pytest.approx((16 + 8 + 17 + 60) / 4)
+    assert shape["mean_soft_steps"] == pytest.approx((10 + 4 + 17 + 40) / 4)
+    assert shape["direct_share"] == 0.5  # the boundary length counts as direct
+    assert (shape["direct_accuracy"], shape["longer_accuracy"]) == (0.5, 0.5)
+    assert answer_shape([record(40, True)])["direct_accuracy"] is None  # none direct: unknown, not 0
+
+
+def test_each_row_carries_its_answer_shape_into_the_table():
+    results = cells(base=0.2, grpo=0.6)
+    shapes = {key: answer_shape([record(10, c) for c in correct]) for key, correct in results.items()}
+    summary = summarize(results, ["grpo"], rewards={}, shares={}, shapes=shapes)
+    row = next(r for r in summary["rows"] if (r["format"], r["model"], r["mode"]) == ("train", "grpo", "greedy"))
+    assert (row["direct_share"], row["direct_accuracy"], row["longer_accuracy"]) == (1.0, 0.6, None)
+    assert "| train | greedy | grpo | 60.0 | +40.0 ± 16.3 |  | 10.0 (0.0) | 100.0 | 60.0 / - |" in markdown(summary, {})
