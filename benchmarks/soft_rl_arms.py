@@ -2,6 +2,11 @@
 checkpoint against the untrained model on the same held-out problems, paired.
 
     .venv/bin/python benchmarks/soft_rl_arms.py [--arms grpo gaussian scm_s1 ...] [--num-problems 500]
+    .venv/bin/python benchmarks/soft_rl_arms.py --task 2d2t --max-tokens 128 --arms grpo scm
+
+``--task`` moves every arm (training prompts and held-out problems alike) to another
+basic_arithmetic difficulty (``TASKS``), into runs/ and results/ folders of its own
+(``soft_rl_arms_TASK``); ``--max-tokens`` sets the answer budget of both.
 
 Arms (committed configs, same seed, budgets and prompts; ``--steps`` overrides all alike):
   grpo      configs/arith_grpo.yaml            token GRPO, the baseline
@@ -72,6 +77,15 @@ ARMS = {
     "gate": "configs/arith_gate.yaml",
     "gate_fast": "configs/arith_gate_fast.yaml",
 }
+TASKS = {
+    "1d2t": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+    "2d2t": {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2},
+    "1d3t": {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1},
+    "2d3t": {"min_terms": 3, "max_terms": 3, "min_digits": 2, "max_digits": 2},
+}
+"""basic_arithmetic settings by name: digits per operand (d) and terms (t). 1d2t is the
+configs' own task (issue 16's); ``--task`` trains and evaluates every arm on another."""
+DEFAULT_TASK = "1d2t"
 EVAL_SEED = 12345
 NEUTRAL_INSTRUCTION = "Give only the final number."
 SOFT_TEMPERATURE = 0.7
@@ -110,15 +124,23 @@ def final_checkpoint(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / f"step_{steps:06d}" / "model"
 
 
-def train_arm(label: str, runs: Path, steps: int) -> tuple[Path, float | None]:
-    """The run's final checkpoint, training it first if missing; (path, training seconds)."""
+def task_overrides(task: str, max_tokens: int | None) -> list[str]:
+    """Config overrides (``key=value``) that move an arm from the configs' task to ``task``,
+    with an answer budget of ``max_tokens`` (None: the config's) in training and evaluation."""
+    overrides = [] if task == DEFAULT_TASK else [f"prompts.args={json.dumps(TASKS[task])}"]
+    return overrides + ([f"algorithm.max_tokens={max_tokens}"] if max_tokens else [])
+
+
+def train_arm(label: str, runs: Path, steps: int, overrides: list[str]) -> tuple[Path, float | None]:
+    """The run's final checkpoint, training it first if missing (``overrides``: the task's,
+    see ``task_overrides``); (path, training seconds)."""
     run_dir = runs / label
     checkpoint = final_checkpoint(run_dir, steps)
     if (checkpoint.parent / "COMPLETE").exists():
         log.info("%s: final checkpoint %s exists, not training", label, checkpoint)
         return checkpoint, None
     command = [sys.executable, "trainer/run.py", "--config", ARMS[arm_of(label)], f"output_dir={run_dir}",
-               f"steps={steps}", f"checkpoint_every={steps}", "eval.num_prompts=0", f"seed={seed_of(label)}"]
+               f"steps={steps}", f"checkpoint_every={steps}", "eval.num_prompts=0", f"seed={seed_of(label)}", *overrides]
     log.info("%s: training: %s", label, " ".join(command))
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
@@ -160,9 +182,10 @@ def modes_of(model: str, arms: list[str]) -> list[str]:
 
 
 def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems: int, out: Path,
-                   report_only: bool = False) -> None:
+                   overrides: list[str], report_only: bool = False) -> None:
     """The harness's cells for one model in ``modes``, in both formats, into
-    ``out/FORMAT/LABEL`` (resumable: finished cells are kept). ``report_only``, or a
+    ``out/FORMAT/LABEL`` (resumable: finished cells are kept), on the task and budget the
+    arms trained with (``overrides``). ``report_only``, or a
     checkpoint that is gone, evaluates nothing new: only finished cells are reported."""
     from rollout.config import load_config
     from rollout.eval.benchmarks import resolve_benchmark
@@ -172,7 +195,7 @@ def evaluate_model(label: str, path: Path | str, modes: list[str], num_problems:
     from trainer.settings import TrainConfig
     from vllm_soft.models import resolve_model
 
-    train = load_config(TrainConfig, REPO / ARMS["grpo"], [])
+    train = load_config(TrainConfig, REPO / ARMS["grpo"], overrides)
     bench = resolve_benchmark(train.prompts.name, train.prompts.args, seed=EVAL_SEED, size=num_problems)
     formats = {"train": train.format, "neutral": PromptFormat(instruction=NEUTRAL_INSTRUCTION)}
     for name, fmt in formats.items():
@@ -619,8 +642,12 @@ def main(argv=None) -> None:
                         help="evaluate only these decodings (default: every one the arms are compared in)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num-problems", type=int, default=500)
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "soft_rl_arms")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soft_rl_arms")
+    parser.add_argument("--task", default=DEFAULT_TASK, choices=list(TASKS),
+                        help="basic_arithmetic difficulty (digits d, terms t) every arm trains and is evaluated on")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="answer budget in training and evaluation (default: the configs', 96)")
+    parser.add_argument("--runs", type=Path, default=None, help="default: runs/soft_rl_arms[_TASK]")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/soft_rl_arms[_TASK]")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the arms' existing checkpoints only")
     parser.add_argument("--from-results", nargs="*", default=[], metavar="RUN",
                         help="runs (ARM or ARM_sN) reported from --out alone (trained on an earlier machine): "
@@ -633,7 +660,11 @@ def main(argv=None) -> None:
     if not set(args.from_results) <= set(labels):
         parser.error(f"--from-results {sorted(set(args.from_results) - set(labels))}: not among --arms")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    folder = "soft_rl_arms" if args.task == DEFAULT_TASK else f"soft_rl_arms_{args.task}"
+    args.runs = args.runs or REPO / "runs" / folder
+    args.out = args.out or REPO / "benchmarks" / "results" / folder
     args.out.mkdir(parents=True, exist_ok=True)
+    overrides = task_overrides(args.task, args.max_tokens)
 
     seconds_path = args.out / "train_seconds.json"
     train_seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
@@ -644,7 +675,7 @@ def main(argv=None) -> None:
         if args.skip_training or label in args.from_results:
             checkpoints[label] = final_checkpoint(args.runs / label, args.steps)
             continue
-        checkpoints[label], seconds = train_arm(label, args.runs, args.steps)
+        checkpoints[label], seconds = train_arm(label, args.runs, args.steps, overrides)
         if seconds is not None:
             train_seconds[label] = round(seconds)
             seconds_path.write_text(json.dumps(train_seconds, indent=1))
@@ -653,9 +684,9 @@ def main(argv=None) -> None:
     def modes(model: str) -> list[str]:
         return [m for m in modes_of(model, labels) if args.modes is None or m in args.modes]
 
-    evaluate_model("base", "smollm2-135m", modes("base"), args.num_problems, args.out)
+    evaluate_model("base", "smollm2-135m", modes("base"), args.num_problems, args.out, overrides)
     for label, checkpoint in checkpoints.items():
-        evaluate_model(label, checkpoint, modes(label), args.num_problems, args.out,
+        evaluate_model(label, checkpoint, modes(label), args.num_problems, args.out, overrides,
                        report_only=label in args.from_results)
         if OWN_SOFT_MODE.get(arm_of(label)) == "gate" and checkpoint.exists() and label not in args.from_results:
             drift = gate_drift(checkpoint, gate_mode_responses(args.out, label))

@@ -106,3 +106,15 @@ def test_each_row_carries_its_answer_shape_into_the_table():
     row = next(r for r in summary["rows"] if (r["format"], r["model"], r["mode"]) == ("train", "grpo", "greedy"))
     assert (row["direct_share"], row["direct_accuracy"], row["longer_accuracy"]) == (1.0, 0.6, None)
     assert "| train | greedy | grpo | 60.0 | +40.0 ± 16.3 |  | 10.0 (0.0) | 100.0 | 60.0 / - |" in markdown(summary, {})
+
+
+def test_a_task_moves_every_arm_to_its_prompts_and_budget_and_the_default_changes_nothing():
+    from benchmarks.soft_rl_arms import ARMS, REPO, TASKS, task_overrides
+    from rollout.config import load_config
+    from trainer.settings import TrainConfig
+
+    assert task_overrides("1d2t", None) == []
+    for config in ARMS.values():
+        moved = load_config(TrainConfig, REPO / config, task_overrides("2d3t", 128))
+        assert moved.prompts.args == TASKS["2d3t"] and moved.algorithm.max_tokens == 128
+        assert load_config(TrainConfig, REPO / config, []).prompts.args == TASKS["1d2t"]

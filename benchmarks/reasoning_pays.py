@@ -1,0 +1,147 @@
+"""Does working it out pay? The untrained model on basic_arithmetic at growing difficulty,
+asked to think first (the training prompt: <think> then <answer>) and asked for the number
+alone (the neutral prompt), decoded greedily and in SCM (add) mode.
+
+    .venv/bin/python benchmarks/reasoning_pays.py [--tasks 1d2t 2d2t 2d3t] [--num-problems 300]
+
+Why: on 1-digit 2-term arithmetic (issue 16's task) token GRPO learned to skip its
+reasoning and lost nothing by it; a soft action can only beat token GRPO where reasoning
+improves the answer. This measures, per task, the paired accuracy of thinking over
+answering directly (greedy, training prompt minus neutral prompt) and of SCM over greedy in
+each prompt, on the same held-out problems (seed 12345), with standard errors and each
+cell's answer shape (length, share of direct answers). A task where thinking beats
+answering is one where RL can reward thinking, soft or not. Outputs in ``--out``:
+reasoning_pays.md, .json, .png, and per prompt the harness's cells and samples.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.soft_rl_arms import (ARMS, EVAL_SEED, NEUTRAL_INSTRUCTION, REPO, TASKS, answer_shape, eval_modes,
+                                     paired, pct)
+
+MODES = ["greedy", "scm"]
+FORMATS = ["train", "neutral"]
+
+log = logging.getLogger("reasoning_pays")
+
+
+def evaluate_tasks(tasks: list[str], num_problems: int, max_tokens: int, out: Path) -> None:
+    """The untrained model's cells for every task and mode, one engine per prompt format,
+    into ``out/FORMAT`` (resumable)."""
+    from rollout.config import load_config
+    from rollout.eval.benchmarks import resolve_benchmark
+    from rollout.eval.run import EvalPlan, evaluate
+    from rollout.prompts import PromptFormat
+    from rollout.settings import PoolConfig
+    from trainer.settings import TrainConfig
+
+    train = load_config(TrainConfig, REPO / ARMS["grpo"], [])
+    benches = [dataclasses.replace(resolve_benchmark("basic_arithmetic", TASKS[t], seed=EVAL_SEED, size=num_problems),
+                                   name=t) for t in tasks]
+    formats = {"train": train.format, "neutral": PromptFormat(instruction=NEUTRAL_INSTRUCTION)}
+    for name in FORMATS:
+        plan = EvalPlan(models=["base=smollm2-135m"], benchmarks=benches, modes=eval_modes(MODES), n=1,
+                        num_problems=num_problems, max_tokens=max_tokens, seed=0, engine=train.engine,
+                        pool=PoolConfig(num_workers=1, num_cpus_per_worker=2), format=formats[name])
+        evaluate(plan, out / name, resume=True)
+
+
+def load_records(out: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """(format, task, mode) -> per-problem records, in problem order."""
+    table: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for fmt in FORMATS:
+        path = out / fmt / "samples.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            r = json.loads(line)
+            table.setdefault((fmt, r["bench"], r["mode"]), {})[r["problem"]] = r
+    return {key: [rows[p] for p in sorted(rows)] for key, rows in table.items()}
+
+
+def summarize(records: dict[tuple[str, str, str], list[dict]], tasks: list[str]) -> dict:
+    """Per cell: accuracy and answer shape; per task: thinking over answering directly
+    (greedy), SCM over greedy in each prompt, and SCM thinking over greedy answering."""
+    def correct(key):
+        return [r["correct"] for r in records[key]]
+
+    cells = [{"format": f, "task": t, "mode": m, "accuracy": sum(correct((f, t, m))) / len(records[f, t, m]),
+              **answer_shape(records[f, t, m])}
+             for t in tasks for f in FORMATS for m in MODES if (f, t, m) in records]
+    contrasts = []
+    wanted = {"think minus direct, greedy": (("train", "greedy"), ("neutral", "greedy")),
+              "SCM minus greedy, training prompt": (("train", "scm"), ("train", "greedy")),
+              "SCM minus greedy, neutral prompt": (("neutral", "scm"), ("neutral", "greedy")),
+              "SCM thinking minus greedy direct": (("train", "scm"), ("neutral", "greedy"))}
+    for t in tasks:
+        for name, ((fa, ma), (fb, mb)) in wanted.items():
+            if (fa, t, ma) in records and (fb, t, mb) in records:
+                diff, se = paired(correct((fa, t, ma)), correct((fb, t, mb)))
+                contrasts.append({"task": t, "contrast": name, "difference": diff, "se": se})
+    return {"cells": cells, "contrasts": contrasts}
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| task | prompt | decoding | accuracy % | mean tokens | direct answers % | accuracy direct / longer |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for c in summary["cells"]:
+        lines.append(f"| {c['task']} | {c['format']} | {c['mode']} | {100 * c['accuracy']:.1f} | "
+                     f"{c['mean_length']:.0f} | {100 * c['direct_share']:.0f} | "
+                     f"{pct(c['direct_accuracy'])} / {pct(c['longer_accuracy'])} |")
+    lines += ["", "| task | paired difference | points |", "|---|---|---:|"]
+    for c in summary["contrasts"]:
+        lines.append(f"| {c['task']} | {c['contrast']} | {100 * c['difference']:+.1f} ± {100 * c['se']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(c["task"] for c in summary["cells"]))
+    series = [(f, m) for f in FORMATS for m in MODES]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (f, m) in enumerate(series):
+        acc = {c["task"]: c["accuracy"] for c in summary["cells"] if (c["format"], c["mode"]) == (f, m)}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, t in enumerate(tasks) if t in acc]
+        ax.bar(xs, [100 * acc[t] for t in tasks if t in acc], width, label=f"{f} prompt, {m}")
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_xlabel("basic_arithmetic: digits (d) and terms (t)")
+    ax.set_ylabel("held-out accuracy, untrained model (%)")
+    ax.set_title("Thinking (training prompt) vs answering directly (neutral prompt)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["1d2t", "2d2t", "2d3t"], choices=list(TASKS))
+    parser.add_argument("--num-problems", type=int, default=300)
+    parser.add_argument("--max-tokens", type=int, default=128,
+                        help="answer budget (issue 16 trained and evaluated at 96; harder sums need more)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reasoning_pays")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    evaluate_tasks(args.tasks, args.num_problems, args.max_tokens, args.out)
+    summary = summarize(load_records(args.out), args.tasks)
+    (args.out / "reasoning_pays.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = markdown(summary)
+    (args.out / "reasoning_pays.md").write_text(table)
+    plot(summary, args.out / "reasoning_pays.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
