@@ -240,6 +240,10 @@ class PromptFormat:
     """Appended to the question, after a blank line: how to lay out the answer."""
     use_chat_template: bool = True
     """Apply the tokenizer's chat template; False sends plain text."""
+    response_prefix: str = ""
+    """Text the model's turn starts with (after the chat template's generation prompt; in
+    plain text after a blank line), e.g. "The final number is" to make a model answer at
+    once. Part of the prompt: rewards and answer extraction see only what the model writes."""
 
 
 def format_prompt(item: PromptItem, tokenizer, fmt: PromptFormat) -> str:
@@ -247,10 +251,11 @@ def format_prompt(item: PromptItem, tokenizer, fmt: PromptFormat) -> str:
     ``fmt.use_chat_template`` (``tokenizer`` may be None otherwise)."""
     user = f"{item.question}\n\n{fmt.instruction}" if fmt.instruction else item.question
     if not fmt.use_chat_template:
-        return f"{fmt.system_prompt}\n\n{user}" if fmt.system_prompt else user
+        text = f"{fmt.system_prompt}\n\n{user}" if fmt.system_prompt else user
+        return f"{text}\n\n{fmt.response_prefix}" if fmt.response_prefix else text
     if tokenizer is None or tokenizer.chat_template is None:
         raise ValueError("use_chat_template=True needs a tokenizer with a chat template")
     messages = [{"role": "user", "content": user}]
     if fmt.system_prompt is not None:
         messages.insert(0, {"role": "system", "content": fmt.system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + fmt.response_prefix

@@ -103,7 +103,10 @@ def finished_cells(plan: EvalPlan, out_dir: Path, earlier: dict) -> dict[tuple[s
                 if cell is None:
                     continue
                 wanted = json.loads(json.dumps(cell_settings(plan, model, bench, mode)))
-                changed = sorted(k for k in wanted if cell.get("settings", {}).get(k) != wanted[k])
+                stored = dict(cell.get("settings", {}))
+                if "format" in stored:  # a field PromptFormat gained later: earlier cells used its default
+                    stored["format"] = {**dataclasses.asdict(PromptFormat()), **stored["format"]}
+                changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
                 if changed:
                     raise ValueError(f"{output_paths(out_dir)['json']}: {label} | {bench.name} | {mode.name} was made "
                                      f"with other {changed}; evaluate into another --out, or without --resume")

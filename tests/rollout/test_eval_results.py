@@ -1,5 +1,7 @@
 """Table cells from samples, by hand; the Markdown layout; the plot file."""
 
+import dataclasses
+
 import pytest
 
 from rollout.sample import Sample
@@ -76,6 +78,7 @@ def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
     from rollout.eval.benchmarks import resolve_benchmark
     from rollout.eval.modes import resolve_modes
     from rollout.eval.run import EvalPlan, cell_settings, evaluate
+    from rollout.prompts import PromptFormat
 
     bench = resolve_benchmark("basic_arithmetic", {"min_terms": 2, "max_terms": 2}, size=4)
     plan = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=resolve_modes(["greedy", "sampling"]),
@@ -99,6 +102,15 @@ def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert [(c["model"], c["mode"]) for c in stored] == [("base", "greedy"), ("base", "sampling"), ("trained", "greedy")]
     assert (tmp_path / "results.md").exists()
+
+    # cells made before PromptFormat had a field (response_prefix) were made with its default
+    for cell in stored:
+        del cell["settings"]["format"]["response_prefix"]
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    assert len(evaluate(plan, tmp_path, resume=True)) == 2 and not ray.is_initialized()
+    prefixed = dataclasses.replace(plan, format=PromptFormat(response_prefix="The answer is"))
+    with pytest.raises(ValueError, match=r"greedy was made with other \['format'\]"):
+        evaluate(prefixed, tmp_path, resume=True)
 
     longer = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=plan.modes, n=2, num_problems=4, max_tokens=16)
     with pytest.raises(ValueError, match=r"base \| basic_arithmetic \| greedy was made with other \['max_tokens'\]"):

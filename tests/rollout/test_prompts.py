@@ -179,3 +179,12 @@ def test_format_prompt_without_chat_template(tokenizer):
     assert format_prompt(item, None, PromptFormat(instruction="", use_chat_template=False)) == item.question
     with pytest.raises(ValueError, match="use_chat_template"):
         format_prompt(item, None, PromptFormat())
+
+
+def test_a_response_prefix_starts_the_models_turn(tokenizer):
+    item = PromptItem(0, "Calculate 2 + 3.", "5")
+    fmt = PromptFormat(instruction="Give only the final number.", response_prefix="The final number is")
+    assert format_prompt(item, tokenizer, fmt).endswith(
+        "Give only the final number.<|im_end|>\n<|im_start|>assistant\nThe final number is")
+    plain = PromptFormat(instruction="", use_chat_template=False, response_prefix="Answer:")
+    assert format_prompt(item, None, plain) == "Calculate 2 + 3.\n\nAnswer:"
