@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.soft_rl_arms import (ARMS, EVAL_SEED, NEUTRAL_INSTRUCTION, REPO, TASKS, answer_shape, eval_modes,
-                                     paired, pct)
+                                     eval_records, paired, pct)
 
 MODES = ["greedy", "scm"]
 FORMATS = ["train", "neutral", "direct"]
@@ -39,7 +39,7 @@ tokens); three examples of bare answers in the instruction did not change that (
 "Answer:" it said " 10" or nothing (2.7%). Only starting its turn makes it answer at once."""
 DIRECT_BUDGET = 8
 """Tokens for a direct answer: " -9801" is 5 in the SmolLM2 tokenizer (a digit per token);
-what follows the number within the budget is cut, so a trailing sum cannot override it."""
+so short a budget leaves no room for a worked sum after the number to override it."""
 
 log = logging.getLogger("reasoning_pays")
 
@@ -66,17 +66,6 @@ def evaluate_tasks(tasks: list[str], num_problems: int, max_tokens: int, out: Pa
                         engine=train.engine, pool=PoolConfig(num_workers=1, num_cpus_per_worker=2),
                         format=formats[name])
         evaluate(plan, out / name, resume=True)
-
-
-def load_records(out: Path) -> dict[tuple[str, str, str], list[dict]]:
-    """(format, task, mode) -> per-problem records, in problem order."""
-    table: dict[tuple[str, str, str], dict[int, dict]] = {}
-    for fmt in FORMATS:
-        path = out / fmt / "samples.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            r = json.loads(line)
-            table.setdefault((fmt, r["bench"], r["mode"]), {})[r["problem"]] = r
-    return {key: [rows[p] for p in sorted(rows)] for key, rows in table.items()}
 
 
 def summarize(records: dict[tuple[str, str, str], list[dict]], tasks: list[str]) -> dict:
@@ -150,7 +139,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     evaluate_tasks(args.tasks, args.num_problems, args.max_tokens, args.out)
-    summary = summarize(load_records(args.out), args.tasks)
+    summary = summarize(eval_records(args.out, FORMATS, "samples.jsonl", "bench"), args.tasks)
     (args.out / "reasoning_pays.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = markdown(summary)
     (args.out / "reasoning_pays.md").write_text(table)

@@ -240,14 +240,17 @@ def keep_metrics(runs: Path, out: Path, arm: str) -> None:
     (out / f"{arm}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def eval_records(out: Path) -> dict[tuple[str, str, str], list[dict]]:
-    """(format, model, mode) -> the harness's per-problem records, in problem order."""
+def eval_records(out: Path, formats=("train", "neutral"), pattern: str = "*/samples.jsonl",
+                 column: str = "model") -> dict[tuple[str, str, str], list[dict]]:
+    """(format, model, mode) -> the harness's per-problem records, in problem order, from
+    ``out/FORMAT/PATTERN``; ``column`` names the record field in the key's middle (``bench``
+    where one folder holds one model on several benchmarks)."""
     table: dict[tuple[str, str, str], dict[int, dict]] = {}
-    for fmt in ("train", "neutral"):
-        for path in sorted((out / fmt).glob("*/samples.jsonl")):
+    for fmt in formats:
+        for path in sorted((out / fmt).glob(pattern)):
             for line in path.read_text().splitlines():
                 record = json.loads(line)
-                table.setdefault((fmt, record["model"], record["mode"]), {})[record["problem"]] = record
+                table.setdefault((fmt, record[column], record["mode"]), {})[record["problem"]] = record
     return {key: [by_problem[p] for p in sorted(by_problem)] for key, by_problem in table.items()}
 
 
