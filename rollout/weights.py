@@ -23,10 +23,12 @@ layers split, which rows are vocabulary padding, which key/value heads are copie
 part, so a TP-2 engine has the checksum of the same weights at TP 1.
 """
 
+import contextlib
+import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -36,6 +38,10 @@ from vllm_soft.runtime import release_freed_memory
 SHARED_MEMORY = "/dev/shm"
 ALIGN = 64
 
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+"""vLLM's in-place reload logs "<layer class>: Failed to load weights" here."""
+RELOAD_FAILURE_MESSAGE = "%s: Failed to load weights"
 
 CHECKSUM_CHUNK = 1 << 20
 """Values per float64 chunk: bounds the checksum's extra memory (8 MiB) on any tensor."""
@@ -102,6 +108,47 @@ def read_weights_file(path: str, layout: list) -> list[tuple[str, torch.Tensor]]
     return named_tensors
 
 
+def derived_layer_classes(model: torch.nn.Module) -> set[str]:
+    """Class names of the layers whose every instance holds no parameter and only
+    non-persistent buffers: state vLLM computes from the config (a rotary embedding's cos/sin
+    cache), which no checkpoint and no push carries."""
+    derived, loadable = set(), set()
+    for module in model.modules():
+        parameters = [name for name, p in module._parameters.items() if p is not None]
+        buffers = {name for name, b in module._buffers.items() if b is not None}
+        if not parameters and buffers and buffers <= module._non_persistent_buffers_set:
+            derived.add(type(module).__name__)
+        elif parameters or buffers:
+            loadable.add(type(module).__name__)
+    return derived - loadable
+
+
+class DerivedLayerReloadFilter(logging.Filter):
+    """Drops vLLM's reload failure warning for the given layer classes only."""
+
+    def __init__(self, layer_classes: set[str]):
+        super().__init__()
+        self.layer_classes = layer_classes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == RELOAD_FAILURE_MESSAGE and bool(record.args) and record.args[0] in self.layer_classes)
+
+
+@contextlib.contextmanager
+def quiet_reload_of_derived_layers(model: torch.nn.Module) -> Iterator[None]:
+    """vLLM's in-place reload counts a rotary embedding's cos/sin cache as loadable, finds no
+    tensor for it, puts the cache back as it was and warns "RotaryEmbedding: Failed to load
+    weights" on every push. The cache is derived from the config, so the warning is false
+    (a test checks the cache is unchanged); a layer that has parameters still warns."""
+    logger = logging.getLogger(RELOAD_LOGGER)
+    quiet = DerivedLayerReloadFilter(derived_layer_classes(model))
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def _free_bytes(folder: str) -> int:
     try:
         stats = os.statvfs(folder)
@@ -159,7 +206,8 @@ class WeightSync:
         vLLM's config context) and so vLLM's in-place reload, which re-runs the
         post-loading processing (e.g. the CPU backend's prepacked GEMM weights)."""
         named_tensors = read_weights_file(path, layout)
-        self.reload_weights(weights_iterator=iter(named_tensors))
+        with quiet_reload_of_derived_layers(self.model_runner.model):
+            self.reload_weights(weights_iterator=iter(named_tensors))
         count = len(named_tensors)
         del named_tensors
         release_freed_memory(collect_cycles=False)

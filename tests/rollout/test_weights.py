@@ -1,5 +1,6 @@
 """The weight file a push travels in: every dtype and shape comes back bit for bit."""
 
+import logging
 import os
 
 import pytest
@@ -50,3 +51,73 @@ def test_rank_checksums_add_shards_and_count_replicas_once():
     assert combined[1:] == pytest.approx(whole[1:], rel=1e-12)
     with pytest.raises(ValueError, match="replicated weights differ"):
         combine_rank_checksums([ranks[0], (ranks[1][0], parameter_checksum([norm + 1]))])
+
+
+def test_derived_layers_are_those_with_only_non_persistent_buffers():
+    from rollout.weights import RELOAD_FAILURE_MESSAGE, DerivedLayerReloadFilter, derived_layer_classes
+
+    class Cache(torch.nn.Module):
+        def __init__(self, persistent: bool):
+            super().__init__()
+            self.register_buffer("table", torch.ones(3), persistent=persistent)
+
+    class Scaled(torch.nn.Module):  # holds a persistent buffer: a checkpoint may carry it
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.ones(()))
+
+    model = torch.nn.ModuleDict({"cache": Cache(persistent=False), "linear": torch.nn.Linear(2, 2),
+                                 "scaled": Scaled(), "act": torch.nn.ReLU()})
+    assert derived_layer_classes(model) == {"Cache"}
+    # One instance that a checkpoint could fill makes the whole class loadable.
+    model["other_cache"] = Cache(persistent=True)
+    assert derived_layer_classes(model) == set()
+
+    quiet = DerivedLayerReloadFilter({"RotaryEmbedding"})
+
+    def record(layer):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, RELOAD_FAILURE_MESSAGE, (layer,), None)
+
+    assert not quiet.filter(record("RotaryEmbedding"))
+    assert quiet.filter(record("QKVParallelLinear")), "a layer with parameters that failed to load still warns"
+
+
+def test_a_push_keeps_rotary_caches_and_logs_no_false_failure(inprocess_tiny_engine, tiny_model_path):
+    """vLLM's in-place reload warns "RotaryEmbedding: Failed to load weights" on every push
+    (the cos/sin cache is in no checkpoint) and puts the cache back: the push leaves it bit for
+    bit and the warning is not shown."""
+    from transformers import AutoModelForCausalLM
+
+    from rollout.weights import RELOAD_LOGGER, WeightSync
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    path, layout = write_weights_file(model.state_dict().items())
+
+    def push(worker):
+        def caches():
+            return {name: b.clone() for name, b in worker.model_runner.model.named_buffers() if "cos_sin_cache" in name}
+
+        before = caches()
+        count = WeightSync.load_weights_file(worker, path, layout)
+        return before, caches(), count
+
+    logger, records = logging.getLogger(RELOAD_LOGGER), Records()
+    logger.addHandler(records)
+    try:
+        before, after, count = inprocess_tiny_engine.collective_rpc(push)[0]
+    finally:
+        logger.removeHandler(records)
+        os.remove(path)
+    assert count == len(layout)
+    assert before and before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert not [m for m in records.messages if "Failed to load weights" in m], records.messages
+    assert not logger.filters, "the filter is removed after the push"
