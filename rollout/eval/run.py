@@ -92,6 +92,23 @@ def plan_keys(plan: EvalPlan) -> list[tuple[str, str, str]]:
             for bench in plan.benchmarks for mode in plan.modes]
 
 
+def with_later_defaults(stored: dict, record_type: type) -> dict:
+    """A record stored as ``dataclasses.asdict`` with the fields its class gained since then
+    filled in with their defaults, which is what the earlier cell was made with."""
+    filled = dict(stored)
+    for record_field in dataclasses.fields(record_type):
+        if record_field.name in filled:
+            continue
+        if record_field.default is not dataclasses.MISSING:
+            default = record_field.default
+        elif record_field.default_factory is not dataclasses.MISSING:
+            default = record_field.default_factory()
+        else:
+            continue  # a field without default cannot have been added later
+        filled[record_field.name] = json.loads(json.dumps(dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default))
+    return filled
+
+
 def finished_cells(plan: EvalPlan, out_dir: Path, earlier: dict) -> dict[tuple[str, str, str], dict]:
     """The ``earlier`` cells (``earlier_cells(out_dir)``) that this plan would compute again,
     by (model, bench, mode); one made with other settings is an error."""
@@ -104,8 +121,9 @@ def finished_cells(plan: EvalPlan, out_dir: Path, earlier: dict) -> dict[tuple[s
                     continue
                 wanted = json.loads(json.dumps(cell_settings(plan, model, bench, mode)))
                 stored = dict(cell.get("settings", {}))
-                if "format" in stored:  # a field PromptFormat gained later: earlier cells used its default
-                    stored["format"] = {**dataclasses.asdict(PromptFormat()), **stored["format"]}
+                for key, record in (("source", bench.source), ("format", plan.format)):
+                    if key in stored:
+                        stored[key] = with_later_defaults(stored[key], type(record))
                 changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
                 if changed:
                     raise ValueError(f"{output_paths(out_dir)['json']}: {label} | {bench.name} | {mode.name} was made "

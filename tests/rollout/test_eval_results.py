@@ -103,14 +103,20 @@ def test_resume_reuses_cells_made_with_the_same_settings_only(tmp_path):
     assert [(c["model"], c["mode"]) for c in stored] == [("base", "greedy"), ("base", "sampling"), ("trained", "greedy")]
     assert (tmp_path / "results.md").exists()
 
-    # cells made before PromptFormat had a field (response_prefix) were made with its default
+    # cells made before PromptFormat and PromptSourceConfig had a field (response_prefix,
+    # split) were made with its default
     for cell in stored:
         del cell["settings"]["format"]["response_prefix"]
+        del cell["settings"]["source"]["split"]
     (tmp_path / "results.json").write_text(json.dumps(stored))
     assert len(evaluate(plan, tmp_path, resume=True)) == 2 and not ray.is_initialized()
     prefixed = dataclasses.replace(plan, format=PromptFormat(response_prefix="The answer is"))
     with pytest.raises(ValueError, match=r"greedy was made with other \['format'\]"):
         evaluate(prefixed, tmp_path, resume=True)
+    other_split = dataclasses.replace(plan, benchmarks=[dataclasses.replace(
+        bench, source=dataclasses.replace(bench.source, split="test"))])
+    with pytest.raises(ValueError, match=r"greedy was made with other \['source'\]"):
+        evaluate(other_split, tmp_path, resume=True)
 
     longer = EvalPlan(models=["base=tiny"], benchmarks=[bench], modes=plan.modes, n=2, num_problems=4, max_tokens=16)
     with pytest.raises(ValueError, match=r"base \| basic_arithmetic \| greedy was made with other \['max_tokens'\]"):
