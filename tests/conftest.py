@@ -32,13 +32,33 @@ ENGINE_KWARGS = dict(
 )
 
 
+IN_PROCESS_ENGINES = ("default_engine", "inprocess_tiny_engine", "preempting_engine")
+"""Fixtures whose engine runs in the test process (see tests/in_process.py)."""
+PROCESS_GROUP_TESTS = "tests/trainer/test_learner.py"
+"""Tests that start a torch.distributed group of their own: no in-process engine before them."""
+
+
 def pytest_collection_modifyitems(config, items):
+    _in_process_engines_come_last(items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _in_process_engines_come_last(items) -> None:
+    """An in-process engine initialises torch.distributed for the rest of the session, and the
+    learner tests then fail to start their group: refuse a test order that would do that."""
+    paths = [item.nodeid.split("::")[0] for item in items]
+    if PROCESS_GROUP_TESTS not in paths:
+        return
+    last_learner_test = len(paths) - 1 - paths[::-1].index(PROCESS_GROUP_TESTS)
+    early = [item.nodeid for item in items[:last_learner_test] if set(IN_PROCESS_ENGINES) & set(item.fixturenames)]
+    if early:
+        raise pytest.UsageError(f"{early[0]} uses an in-process engine but runs before {PROCESS_GROUP_TESTS}, "
+                                "whose process groups it would break: move it to tests/vllm_soft")
 
 
 @pytest.fixture(scope="session", autouse=True)
