@@ -124,11 +124,19 @@ def final_checkpoint(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / f"step_{steps:06d}" / "model"
 
 
-def task_overrides(task: str, max_tokens: int | None) -> list[str]:
+def task_overrides(task: str, max_tokens: int | None, response_prefix: str = "") -> list[str]:
     """Config overrides (``key=value``) that move an arm from the configs' task to ``task``,
-    with an answer budget of ``max_tokens`` (None: the config's) in training and evaluation."""
+    with an answer budget of ``max_tokens`` (None: the config's) in training and evaluation,
+    and the model's turn in the training format begun by ``response_prefix``."""
     overrides = [] if task == DEFAULT_TASK else [f"prompts.args={json.dumps(TASKS[task])}"]
+    overrides += [f"format.response_prefix={json.dumps(response_prefix)}"] if response_prefix else []
     return overrides + ([f"algorithm.max_tokens={max_tokens}"] if max_tokens else [])
+
+
+def results_folder(task: str, response_prefix: str) -> str:
+    """soft_rl_arms, then _TASK for another task and _prefixed when the training format has a
+    response prefix: each setting's runs and results apart."""
+    return "soft_rl_arms" + ("" if task == DEFAULT_TASK else f"_{task}") + ("_prefixed" if response_prefix else "")
 
 
 def train_arm(label: str, runs: Path, steps: int, overrides: list[str]) -> tuple[Path, float | None]:
@@ -649,8 +657,13 @@ def main(argv=None) -> None:
                         help="basic_arithmetic difficulty (digits d, terms t) every arm trains and is evaluated on")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="answer budget in training and evaluation (default: the configs', 96)")
-    parser.add_argument("--runs", type=Path, default=None, help="default: runs/soft_rl_arms[_TASK]")
-    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/soft_rl_arms[_TASK]")
+    parser.add_argument("--response-prefix", default="",
+                        help="text the model's turn starts with in the training format (training and its "
+                             "evaluation; the neutral prompt has none), e.g. 'To calculate' to keep a policy "
+                             "from answering at once")
+    parser.add_argument("--runs", type=Path, default=None, help="default: runs/soft_rl_arms[_TASK][_prefixed]")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/soft_rl_arms[_TASK][_prefixed]")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the arms' existing checkpoints only")
     parser.add_argument("--from-results", nargs="*", default=[], metavar="RUN",
                         help="runs (ARM or ARM_sN) reported from --out alone (trained on an earlier machine): "
@@ -663,11 +676,11 @@ def main(argv=None) -> None:
     if not set(args.from_results) <= set(labels):
         parser.error(f"--from-results {sorted(set(args.from_results) - set(labels))}: not among --arms")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    folder = "soft_rl_arms" if args.task == DEFAULT_TASK else f"soft_rl_arms_{args.task}"
+    folder = results_folder(args.task, args.response_prefix)
     args.runs = args.runs or REPO / "runs" / folder
     args.out = args.out or REPO / "benchmarks" / "results" / folder
     args.out.mkdir(parents=True, exist_ok=True)
-    overrides = task_overrides(args.task, args.max_tokens)
+    overrides = task_overrides(args.task, args.max_tokens, args.response_prefix)
 
     seconds_path = args.out / "train_seconds.json"
     train_seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}

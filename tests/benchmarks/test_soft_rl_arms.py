@@ -108,8 +108,8 @@ def test_each_row_carries_its_answer_shape_into_the_table():
     assert "| train | greedy | grpo | 60.0 | +40.0 ± 16.3 |  | 10.0 (0.0) | 100.0 | 60.0 / - |" in markdown(summary, {})
 
 
-def test_a_task_moves_every_arm_to_its_prompts_and_budget_and_the_default_changes_nothing():
-    from benchmarks.soft_rl_arms import ARMS, REPO, TASKS, task_overrides
+def test_a_task_and_a_response_prefix_move_every_arm_and_the_defaults_change_nothing():
+    from benchmarks.soft_rl_arms import ARMS, REPO, TASKS, results_folder, task_overrides
     from rollout.config import load_config
     from trainer.settings import TrainConfig
 
@@ -118,3 +118,7 @@ def test_a_task_moves_every_arm_to_its_prompts_and_budget_and_the_default_change
         moved = load_config(TrainConfig, REPO / config, task_overrides("2d3t", 128))
         assert moved.prompts.args == TASKS["2d3t"] and moved.algorithm.max_tokens == 128
         assert load_config(TrainConfig, REPO / config, []).prompts.args == TASKS["1d2t"]
+        prefixed = load_config(TrainConfig, REPO / config, task_overrides("1d2t", None, "To calculate: 3"))
+        assert prefixed.format.response_prefix == "To calculate: 3" and prefixed.prompts.args == TASKS["1d2t"]
+    assert results_folder("1d2t", "") == "soft_rl_arms"
+    assert results_folder("2d2t", "To calculate") == "soft_rl_arms_2d2t_prefixed"
