@@ -105,7 +105,8 @@ def with_later_defaults(stored: dict, record_type: type) -> dict:
             default = record_field.default_factory()
         else:
             continue  # a field without default cannot have been added later
-        filled[record_field.name] = json.loads(json.dumps(dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default))
+        stored_form = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+        filled[record_field.name] = json.loads(json.dumps(stored_form))
     return filled
 
 

@@ -80,4 +80,3 @@ def test_derived_layers_are_those_with_only_non_persistent_buffers():
 
     assert not quiet.filter(record("RotaryEmbedding"))
     assert quiet.filter(record("QKVParallelLinear")), "a layer with parameters that failed to load still warns"
-
