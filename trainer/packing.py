@@ -62,7 +62,9 @@ class PackedBatch:
             mask[block, : len(query)] = False
             mask[block, : len(query), : len(key)] = visible
             query_valid[block, : len(query)] = True
-        return AttentionBlocks(query_index, key_index, mask.unsqueeze(1), query_valid)
+        positions = self.position_ids_BT.reshape(-1)
+        return AttentionBlocks(query_index, key_index, mask.unsqueeze(1), query_valid, positions[query_index],
+                               positions[key_index])
 
     def predicting_columns(self, sequence: int) -> list[int]:
         """Columns whose hidden states predict the sequence's response tokens, in order."""

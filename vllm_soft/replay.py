@@ -125,7 +125,7 @@ def recorded_latents(steps: list[dict], embed, device) -> torch.Tensor:
 
 
 def soft_inputs_embeds(
-    embedding_VH: torch.Tensor,
+    embed_tokens: torch.nn.Module,
     input_ids_BT: torch.Tensor,
     response_ids: list[list[int]],
     soft_steps: list[list[dict]],
@@ -145,13 +145,16 @@ def soft_inputs_embeds(
     gate and E[y]); in mode ``hidden``, each latent step's input is row k of response i's
     ``latents[i]`` (K, H) (``coconut_latents``: the policy's own, not the recorded ones).
 
-    One embedding lookup for all tokens and one for all soft supports: the backward of a
+    ``embed_tokens`` is the model's input embedding (``get_input_embeddings()``), called and
+    never indexed: on some families it is more than the table's row (Gemma's is the row
+    times sqrt(H)), and vLLM's ``embed_input_ids``, which the engine mixes, is the same.
+    One embedding call for all tokens and one for all soft supports: the backward of a
     lookup fills a vocabulary-sized gradient, so it runs once per batch, not per sequence.
     """
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {', '.join(MODE_CODES)} (got {mode!r})")
-    device = embedding_VH.device
-    inputs_BTH = embedding_VH[input_ids_BT.to(device)]
+    device = embed_tokens.weight.device
+    inputs_BTH = embed_tokens(input_ids_BT.to(device))
     if mode == "hidden":
         return _with_latents(inputs_BTH, response_ids, soft_steps, rows, response_starts, latents)
     fed_back, step_rows, columns = [], [], []
@@ -168,11 +171,11 @@ def soft_inputs_embeds(
     if mode == "gate":
         if gate is None:
             raise ValueError("replaying mode 'gate' needs the model's gate (vllm_soft.gate)")
-        latent_SH = recorded_latents(fed_back, embedding_VH.__getitem__, device).detach()
+        latent_SH = recorded_latents(fed_back, embed_tokens, device).detach()
         gated = gate if callable(gate) else functools.partial(gated_inputs, gate=gate)
         mixed_SH = gated(inputs_BTH[index], latent_SH)[0]
         return inputs_BTH.index_put(index, mixed_SH.to(inputs_BTH.dtype))
-    concept_SH = recorded_concepts(fed_back, embedding_VH.__getitem__, device)
+    concept_SH = recorded_concepts(fed_back, embed_tokens, device)
     steps = len(fed_back)
     add_S = torch.full((steps,), mode == "add", device=device)
     mixed_SH = mix_inputs(add_S, inputs_BTH[index], concept_SH, torch.full((steps,), scale, device=device))
@@ -207,35 +210,39 @@ cache it is given (None: a new one) by T positions; C is the positions cached be
 
 def coconut_latents(
     decoder: LatentDecoder,
-    embedding_VH: torch.Tensor,
+    embed_tokens: torch.nn.Module,
     prompt_ids: list[list[int]],
     latent_steps: int,
     rescale_latent: bool,
 ) -> torch.Tensor:
     """Coconut's latents (N, K, H) after each prompt, as the engine computes them: latent k
     is the final-normed last hidden state of the last position of [prompt | latents
-    0..k-1], rescaled to the table's RMS row norm with ``rescale_latent`` (the norm a
+    0..k-1], rescaled to the RMS row norm of the model's input embeddings
+    (``embed_tokens``, as in ``soft_inputs_embeds``) with ``rescale_latent`` (the norm a
     constant of the step: detached), in the embedding's dtype.
 
     Sequential passes over a KV cache, as Coconut's training does: one pass over the
-    prompts, right-padded (the padding masked out), then one position per latent, at each
-    row's own position id. Every pass stays in the graph, cache included, so gradients
+    prompts, left-padded (the padding masked out; on the left, a cache slot's distance to
+    the newest one is the tokens' distance, which sliding-window layers count), then one
+    position per latent, at each row's own position id. Every pass stays in the graph, cache included, so gradients
     flow through the whole latent chain."""
-    device, dtype = embedding_VH.device, embedding_VH.dtype
+    table_VH = embed_tokens.weight
+    device, dtype = table_VH.device, table_VH.dtype
     count = len(prompt_ids)
     if latent_steps == 0:
-        return embedding_VH.new_zeros(count, 0, embedding_VH.shape[1])
+        return table_VH.new_zeros(count, 0, table_VH.shape[1])
     lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
     width = int(lengths.max())
-    padded_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in prompt_ids], device=device)
-    mask = (torch.arange(width, device=device) < lengths[:, None]).long()
-    positions = torch.arange(width, device=device).expand(count, width)
-    vocab_size, hidden_size = embedding_VH.shape
-    norm = (embedding_rms(embedding_VH.__getitem__, vocab_size, hidden_size, device) * hidden_size**0.5
+    padding = width - lengths
+    padded_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in prompt_ids], device=device)
+    mask = (torch.arange(width, device=device) >= padding[:, None]).long()
+    positions = (torch.arange(width, device=device) - padding[:, None]).clamp_min(0)
+    vocab_size, hidden_size = table_VH.shape
+    norm = (embedding_rms(embed_tokens, vocab_size, hidden_size, device) * hidden_size**0.5
             if rescale_latent else 0.0)
     target_N = torch.full((count,), norm, dtype=torch.float64, device=device)
-    hidden_NTH, cache = decoder(embedding_VH[padded_ids], mask, positions, None)
-    last_NH = hidden_NTH[torch.arange(count, device=device), lengths - 1]
+    hidden_NTH, cache = decoder(embed_tokens(padded_ids), mask, positions, None)
+    last_NH = hidden_NTH[:, -1]
     latents = []
     for step in range(latent_steps):
         latent_NH = rescaled_latents(last_NH, target_N).to(dtype)
@@ -262,7 +269,7 @@ def latent_gap(latents: list[torch.Tensor], soft_steps: list[list[dict]]) -> flo
 
 
 def rebuild_inputs_embeds(
-    embedding_VH: torch.Tensor,
+    embed_tokens: torch.nn.Module,
     prompt_ids: list[int],
     response_ids: list[int],
     soft_steps: list[dict],
@@ -273,7 +280,7 @@ def rebuild_inputs_embeds(
     """Input embeddings (T, H) of one ``prompt + response[:-1]`` as the engine fed them."""
     input_ids = torch.tensor([prompt_ids + response_ids[:-1]], dtype=torch.long)
     return soft_inputs_embeds(
-        embedding_VH, input_ids, [response_ids], [soft_steps], [0], [len(prompt_ids)], mode, scale, gate
+        embed_tokens, input_ids, [response_ids], [soft_steps], [0], [len(prompt_ids)], mode, scale, gate
     )[0]
 
 
@@ -283,14 +290,15 @@ def response_logprobs(
     soft_steps: list[dict],
     knobs: SoftThinkingParams,
     temperature: float,
-    embedding_VH: torch.Tensor | None = None,
+    embed_tokens: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Log-probability (R,) of each response token; ``logits_RV[i]`` predicts token i.
 
     ``knobs``: the soft knobs the rollout used; ``temperature``: the request's sampling
     temperature for discrete tokens (<= 0 means greedy, scored at temperature 1);
-    ``embedding_VH``: the input embedding table, needed with Gaussian noise (the fed-back
-    concept's density is measured from the policy's own concept).
+    ``embed_tokens``: the model's input embedding (as in ``soft_inputs_embeds``), needed
+    with Gaussian noise (the fed-back concept's density is measured from the policy's own
+    concept).
     """
     device = logits_RV.device
     targets = torch.tensor(response_ids, dtype=torch.long, device=device)
@@ -308,11 +316,11 @@ def response_logprobs(
     steps = len(soft_steps)
     embedding_density_S = None
     if knobs.noise == "gaussian":
-        if embedding_VH is None:
-            raise ValueError("response_logprobs: Gaussian noise needs embedding_VH (the input embedding table)")
+        if embed_tokens is None:
+            raise ValueError("response_logprobs: Gaussian noise needs embed_tokens (the model's input embedding)")
         # Fed back: the recorded mixture + noise; the policy's concept: its own weights' mixture.
         weight_gap_SK = supports.weights_SK - log_base_SK.double().exp()
-        offset_SH = concept_embeddings(supports.token_ids_SK, weight_gap_SK, embedding_VH.__getitem__).double()
+        offset_SH = concept_embeddings(supports.token_ids_SK, weight_gap_SK, embed_tokens).double()
         offset_SH = offset_SH + concept_noise(soft_steps, offset_SH.shape[-1], device)
         scales_S = torch.tensor([s["noise_scale"] or 1.0 for s in soft_steps], dtype=torch.float64, device=device)
         embedding_density_S = gaussian_log_density(offset_SH, scales_S)

@@ -27,11 +27,11 @@ def policy(tiny_model_path):
 
 
 def _uncached(model, prompts, latent_steps: int, rescale: bool) -> torch.Tensor:
-    embedding = model.get_input_embeddings().weight
-    norm = embedding.pow(2).sum(-1).mean().sqrt().detach()
+    embed = model.get_input_embeddings()
+    norm = embed.weight.pow(2).sum(-1).mean().sqrt().detach()
     per_prompt = []
     for ids in prompts:
-        sequence, latents = embedding[torch.tensor(ids)], []
+        sequence, latents = embed(torch.tensor(ids)), []
         for _ in range(latent_steps):
             hidden = model.get_decoder()(inputs_embeds=sequence[None]).last_hidden_state[0, -1]
             latent = hidden * (norm / hidden.norm()) if rescale else hidden
@@ -49,11 +49,11 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_cached_latents_are_the_uncached_loops(policy, rescale):
     model = policy.model
     with torch.no_grad():
-        cached = coconut_latents(latent_decoder(model), model.get_input_embeddings().weight, PROMPTS, 4, rescale)
+        cached = coconut_latents(latent_decoder(model), model.get_input_embeddings(), PROMPTS, 4, rescale)
         expected = _uncached(model, PROMPTS, 4, rescale)
     assert cached.shape == (3, 4, model.config.hidden_size)
     assert _relative_error(cached, expected) <= TOLERANCE
-    none = coconut_latents(latent_decoder(model), model.get_input_embeddings().weight, PROMPTS, 0, rescale)
+    none = coconut_latents(latent_decoder(model), model.get_input_embeddings(), PROMPTS, 0, rescale)
     assert none.shape[:2] == (3, 0)
 
 
@@ -70,7 +70,7 @@ def test_gradients_flow_through_the_cache_as_through_the_loop(policy):
         (latents[:, -1] * direction).sum().backward()
         return embedding.grad.clone(), first_layer.grad.clone()
 
-    cached = gradients(coconut_latents(latent_decoder(model), embedding, PROMPTS, 3, True))
+    cached = gradients(coconut_latents(latent_decoder(model), model.get_input_embeddings(), PROMPTS, 3, True))
     expected = gradients(_uncached(model, PROMPTS, 3, True))
     assert cached[0].abs().sum() > 0 and cached[1].abs().sum() > 0
     for got, want in zip(cached, expected):

@@ -198,7 +198,7 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
         prompts = list(dict.fromkeys(map(tuple, batch.prompt_ids)))
         model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)  # the rollout's weights
         with torch.no_grad():
-            recorded = coconut_latents(latent_decoder(model), model.get_input_embeddings().weight,
+            recorded = coconut_latents(latent_decoder(model), model.get_input_embeddings(),
                                        [list(p) for p in prompts], latent_steps, False)
         batch.knobs = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps)
 

@@ -73,7 +73,7 @@ def _random_batch(knobs: SoftThinkingParams) -> ReplayBatch:
 
 def _one_by_one(model, batch: ReplayBatch) -> list[torch.Tensor]:
     """Each sequence alone through the model's plain forward."""
-    knobs, embedding = batch.knobs, model.get_input_embeddings().weight
+    knobs, embedding = batch.knobs, model.get_input_embeddings()
     out = []
     for prompt, response, steps in zip(batch.prompt_ids, batch.response_ids, batch.soft_steps):
         inputs = rebuild_inputs_embeds(embedding, prompt, response, steps, knobs.mode, knobs.scale)

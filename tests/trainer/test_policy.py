@@ -6,6 +6,7 @@ recomputes)."""
 import pytest
 import torch
 from in_process import engine_in_this_process
+from soft_actions import LATENT_REPLAY_TOLERANCE, SOFT_ACTIONS
 
 from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
@@ -15,27 +16,6 @@ from vllm_soft.gate import fresh_gate
 from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
-
-SOFT = {"emit": "sample", "max_soft_steps": 6}
-MODES = {
-    "discrete": None,
-    "token": {"mode": "replace", **SOFT},
-    "token, add": {"mode": "add", "scale": 0.7, **SOFT},
-    "concrete, argmax emission": {"mode": "replace", "noise": "gumbel", "tau": 0.5, "max_soft_steps": 6},
-    "dirichlet, add": {"mode": "add", "noise": "dirichlet", "alpha": 2.0, **SOFT},
-    "dirichlet, tiny concentrations": {"noise": "dirichlet", "alpha": 0.3, **SOFT},
-    "token under gumbel noise": {"noise": "gumbel", "tau": 0.5, "action": "token", **SOFT},
-    "multiplex": {"multiplex": 4, **SOFT},
-    "multiplex without replacement, uniform, add": {
-        "mode": "add", "scale": 0.7, "multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform", **SOFT,
-    },
-    "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
-    "hrpo gate (fresh)": {"mode": "gate", **SOFT},
-    "coconut latents": {"mode": "hidden", "max_soft_steps": 6},
-    "coconut latents, rescaled, latent token": {"mode": "hidden", "max_soft_steps": 4, "rescale_latent": True,
-                                                "latent_token": 31},
-}
-"""Every soft action (what a step's log-probability scores) the learner must replay."""
 
 
 def _rollout_worker(model_path, **engine_knobs):
@@ -61,9 +41,9 @@ def default_rollout_worker(default_model_path):
     _shutdown(worker)
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(SOFT_ACTIONS))
 def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_rollout_worker, default_hf_model, default_tokenizer):
-    knobs = MODES[mode]
+    knobs = SOFT_ACTIONS[mode]
     sampling = SamplingConfig(group_size=4, temperature=1.0, max_tokens=24, seed=7, soft_thinking=knobs)
     prompts = [
         default_tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
@@ -94,11 +74,6 @@ def _replay_gap(model, samples, batch: ReplayBatch) -> tuple[float, torch.Tensor
         rollout[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs)
     return float(logprob_gap(logprobs, rollout, mask)), mask
 
-
-LATENT_REPLAY_TOLERANCE = 1e-4
-"""Relative L2 error of the learner's latents against the engine's: its own latents feed
-its next passes, so float32 differences compound over the span (teacher-forced, one latent
-is within 1e-5: tests/vllm_soft/test_hidden.py)."""
 
 ENGINE_DEFAULTS = {"mode": "add", "scale": 0.6, "temperature": 0.8}
 

@@ -4,7 +4,10 @@ It re-implements the filtering one row at a time, the obvious way, independently
 batched kernels in ``soft_math``, and replays a completion teacher-forced: the inputs are
 rebuilt from the recorded trace (mixtures at soft positions, Coconut's latents at latent
 positions, token embeddings elsewhere) and one forward pass gives the distribution, and
-the final-normed last hidden state, at every soft step.
+the final-normed last hidden state, at every soft step. Embeddings come from the model's
+own input embedding (Gemma's is the table row times sqrt(H)) and logits from its own
+forward (soft-capped or scaled where the family does that), so one oracle serves every
+family.
 """
 
 from dataclasses import dataclass
@@ -41,14 +44,14 @@ def reference_filter(logits_V: torch.Tensor, knobs: SoftThinkingParams) -> Refer
     return ReferenceStep(kept, [float(probs[t]) / total for t in kept], entropy)
 
 
-def hrpo_gated_input(token: torch.Tensor, token_ids: list[int], weights: list[float], embedding: torch.Tensor,
+def hrpo_gated_input(token: torch.Tensor, token_ids: list[int], weights: list[float], embed,
                      gate: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
     """HRPO's hybrid input after one step, in float64, written out: the latent is the
     weighted embeddings over the weights' L2 norm; r and i gate the emitted token's
     embedding; a = exp(-8 softplus(-lambda) r); input = a e + sqrt(1 - a^2 + 1e-8) i latent.
     Returns (input as float32, mean of a)."""
     w = torch.tensor(weights, dtype=torch.float64)
-    latent = (w.unsqueeze(-1) * embedding[token_ids].double()).sum(0) / torch.sqrt((w * w).sum())
+    latent = (w.unsqueeze(-1) * embed(torch.tensor(token_ids)).double()).sum(0) / torch.sqrt((w * w).sum())
     e = token.double()
     r = 1.0 / (1.0 + torch.exp(-(gate["weight_r"].double() @ e + gate["bias_r"].double())))
     i = 1.0 / (1.0 + torch.exp(-(gate["weight_i"].double() @ e + gate["bias_i"].double())))
@@ -57,16 +60,17 @@ def hrpo_gated_input(token: torch.Tensor, token_ids: list[int], weights: list[fl
 
 
 def rebuild_inputs_embeds(
-    embedding: torch.Tensor, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams,
+    embed, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs: SoftThinkingParams,
     gate: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Inputs of the whole sequence but its last token, float32, with every soft step that
     thinking continued after fed back as its mixture (replace), added to E[y] (add) or
     through HRPO's gate (``gate``: its tensors by file name); a step with Gaussian noise
     adds it to the mixture (its standard normals regenerated from the recorded seed: the
-    generator is the engine's, the rest is this file's)."""
+    generator is the engine's, the rest is this file's). ``embed``: the model's input
+    embedding (ids -> vectors)."""
     ids = torch.tensor(prompt_ids + completion_ids[:-1])
-    inputs = embedding[ids].float().clone()
+    inputs = embed(ids).float().clone()
     for entry in trace:
         position = len(prompt_ids) + entry["position"]
         if position >= len(inputs):
@@ -77,10 +81,10 @@ def rebuild_inputs_embeds(
         if entry["end_reason"] is not None:
             continue
         if knobs.mode == "gate":
-            inputs[position], mean_a = hrpo_gated_input(inputs[position], entry["token_ids"], entry["weights"], embedding, gate)
+            inputs[position], mean_a = hrpo_gated_input(inputs[position], entry["token_ids"], entry["weights"], embed, gate)
             assert abs(mean_a - entry["gate_retention"]) <= 1e-5 * mean_a, (entry["position"], mean_a, entry["gate_retention"])
             continue
-        concept = (torch.tensor(entry["weights"]).unsqueeze(-1) * embedding[entry["token_ids"]].float()).sum(0)
+        concept = (torch.tensor(entry["weights"]).unsqueeze(-1) * embed(torch.tensor(entry["token_ids"])).float()).sum(0)
         if entry.get("noise_scale"):
             seed = torch.tensor([stateless_random.as_int64(entry["seed"])])
             normals = stateless_random.normals(seed, torch.tensor([entry["position"]]), concept.shape[0])[0]
@@ -102,20 +106,22 @@ def teacher_forced_states(model, prompt_ids: list[int], completion_ids: list[int
     """(logits, final-normed last hidden states) at the positions predicting each
     completion token, [len(completion), V] and [len(completion), H], from one forward pass:
     hidden state i is what Coconut feeds back as the input of completion position i."""
-    embedding = model.get_input_embeddings().weight
-    inputs = rebuild_inputs_embeds(embedding, prompt_ids, completion_ids, trace, knobs, gate)
-    hidden = model.model(inputs_embeds=inputs.unsqueeze(0).to(embedding.dtype)).last_hidden_state[0]
-    logits = model.lm_head(hidden).float()
+    embed = model.get_input_embeddings()
+    inputs = rebuild_inputs_embeds(embed, prompt_ids, completion_ids, trace, knobs, gate).unsqueeze(0)
+    inputs = inputs.to(embed.weight.dtype)
+    hidden = model.model(inputs_embeds=inputs).last_hidden_state[0]  # final-normed
+    logits = model(inputs_embeds=inputs).logits[0].float()  # the family's own logits (capped, scaled)
     return logits[len(prompt_ids) - 1 :], hidden.float()[len(prompt_ids) - 1 :]
 
 
-def coconut_latent(hidden_H: torch.Tensor, knobs: SoftThinkingParams, embedding: torch.Tensor) -> torch.Tensor:
+def coconut_latent(hidden_H: torch.Tensor, knobs: SoftThinkingParams, embed) -> torch.Tensor:
     """Coconut's fed-back vector from a final-normed hidden state, float64: as is, or
-    rescaled to the embedding table's RMS row norm sqrt(mean_i ||E_i||^2)."""
+    rescaled to the RMS row norm sqrt(mean_i ||e_i||^2) of the model's input embeddings."""
     hidden = hidden_H.double()
     if not knobs.rescale_latent:
         return hidden
-    return hidden * (embedding.detach().double().pow(2).sum(-1).mean().sqrt() / hidden.norm())
+    rows = embed(torch.arange(embed.weight.shape[0])).detach().double()
+    return hidden * (rows.pow(2).sum(-1).mean().sqrt() / hidden.norm())
 
 
 def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace: list[dict], knobs,
@@ -125,10 +131,10 @@ def replay_trace(model, prompt_ids: list[int], completion_ids: list[int], trace:
     recorded latent is the hidden state the reference computes there (within
     ``LATENT_TOLERANCE``, relative)."""
     logits, hidden = teacher_forced_states(model, prompt_ids, completion_ids, trace, knobs, gate)
-    embedding = model.get_input_embeddings().weight
+    embed = model.get_input_embeddings()
     for entry in trace:
         if entry.get("latent") is not None:
-            expected = coconut_latent(hidden[entry["position"]], knobs, embedding)
+            expected = coconut_latent(hidden[entry["position"]], knobs, embed)
             error = float((torch.tensor(entry["latent"], dtype=torch.float64) - expected).norm() / expected.norm())
             assert error <= LATENT_TOLERANCE, (entry["position"], error)
     return [reference_filter(logits[entry["position"]], knobs) for entry in trace]

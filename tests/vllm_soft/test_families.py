@@ -1,0 +1,152 @@
+"""Every decoder family of the matrix (``vllm_soft.families``: Llama, Qwen2, Qwen3, Mistral,
+Gemma 3, Gemma 2, Phi-3, Granite), on tiny random models in float32, one in-process engine
+per family: soft top_k = 1 is greedy; each mode's soft steps match the independent
+reference teacher-forced; every soft action replays through the learner within 1e-3; a
+weight push round-trips (checksum). Prompts are longer than the sliding-window families'
+window, so their windows really slide. (Serving and one training step per family:
+tests/trainer/test_families_run.py.)"""
+
+import os
+
+import pytest
+import torch
+from in_process import engine_in_this_process
+from soft_actions import LATENT_REPLAY_TOLERANCE, SOFT_ACTIONS
+from soft_checks import assert_replays, generate, soft_params
+from vllm import SamplingParams
+
+from rollout.settings import EngineConfig, SamplingConfig
+from rollout.weights import parameter_checksum, write_weights_file
+from rollout.worker import GroupRequest, RolloutWorker
+from trainer.grpo import logprob_gap
+from trainer.policy import ReplayBatch, ReplayPolicy
+from vllm_soft import models
+from vllm_soft.families import FAMILIES
+from vllm_soft.gate import fresh_gate
+from vllm_soft.params import SoftThinkingParams
+from vllm_soft.trace import soft_summary
+
+pytestmark = pytest.mark.slow
+
+FAMILY_MODELS = {family: "tiny" if family == "llama" else f"tiny-{family}" for family in FAMILIES}
+QUESTIONS = ("Tom has 3 apples and buys 4 more. How many apples does he have now?", "What is 2 + 6?")
+MODES = {
+    "replace": {"mode": "replace", "top_k": 8},
+    "add": {"mode": "add", "scale": 0.7, "top_k": 8},
+    "gate": {"mode": "gate", "top_k": 8},
+    "hidden": {"mode": "hidden", "max_soft_steps": 5},
+}
+
+
+class Family:
+    """One family's model: its folder, tokenizer, transformers model and a rollout worker
+    (no Ray) whose engine runs in this process."""
+
+    def __init__(self, name: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name, self.path = name, models.fetch(FAMILY_MODELS[name])
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        # The reference runs eager attention (SDPA has no attention soft-capping: Gemma 2);
+        # the learner's policy switches its own copy to block attention.
+        self.hf = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, attn_implementation="eager").eval()
+        self.policy_model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
+        with engine_in_this_process():
+            self.worker = RolloutWorker(EngineConfig(model=str(self.path), dtype="float32", kv_cache_gib=0.25),
+                                        {"brevity": 1.0})
+        self.prompts = [
+            self.tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=False)
+            for q in QUESTIONS
+        ]
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
+        self.worker.llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_MODELS))
+def family(request):
+    loaded = Family(request.param)
+    yield loaded
+    loaded.shutdown()
+
+
+def test_prompts_are_longer_than_the_sliding_window(family):
+    window = getattr(family.hf.config, "sliding_window", None)
+    assert window is None or min(len(p) for p in family.prompts) + 16 > window
+
+
+def test_soft_top_k_1_is_greedy(family):
+    """Replace with top_k 1 feeds back E[argmax]: greedy decoding, token for token (and add
+    with scale 0, whose concept term vanishes)."""
+    llm = family.worker.llm
+    greedy = generate(llm, family.prompts, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))
+    for knobs in ({"top_k": 1}, {"mode": "add", "scale": 0.0, "top_k": 1}):
+        soft = generate(llm, family.prompts, soft_params(24, **knobs))
+        for plain, completion in zip(greedy, soft):
+            assert list(completion.token_ids) == list(plain.token_ids), knobs
+            assert soft_summary(completion)["num_soft_steps"] == 24
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_matches_the_reference(family, mode):
+    """Teacher-forced, each soft step's support and weights (and, mode hidden, each latent;
+    mode gate, each step's mean gate) are the reference's, built with the model's own
+    embedding function and logits."""
+    knobs = MODES[mode]
+    completions = generate(family.worker.llm, family.prompts, soft_params(16, **knobs))
+    params = SoftThinkingParams().with_overrides(knobs)
+    for prompt_ids, completion in zip(family.prompts, completions):
+        assert_replays(family.hf, prompt_ids, completion, params)
+
+
+@pytest.mark.parametrize("action", list(SOFT_ACTIONS))
+def test_learner_replays_every_action_within_1e_3(family, action):
+    knobs = SOFT_ACTIONS[action]
+    sampling = SamplingConfig(group_size=3, temperature=1.0, max_tokens=16, seed=7, soft_thinking=knobs)
+    prompts = [family.tokenizer.decode(p) for p in family.prompts]
+    groups = family.worker.generate([GroupRequest(i, p) for i, p in enumerate(prompts)], sampling)
+    samples = [s for group in groups for s in group]
+    batch = ReplayBatch.from_samples(samples, temperature=1.0)
+    gate = fresh_gate(family.hf.config.hidden_size) if batch.knobs.mode == "gate" else None
+    policy = ReplayPolicy(family.policy_model, gate=gate)
+    with torch.no_grad():
+        logprobs, mask = policy(batch)
+    rollout = torch.zeros_like(logprobs)
+    for row, sample in enumerate(samples):
+        rollout[row, : len(sample.rollout_logprobs)] = torch.tensor(sample.rollout_logprobs)
+    assert int(mask.sum()) == sum(len(s.response_token_ids) for s in samples)
+    assert (knobs is None) == all(not s.soft_steps for s in samples)
+    assert float(logprob_gap(logprobs, rollout, mask)) <= 1e-3
+    if batch.knobs.mode == "hidden":  # the learner's own latents, against the engine's
+        assert policy.latent_replay_gap <= LATENT_REPLAY_TOLERANCE
+
+
+def test_weight_push_round_trips(family):
+    """Perturbed weights pushed by Hugging Face name land in vLLM's (fused, renamed) layers:
+    the engine's checksum is the learner's, and differs from the one before the push."""
+    own = family.hf.state_dict()
+    if family.hf.config.tie_word_embeddings:
+        own.pop("lm_head.weight")  # one tensor in vLLM
+    before = family.worker.weights_checksum()
+    # The engine counts the HRPO gate too once a gated request loaded it; a push leaves it.
+    gate = [engine - model for engine, model in zip(before, parameter_checksum(own.values()))]
+    assert before[0] - gate[0] == sum(t.numel() for t in own.values())
+    noise = torch.Generator().manual_seed(1)
+    state = {name: tensor + 1e-3 * torch.randn(tensor.shape, generator=noise) for name, tensor in own.items()}
+    expected = [pushed + kept for pushed, kept in zip(parameter_checksum(state.values()), gate)]
+    _push(family, state)
+    after = family.worker.weights_checksum()
+    assert after[0] == expected[0] and after != before
+    assert list(after[1:]) == pytest.approx(expected[1:], rel=1e-9)
+    _push(family, own)  # the family's own weights back
+    assert list(family.worker.weights_checksum()) == pytest.approx(list(before), rel=1e-12)
+
+
+def _push(family: Family, state: dict[str, torch.Tensor]) -> None:
+    path, layout = write_weights_file(state.items())
+    try:
+        family.worker.llm.collective_rpc("load_weights_file", args=(path, layout))
+    finally:
+        os.remove(path)
