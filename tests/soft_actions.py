@@ -2,21 +2,22 @@
 request knobs: shared by the default model's replay test (tests/trainer/test_policy.py) and
 the family matrix (tests/vllm_soft/test_families.py)."""
 
-SOFT = {"emit": "sample", "max_soft_steps": 6}
+SOFT = {"emit": "sample", "noise": "none", "max_soft_steps": 6}
+"""What every soft action shares; an action's own knobs (its noise) override these."""
 SOFT_ACTIONS = {
     "discrete": None,
-    "token": {"mode": "replace", **SOFT},
-    "token, add": {"mode": "add", "scale": 0.7, **SOFT},
+    "token": {**SOFT, "mode": "replace"},
+    "token, add": {**SOFT, "mode": "add", "scale": 0.7},
     "concrete, argmax emission": {"mode": "replace", "noise": "gumbel", "tau": 0.5, "max_soft_steps": 6},
-    "dirichlet, add": {"mode": "add", "noise": "dirichlet", "alpha": 2.0, **SOFT},
-    "dirichlet, tiny concentrations": {"noise": "dirichlet", "alpha": 0.3, **SOFT},
-    "token under gumbel noise": {"noise": "gumbel", "tau": 0.5, "action": "token", **SOFT},
-    "multiplex": {"multiplex": 4, **SOFT},
+    "dirichlet, add": {**SOFT, "mode": "add", "noise": "dirichlet", "alpha": 2.0},
+    "dirichlet, tiny concentrations": {**SOFT, "noise": "dirichlet", "alpha": 0.3},
+    "token under gumbel noise": {**SOFT, "noise": "gumbel", "tau": 0.5, "action": "token"},
+    "multiplex": {**SOFT, "multiplex": 4},
     "multiplex without replacement, uniform, add": {
-        "mode": "add", "scale": 0.7, "multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform", **SOFT,
+        **SOFT, "mode": "add", "scale": 0.7, "multiplex": 3, "multiplex_replacement": False, "multiplex_weights": "uniform",
     },
-    "gaussian": {"noise": "gaussian", "sigma": 0.5, **SOFT},
-    "hrpo gate (fresh)": {"mode": "gate", **SOFT},
+    "gaussian": {**SOFT, "noise": "gaussian", "sigma": 0.5},
+    "hrpo gate (fresh)": {**SOFT, "mode": "gate"},
     "coconut latents": {"mode": "hidden", "max_soft_steps": 6},
     "coconut latents, rescaled, latent token": {"mode": "hidden", "max_soft_steps": 4, "rescale_latent": True,
                                                 "latent_token": 31},

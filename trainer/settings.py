@@ -124,9 +124,11 @@ class AlgorithmConfig:
         the soft action's knobs (None in discrete mode)."""
         if self.mode == "discrete":
             return None
+        # An unset noise is none: a run's exploration is what its config says, not the
+        # serving default 'auto' (Gumbel noise whenever the temperature is > 0).
         knobs = {**self.soft_thinking, "mode": self.mode}
         if self.soft_action is None:
-            return knobs
+            return {"noise": "none", **knobs}
         fixed, needed = SOFT_ACTIONS[self.soft_action]
         for knob, value in fixed.items():
             if knobs.get(knob, value) != value:
@@ -146,7 +148,7 @@ class AlgorithmConfig:
                     f"algorithm.soft_action {self.soft_action!r} needs soft_thinking.{knob} "
                     f"{'> 0' if allowed == 'positive' else 'in ' + str(allowed)} (got {value!r})"
                 )
-        return knobs
+        return {"noise": "none", **knobs}
 
     def __post_init__(self):
         knob_mode = self.soft_thinking.get("mode")

@@ -30,6 +30,9 @@ REQUESTS_KEY = "soft_thinking_requests"
 """``additional_config`` key: which requests of a soft-thinking engine are soft (``REQUEST_POLICIES``)."""
 REQUEST_POLICIES = ("opt_in", "all")
 FLAT_PREFIX = "soft_thinking_"
+NOISES = ("auto", "none", "dirichlet", "gumbel", "gaussian")
+AUTO = "auto"
+"""The value of ``noise`` and ``think_end`` that the front end resolves per request."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,11 @@ class SoftThinkingParams:
     """Temperature of the soft distribution (the request's own temperature applies after thinking)."""
     emit: Literal["argmax", "sample"] = "argmax"
     """Emitted token: argmax of the weights (readable trace) or a sample from them (the RL action)."""
-    noise: Literal["none", "dirichlet", "gumbel", "gaussian"] = "none"
-    """Exploration noise: on the weights (dirichlet, gumbel) or on the concept embedding (gaussian)."""
+    noise: Literal["auto", "none", "dirichlet", "gumbel", "gaussian"] = "auto"
+    """Exploration noise: on the weights (dirichlet, gumbel) or on the concept embedding
+    (gaussian). auto: gumbel when the request samples (temperature > 0: Stochastic Soft
+    Thinking's Gumbel-Softmax, so samples differ and the emitted token is a sample of the
+    soft distribution), none when it is greedy (temperature 0), in mode hidden or with multiplex."""
     alpha: float = 1.0
     """Dirichlet concentration scale: weights ~ Dirichlet(alpha * weights)."""
     tau: float = 1.0
@@ -74,8 +80,10 @@ class SoftThinkingParams:
     """What a step's rollout log-probability scores (the RL action): 'sampled', everything
     the step drew (the noise's density, the multiplex draws, a sampled token); 'token', the
     emitted token alone, log w_y on the kept support (noise then explores off the action)."""
-    think_end: str | int | None = None
-    """Token (string or id) that ends thinking; None: thinking ends only by cold stop or budget."""
+    think_end: str | int | None = "auto"
+    """Token (string or id) that ends thinking. auto: the model's thinking-span end, if its
+    tokenizer has one as a single token (what ``--reasoning-parser`` ends reasoning with,
+    else ``</think>``); null (or "null"): thinking ends only by cold stop or budget."""
     entropy_threshold: float = 0.01
     """Cold stop: entropy (nats) below this ..."""
     patience: int = 256
@@ -99,7 +107,7 @@ class SoftThinkingParams:
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, ("replace", "add", "gate", "hidden"))
         _check_choice("emit", self.emit, ("argmax", "sample"))
-        _check_choice("noise", self.noise, ("none", "dirichlet", "gumbel", "gaussian"))
+        _check_choice("noise", self.noise, NOISES)
         _check_choice("multiplex_weights", self.multiplex_weights, ("probability", "uniform"))
         _check_choice("action", self.action, ("sampled", "token"))
         _check_int("multiplex", self.multiplex, low=0)
@@ -120,7 +128,7 @@ class SoftThinkingParams:
         _check_float("sigma", self.sigma, "> 0", lambda v: v > 0.0)
         _check_float("scale", self.scale, "finite", lambda v: True)
         _check_float("entropy_threshold", self.entropy_threshold, ">= 0", lambda v: v >= 0.0)
-        if self.multiplex and self.noise != "none":
+        if self.multiplex and self.noise not in ("none", "auto"):
             raise SoftThinkingParamError(
                 "multiplex", f"soft_thinking.multiplex ({self.multiplex}) and noise ({self.noise!r}) exclude each other: "
                 "the draws are the exploration; set noise to none or multiplex to 0"
@@ -136,6 +144,8 @@ class SoftThinkingParams:
             )
         for name in ("think_end", "latent_token"):
             value = getattr(self, name)
+            if value == "null":  # flags and OpenAI's vllm_xargs cannot carry None
+                object.__setattr__(self, name, value := None)
             if isinstance(value, bool) or not isinstance(value, (str, int, type(None))):
                 raise SoftThinkingParamError(
                     name, f"soft_thinking.{name} must be a token string, a token id or null (got {value!r})"
@@ -149,7 +159,8 @@ class SoftThinkingParams:
                 "max_soft_steps", "soft_thinking.mode 'hidden' needs max_soft_steps, the number of latent steps "
                 "(an integer >= 0; 0 decodes plainly)"
             )
-        for name, value, allowed in (("noise", self.noise, "none"), ("emit", self.emit, "argmax"),
+        for name, value, allowed in (("noise", self.noise if self.noise != "auto" else "none", "none"),
+                                     ("emit", self.emit, "argmax"),
                                      ("multiplex", self.multiplex, 0)):
             if value != allowed:
                 raise SoftThinkingParamError(
@@ -272,9 +283,14 @@ def engine_defaults(additional_config: dict[str, Any] | None) -> SoftThinkingPar
     return SoftThinkingParams().with_overrides(config)
 
 
-def resolve_tokens(params: SoftThinkingParams, vocab_size: int, token_to_id) -> SoftThinkingParams:
+def resolve_tokens(params: SoftThinkingParams, vocab_size: int, token_to_id,
+                   model_think_end: str | None = None) -> SoftThinkingParams:
     """Resolve ``think_end`` and ``latent_token`` to token ids with ``token_to_id(str) ->
-    int | None``; error naming the knob if one is not a single token of the vocabulary."""
+    int | None``; error naming the knob if one is not a single token of the vocabulary.
+    ``think_end`` 'auto' becomes ``model_think_end``, the model's thinking-span end token
+    (None: the model has none)."""
+    if params.think_end == AUTO:
+        params = dataclasses.replace(params, think_end=model_think_end)
     resolved = {}
     for name in ("think_end", "latent_token"):
         value = getattr(params, name)
@@ -287,3 +303,25 @@ def resolve_tokens(params: SoftThinkingParams, vocab_size: int, token_to_id) -> 
             )
         resolved[f"{name}_id"] = token_id
     return dataclasses.replace(params, **resolved)
+
+
+def resolve_randomness(params: SoftThinkingParams, temperature: float, num_samples: int) -> SoftThinkingParams:
+    """What a soft request's steps draw, given the request's sampling ``temperature`` and
+    ``num_samples`` (its ``n``). A request samples when its temperature is > 0, as in vLLM:
+    noise 'auto' then becomes Gumbel-Softmax (Stochastic Soft Thinking), so its samples and
+    its retries differ, seeded like the rest of the request; a greedy request's soft steps
+    stay deterministic. Asking for n > 1 samples with steps that draw nothing (noise none,
+    emit argmax, no multiplex) would return n copies of one soft span: an error naming
+    ``noise``. Mode hidden (Coconut) draws nothing by design; its answer samples."""
+    samples = temperature > 0
+    if params.noise == AUTO:
+        random = samples and params.mode != "hidden" and params.multiplex == 0
+        params = dataclasses.replace(params, noise="gumbel" if random else "none")
+    draws = params.noise != "none" or params.emit == "sample" or params.multiplex > 0
+    if samples and num_samples > 1 and not draws and params.mode != "hidden":
+        raise SoftThinkingParamError(
+            "noise", f"n={num_samples} samples at temperature {temperature} would be {num_samples} copies of one soft "
+            "span: soft_thinking.noise 'none' with emit 'argmax' draws nothing; leave noise at 'auto' (Gumbel-Softmax "
+            "when the request samples), choose a noise, or set emit 'sample'"
+        )
+    return params

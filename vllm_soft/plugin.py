@@ -7,13 +7,12 @@ check the vLLM version (one gate, ``compat``), then apply the patches listed in
 ``register`` logs it and ``active_patches()`` lets tests ask.
 """
 
-import logging
 from collections.abc import Callable
 
 from vllm_soft.compat import check_vllm_version
+from vllm_soft.log import logger
 from vllm_soft.runtime import die_with_parent_if_asked
 
-logger = logging.getLogger("vllm_soft")
 
 
 def _patches() -> list[tuple[str, Callable[[], None]]]:

@@ -306,6 +306,9 @@ def response_logprobs(
     logprobs_R = torch.log_softmax(logits_RV.float() / scale, dim=-1).gather(1, targets[:, None])[:, 0]
     if not soft_steps:
         return logprobs_R
+    if knobs.noise == "auto":
+        raise ValueError("response_logprobs needs the knobs the engine resolved (soft_knobs(completion), "
+                         "Sample.soft_knobs): noise 'auto' is decided per request by its temperature")
     supports = _support_tensors(soft_steps, device)
     valid_SK = supports.valid_SK
     rows = torch.tensor([s["position"] for s in soft_steps], device=device)

@@ -1,8 +1,9 @@
 """Process-level settings for running vLLM well on the machine at hand."""
 
-import logging
 import os
 import sys
+
+from vllm_soft.log import logger
 
 
 def configure_cpu_threads() -> None:
@@ -85,5 +86,5 @@ def resolve_dtype(dtype: str, what: str = "model") -> str:
     cuda, units = torch.cuda.is_available(), cpu_has_bf16_units()
     chosen = choose_dtype(cuda, units)
     reason = "CUDA" if cuda else ("the CPU has bf16 units" if units else "the CPU has no bf16 units")
-    logging.getLogger("vllm_soft").info("vllm-soft: %s dtype auto -> %s (%s)", what, chosen, reason)
+    logger.info("vllm-soft: %s dtype auto -> %s (%s)", what, chosen, reason)
     return chosen

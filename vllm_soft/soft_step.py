@@ -46,6 +46,7 @@ def knob_row(params: SoftThinkingParams, seed: int, embedding_rms: float = 1.0) 
     absent think-end or latent token: -1, no budget: 0; ``seed``: the request's 64-bit
     soft-step seed; sigma: absolute, ``params.sigma`` times the embedding table's RMS entry
     ``embedding_rms``."""
+    assert params.noise != "auto", "noise 'auto' is resolved per request by the front end (params.resolve_randomness)"
     floats = [
         params.temperature, params.top_p, params.min_p, params.alpha, params.tau, params.scale,
         params.entropy_threshold, params.sigma * embedding_rms,
@@ -340,7 +341,7 @@ class CompiledSoftStep:
         self._statistics = torch.compile(soft_math.vocabulary_statistics, dynamic=False, fullgraph=True)
         self._tail = torch.compile(_decide_with_statistics, dynamic=False, fullgraph=True)
         self.stance = "default"  # compile now, once
-        rows = [(SoftThinkingParams(top_k=max(top_k, 2)), 0, 0)] * 2
+        rows = [(SoftThinkingParams(top_k=max(top_k, 2), noise="none"), 0, 0)] * 2
         self(torch.zeros(2, vocab_size, device=device), StepKnobs.for_requests(rows, device))
         self.stance = "eager_on_recompile"
         """What a call that would need a new graph does (``torch.compiler.set_stance``); tests

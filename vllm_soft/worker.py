@@ -24,18 +24,18 @@ mirrors. A request keeps its slot until vLLM reports it finished, so a preempted
 keeps its state. Randomness is ``stateless_random``: a function of (seed, soft step).
 """
 
-import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from vllm.utils.platform_utils import is_pin_memory_available
 
 from vllm_soft import gate as soft_gate
 from vllm_soft import records, replay, soft_math, soft_step, stateless_random
+from vllm_soft.log import logger
 from vllm_soft.params import SoftThinkingParams, request_overrides
 
-logger = logging.getLogger("vllm_soft")
 
 WORKSPACE_ROWS = 256
 """Most rows the soft step's vocabulary-sized scratch holds (2 x 256 x 152k float32 = 311 MB
@@ -116,13 +116,15 @@ class SoftThinkingRunner:
         dtype: torch.dtype,
         engine_seed: int | None,
         max_num_reqs: int,
-        pin_memory: bool = False,
         compile_step: bool = True,
         model_path: str | None = None,
     ):
         self.defaults = defaults
         self.device = device
-        self.pin_memory = pin_memory and device.type == "cuda"
+        # Asked of the platform, as vLLM's V1 runner does at import (its PIN_MEMORY): the
+        # runner has no attribute to read, and a pageable host buffer would make the
+        # step's one device-to-host copy synchronous.
+        self.pin_memory = device.type == "cuda" and is_pin_memory_available()
         self.vocab_size, self.hidden_size, self.dtype = vocab_size, hidden_size, dtype
         self.engine_seed = engine_seed
         self.max_num_reqs = max_num_reqs
@@ -433,9 +435,9 @@ class SoftThinkingRunner:
         branches = [
             SoftThinkingParams(top_k=top_k, noise="dirichlet", emit="sample", mode="add"),
             SoftThinkingParams(top_k=top_k, noise="gumbel"),
-            SoftThinkingParams(top_k=top_k, multiplex=top_k, emit="sample"),
+            SoftThinkingParams(top_k=top_k, multiplex=top_k, emit="sample", noise="none"),
             SoftThinkingParams(top_k=top_k, noise="gaussian"),
-            SoftThinkingParams(top_k=top_k, mode="hidden", max_soft_steps=1, rescale_latent=True),
+            SoftThinkingParams(top_k=top_k, mode="hidden", max_soft_steps=1, rescale_latent=True, noise="none"),
         ]
         knobs = soft_step.StepKnobs.for_requests(
             [(branches[i % len(branches)], 0, 0) for i in range(rows)], self.device

@@ -41,7 +41,7 @@ class EvalMode:
         if self.soft_thinking is None:
             return True
         knobs = SoftThinkingParams().with_overrides(self.soft_thinking)
-        return knobs.noise == "none" and knobs.emit == "argmax"
+        return knobs.noise in ("none", "auto") and knobs.emit == "argmax"  # auto: none at temperature 0
 
     def with_overrides(self, overrides: dict) -> "EvalMode":
         """A copy with ``{"temperature": 0.7, "soft_thinking.tau": 0.25, ...}`` applied."""

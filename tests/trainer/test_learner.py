@@ -14,6 +14,7 @@ from trainer.grpo import GRPOLossConfig
 from trainer.learner import Learner
 from trainer.policy import ReplayBatch
 from trainer.settings import LearnerConfig, LoraConfig
+from vllm_soft.params import SoftThinkingParams
 
 
 def _batch() -> tuple[ReplayBatch, list[float], list[list[float]]]:
@@ -106,6 +107,7 @@ def test_soft_step_and_token_gaps_are_counted_apart(tiny_model_path):
         batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25],
                               "log_weights": [math.log(0.75), math.log(0.25)], "draws": None, "emitted": r[0],
                               "logprob": -0.5, "end_reason": None, "entropy": 1.0}] for r in batch.response_ids]
+        batch.knobs = SoftThinkingParams(noise="none")
         with torch.no_grad():
             logprobs, _ = learner.policy(batch)
         rollout = [[float(logprobs[i, p]) + (0.3 if p == 0 else 0.1) for p in range(len(r))]
@@ -129,7 +131,6 @@ def test_gate_mode_trains_the_gate_at_its_own_rates_and_saves_it_beside_the_weig
 
     from rollout.weights import parameter_checksum
     from vllm_soft.gate import GATE_PREFIX, GateSettings, fresh_gate, gate_state_dict, load_gate, save_gate
-    from vllm_soft.params import SoftThinkingParams
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_path, model)
@@ -141,7 +142,7 @@ def test_gate_mode_trains_the_gate_at_its_own_rates_and_saves_it_beside_the_weig
     learner = Learner(config, GRPOLossConfig(), str(model), 0, 1, "127.0.0.1", _free_port(), seed=0, gate=True)
     try:
         batch, advantages, _ = _batch()
-        batch.knobs = SoftThinkingParams(mode="gate")
+        batch.knobs = SoftThinkingParams(mode="gate", noise="none")
         batch.soft_steps = [[{"position": 0, "token_ids": [r[0], r[0] + 1], "weights": [0.75, 0.25],
                               "log_weights": [math.log(0.75), math.log(0.25)], "draws": None, "emitted": r[0],
                               "logprob": -0.5, "end_reason": None, "entropy": 1.0}] for r in batch.response_ids]
@@ -186,7 +187,6 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
     from transformers import AutoModelForCausalLM
 
     from trainer.policy import latent_decoder
-    from vllm_soft.params import SoftThinkingParams
     from vllm_soft.replay import coconut_latents
 
     config = LearnerConfig(num_ranks=1, num_cpus_per_rank=1, micro_batch_size=8, learning_rate=1e-3)
@@ -200,7 +200,7 @@ def test_hidden_mode_recomputes_the_latents_and_trains_through_them(tiny_model_p
         with torch.no_grad():
             recorded = coconut_latents(latent_decoder(model), model.get_input_embeddings(),
                                        [list(p) for p in prompts], latent_steps, False)
-        batch.knobs = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps)
+        batch.knobs = SoftThinkingParams(mode="hidden", noise="none", max_soft_steps=latent_steps)
 
         def steps(latents_KH, response):
             return [{"position": k, "token_ids": [response[k]], "weights": [1.0], "log_weights": [0.0], "draws": None,

@@ -25,7 +25,7 @@ def test_training_samples_with_the_runs_seed_and_knobs():
     config = _config("add")
     sampling = training_sampling(config)
     assert (sampling.seed, sampling.group_size, sampling.max_tokens) == (3, 4, 32)
-    assert sampling.soft_thinking == {**config.algorithm.soft_thinking, "mode": "add"}
+    assert sampling.soft_thinking == {"noise": "none", **config.algorithm.soft_thinking, "mode": "add"}
     assert training_sampling(_config("discrete")).soft_thinking is None
 
 

@@ -85,7 +85,7 @@ def _one_by_one(model, batch: ReplayBatch) -> list[torch.Tensor]:
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_packed_logprobs_and_gradients_equal_one_sequence_forwards(tiny_llama, mode, share):
-    batch = _random_batch(SoftThinkingParams().with_overrides({"mode": mode, "scale": 0.5}))
+    batch = _random_batch(SoftThinkingParams().with_overrides({"mode": mode, "scale": 0.5, "noise": "none"}))
     policy = ReplayPolicy(tiny_llama, share_prompts=share)
     tiny_llama.zero_grad()
     logprobs, mask = policy(batch)

@@ -92,7 +92,7 @@ def test_replay_uses_the_knobs_the_engine_resolved_not_the_requests(
     still shape the rollout; the samples carry the resolved knobs, and the learner's replay
     from them matches the rollout log-probs, where a replay from the request's knobs alone
     (built-in defaults elsewhere, what the learner used to do) does not."""
-    request_knobs = {"emit": "sample", "max_soft_steps": 12}
+    request_knobs = {"emit": "sample", "noise": "none", "max_soft_steps": 12}
     sampling = SamplingConfig(group_size=4, temperature=1.0, max_tokens=24, seed=11, soft_thinking=request_knobs)
     prompt = default_tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 5 + 4?"}], tokenize=False, add_generation_prompt=True

@@ -49,7 +49,7 @@ def test_a_knob_that_disagrees_with_the_soft_action_is_an_error_naming_both(acti
 
 def test_hidden_mode_takes_no_soft_action():
     assert AlgorithmConfig(mode="hidden", soft_thinking={"max_soft_steps": 4}).rollout_knobs() == {
-        "max_soft_steps": 4, "mode": "hidden"}
+        "max_soft_steps": 4, "mode": "hidden", "noise": "none"}
     with pytest.raises(ValueError, match="soft_action does not apply to mode hidden"):
         AlgorithmConfig(mode="hidden", soft_thinking={"max_soft_steps": 4}, soft_action="token")
 

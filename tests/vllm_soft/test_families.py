@@ -24,7 +24,7 @@ from vllm_soft import models
 from vllm_soft.families import FAMILIES
 from vllm_soft.gate import fresh_gate
 from vllm_soft.params import SoftThinkingParams
-from vllm_soft.trace import soft_summary
+from vllm_soft.trace import soft_knobs, soft_summary, soft_trace
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +87,25 @@ def test_soft_top_k_1_is_greedy(family):
         for plain, completion in zip(greedy, soft):
             assert list(completion.token_ids) == list(plain.token_ids), knobs
             assert soft_summary(completion)["num_soft_steps"] == 24
+
+
+def test_think_end_defaults_to_the_models_thinking_span_end(family):
+    """A budget of 5 soft steps at temperature 0. A family whose tokenizer has ``</think>``
+    (Qwen3's) ends thinking there by default: the 5th token is ``</think>``, forced, and the
+    answer after it decodes as plain tokens; ``think_end: null`` keeps the old behaviour (the
+    budget ends thinking with no token forced). A family without it reports no think-end."""
+    thinking = "</think>" in family.tokenizer.get_vocab()
+    think_id = family.tokenizer.convert_tokens_to_ids("</think>") if thinking else None
+    default, off = (generate(family.worker.llm, family.prompts, soft_params(12, top_k=4, max_soft_steps=5, **knobs))
+                    for knobs in ({}, {"think_end": "null"}))
+    for completion, plain in zip(default, off):
+        knobs, trace = soft_knobs(completion), soft_trace(completion)
+        assert (knobs["think_end"], knobs["think_end_id"]) == (("</think>", think_id) if thinking else (None, None))
+        assert len(trace) == 5 and trace[-1]["end_reason"] == "budget" and len(completion.token_ids) == 12
+        assert (completion.token_ids[4] == think_id and trace[-1]["logprob"] is None) if thinking else \
+            (completion.token_ids[4] == trace[-1]["emitted"])
+        assert soft_knobs(plain)["think_end"] is None and plain.token_ids[4] == soft_trace(plain)[-1]["emitted"]
+        assert think_id not in plain.token_ids[:5]
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -117,12 +117,12 @@ def test_gate_files_that_do_not_fit_the_model_are_refused(tmp_path):
 VOCAB = 200
 TABLE = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(1))
 GATED = [
-    SoftThinkingParams(mode="gate", temperature=0.5, top_k=50, emit="sample"),
-    SoftThinkingParams(mode="gate", top_k=4),
+    SoftThinkingParams(noise="none", mode="gate", temperature=0.5, top_k=50, emit="sample"),
+    SoftThinkingParams(noise="none", mode="gate", top_k=4),
     SoftThinkingParams(mode="gate", top_k=8, noise="gumbel", tau=0.5, emit="sample"),
-    SoftThinkingParams(mode="gate", top_k=6, multiplex=3, emit="sample"),
+    SoftThinkingParams(noise="none", mode="gate", top_k=6, multiplex=3, emit="sample"),
 ]
-OTHERS = [SoftThinkingParams(), SoftThinkingParams(mode="add", top_k=5, emit="sample")]
+OTHERS = [SoftThinkingParams(noise="none"), SoftThinkingParams(noise="none", mode="add", top_k=5, emit="sample")]
 
 
 def _step(rows, logits, gate):
@@ -158,7 +158,7 @@ def test_gated_rows_feed_hrpos_input_beside_other_modes():
 def test_a_saturated_gate_with_argmax_emission_feeds_the_greedy_token():
     gate = fresh_gate(HIDDEN)
     closed = GateTensors(gate.weight_r_HH, gate.bias_r_H, gate.weight_i_HH, gate.bias_i_H, torch.full((HIDDEN,), 1e4))
-    rows = [(SoftThinkingParams(mode="gate", top_k=15), i, 0) for i in range(6)]
+    rows = [(SoftThinkingParams(noise="none", mode="gate", top_k=15), i, 0) for i in range(6)]
     logits = 2 * torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(3))
     out = _step(rows, logits, closed)
     assert torch.equal(out.emitted_B, logits.argmax(-1))
@@ -167,7 +167,7 @@ def test_a_saturated_gate_with_argmax_emission_feeds_the_greedy_token():
 
 
 def test_gated_rows_without_a_gate_and_gaussian_gated_rows_are_refused():
-    rows = [(SoftThinkingParams(mode="gate"), 0, 0)]
+    rows = [(SoftThinkingParams(noise="none", mode="gate"), 0, 0)]
     with pytest.raises(ValueError, match="mode 'gate' need the model's gate"):
         _step(rows, torch.randn(1, VOCAB), None)
     with pytest.raises(SoftThinkingParamError, match="noise 'gaussian'") as error:

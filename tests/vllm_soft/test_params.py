@@ -9,6 +9,7 @@ from vllm_soft.params import (
     SoftThinkingParams,
     engine_defaults,
     request_overrides,
+    resolve_randomness,
     resolve_tokens,
 )
 
@@ -146,3 +147,48 @@ def test_which_requests_are_soft(policy, extra_args, top_k):
     else:
         assert resolved["top_k"] == top_k
         assert set(resolved) == KNOBS | RESOLVED_FIELDS, "the complete, resolved set"
+
+
+def test_think_end_auto_is_the_models_thinking_end_and_null_turns_it_off():
+    vocab = {"</think>": 7}
+    auto = resolve_tokens(SoftThinkingParams(), 10, vocab.get, model_think_end="</think>")
+    assert (auto.think_end, auto.think_end_id) == ("</think>", 7)
+    without = resolve_tokens(SoftThinkingParams(), 10, vocab.get, model_think_end=None)
+    assert (without.think_end, without.think_end_id) == (None, None)
+    for off in (None, "null"):  # flags and vllm_xargs carry the string
+        params = resolve_tokens(SoftThinkingParams(think_end=off), 10, vocab.get, model_think_end="</think>")
+        assert (params.think_end, params.think_end_id) == (None, None)
+
+
+@pytest.mark.parametrize("knobs, temperature, n, noise", [
+    ({}, 1.0, 4, "gumbel"),                     # a sampling request: randomised soft steps
+    ({}, 0.7, 1, "gumbel"),                     # a chat UI's regenerate: n = 1, no seed
+    ({}, 0.0, 1, "none"),                       # greedy: Soft Thinking as the paper runs it
+    ({"noise": "dirichlet"}, 1.0, 4, "dirichlet"),
+    ({"noise": "none", "emit": "sample"}, 1.0, 4, "none"),  # the sampled token is the draw
+    ({"multiplex": 3}, 1.0, 4, "none"),         # the draws are the exploration
+    ({"mode": "hidden", "max_soft_steps": 2}, 1.0, 4, "none"),  # latents draw nothing; the answer samples
+])
+def test_a_request_that_samples_gets_random_soft_steps(knobs, temperature, n, noise):
+    assert resolve_randomness(SoftThinkingParams(**knobs), temperature, n).noise == noise
+
+
+def test_n_copies_of_one_soft_span_are_an_error_naming_noise():
+    with pytest.raises(SoftThinkingParamError, match="n=4 samples at temperature 1.0 would be 4 copies") as excinfo:
+        resolve_randomness(SoftThinkingParams(noise="none"), 1.0, 4)
+    assert excinfo.value.parameter == "noise"
+    assert resolve_randomness(SoftThinkingParams(noise="none"), 1.0, 1).noise == "none"  # asked for, one sample
+    assert resolve_randomness(SoftThinkingParams(noise="none"), 0.0, 4).noise == "none"  # greedy: copies expected
+
+
+def test_model_think_end_reads_the_tokenizer_and_the_reasoning_parser():
+    from transformers import AutoTokenizer
+
+    from vllm_soft import models
+    from vllm_soft.patches.frontend import model_think_end
+
+    thinking = AutoTokenizer.from_pretrained(models.fetch("tiny-qwen3"))
+    plain = AutoTokenizer.from_pretrained(models.fetch("tiny"))
+    assert model_think_end(thinking, None) == "</think>"
+    assert model_think_end(thinking, "deepseek_r1") == "</think>"
+    assert model_think_end(plain, None) is None

@@ -10,7 +10,7 @@ import json
 import openai
 import pytest
 
-from vllm_soft import soft_summary, soft_trace
+from vllm_soft import soft_knobs, soft_summary, soft_trace
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,16 @@ def test_chat_soft_and_plain(server):
     assert soft.usage.completion_tokens == MAX_TOKENS
 
 
-def _assert_trace_matches_tokens(choice, token_ids, num_steps):
-    summary = {k: v for k, v in choice.soft_thinking.items() if k != "steps"}
+def _assert_trace_matches_tokens(choice, token_ids, num_steps, deterministic=True):
+    summary = {k: v for k, v in choice.soft_thinking.items() if k not in ("steps", "knobs")}
     assert summary == soft_summary(choice) == {"num_soft_steps": num_steps, "end_reason": None, "cold_stop": False}
     trace = soft_trace(choice)
     assert [step["position"] for step in trace] == list(range(num_steps))
     for step in trace:
         assert step["emitted"] == token_ids[step["position"]]
         assert abs(sum(step["weights"]) - 1.0) < 1e-5
-        assert step["token_ids"][0] == step["emitted"]  # argmax emission, no noise
+        if deterministic:
+            assert step["token_ids"][0] == step["emitted"]  # argmax emission, no noise
 
 
 def test_completions_carry_the_trace_on_every_choice(server):
@@ -69,8 +70,9 @@ def test_completions_carry_the_trace_on_every_choice(server):
         extra_body={"return_token_ids": True, **_extra_body({"top_k": 5})},
     )
     assert len(response.choices) == 2
-    for choice in response.choices:
-        _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS)
+    for choice in response.choices:  # temperature 1: Gumbel-Softmax soft steps (noise 'auto')
+        _assert_trace_matches_tokens(choice, choice.token_ids, MAX_TOKENS, deterministic=False)
+        assert choice.soft_thinking["knobs"]["noise"] == "gumbel"
     plain = client.completions.create(model=model, prompt="The answer is", max_tokens=MAX_TOKENS, temperature=0.0,
                                       extra_body=_extra_body(None))
     assert getattr(plain.choices[0], "soft_thinking", None) is None
@@ -117,6 +119,26 @@ def test_multiplex_is_a_decoding_option_over_the_api(server):
         assert sorted(d for d in step["draws"] if d) == [1, 2, 3], "three distinct tokens, ranked"
         assert [d > 0 for d in step["draws"]] == [w > 0 for w in step["weights"]]
         assert step["draws"][step["token_ids"].index(step["emitted"])] == 1, "the emitted token is the first draw"
+
+
+def test_n_samples_differ_and_a_seeded_request_repeats(server):
+    """n = 4 at temperature 1.0 (every request soft, nothing else said): 4 distinct completions
+    for each of 6 prompts, the trace naming the randomness; the same seeded request twice gives
+    the same 4; n = 4 with a soft span that draws nothing is HTTP 400 naming the knob."""
+    client, model, _ = server
+    prompts = ["The answer is", "Hello there", "1 + 1 =", "Once upon a time", "My name is", "The capital of"]
+    response = client.completions.create(model=model, prompt=prompts, max_tokens=MAX_TOKENS, temperature=1.0, n=4)
+    for prompt_index in range(len(prompts)):
+        choices = response.choices[4 * prompt_index: 4 * prompt_index + 4]
+        assert len({choice.text for choice in choices}) == 4
+        assert all(soft_knobs(choice)["noise"] == "gumbel" for choice in choices)
+    seeded = [client.completions.create(model=model, prompt=prompts[0], max_tokens=MAX_TOKENS, temperature=1.0, n=4,
+                                        seed=11) for _ in range(2)]
+    assert [c.text for c in seeded[0].choices] == [c.text for c in seeded[1].choices]
+    assert len({c.text for c in seeded[0].choices}) == 4
+    with pytest.raises(openai.BadRequestError, match="noise"):
+        client.completions.create(model=model, prompt=prompts[0], max_tokens=MAX_TOKENS, temperature=1.0, n=4,
+                                  extra_body=_extra_body({"noise": "none"}))
 
 
 @pytest.mark.parametrize(

@@ -24,15 +24,15 @@ def knobs_for(rows: list[tuple[SoftThinkingParams, int, int]]) -> soft_step.Step
 
 
 MIXED = [
-    SoftThinkingParams(),
+    SoftThinkingParams(noise="none"),
     SoftThinkingParams(top_k=3, noise="gumbel", tau=0.5, emit="sample"),
     SoftThinkingParams(top_k=40, top_p=1.0, min_p=0.0, noise="dirichlet", alpha=2.0, mode="add", scale=0.5),
-    SoftThinkingParams(top_k=1),
-    SoftThinkingParams(top_k=8, temperature=1.3, emit="sample", mode="add"),
+    SoftThinkingParams(noise="none", top_k=1),
+    SoftThinkingParams(noise="none", top_k=8, temperature=1.3, emit="sample", mode="add"),
     SoftThinkingParams(top_k=20, noise="gumbel", tau=2.0),
     SoftThinkingParams(top_k=5, top_p=1.0, noise="dirichlet", alpha=0.5, emit="sample"),
-    SoftThinkingParams(top_k=6, multiplex=3, emit="sample"),
-    SoftThinkingParams(top_k=6, top_p=1.0, multiplex=4, multiplex_replacement=False, multiplex_weights="uniform", mode="add"),
+    SoftThinkingParams(noise="none", top_k=6, multiplex=3, emit="sample"),
+    SoftThinkingParams(noise="none", top_k=6, top_p=1.0, multiplex=4, multiplex_replacement=False, multiplex_weights="uniform", mode="add"),
     SoftThinkingParams(top_k=10, noise="gumbel", tau=0.5, emit="sample", action="token"),
     SoftThinkingParams(top_k=7, noise="gaussian", sigma=0.3, emit="sample"),
     SoftThinkingParams(top_k=4, noise="gaussian", sigma=2.0, mode="add", scale=0.5),
@@ -71,7 +71,7 @@ def test_draws_depend_on_seed_and_step():
 
 def test_top_k_1_without_noise_is_greedy():
     logits = _logits(8)
-    out = soft_step.soft_step(logits, knobs_for([(SoftThinkingParams(top_k=1), i, 0) for i in range(8)]), embed, hidden_size=HIDDEN)
+    out = soft_step.soft_step(logits, knobs_for([(SoftThinkingParams(noise="none", top_k=1), i, 0) for i in range(8)]), embed, hidden_size=HIDDEN)
     assert torch.equal(out.emitted_B, logits.argmax(-1))
     assert torch.equal(out.next_inputs_BH, TABLE[logits.argmax(-1)])
     assert torch.equal(out.logprob_B, torch.zeros(8, dtype=torch.float64))
@@ -127,8 +127,8 @@ def test_next_inputs_are_the_mixtures_of_the_fed_back_weights():
 
 
 def test_cold_stop_forces_think_end_without_a_logprob():
-    params = SoftThinkingParams(entropy_threshold=100.0, patience=1, think_end=5, think_end_id=5)
-    budget = SoftThinkingParams(max_soft_steps=4, think_end=6, think_end_id=6)
+    params = SoftThinkingParams(noise="none", entropy_threshold=100.0, patience=1, think_end=5, think_end_id=5)
+    budget = SoftThinkingParams(noise="none", max_soft_steps=4, think_end=6, think_end_id=6)
     out = soft_step.soft_step(_logits(2, seed=5), knobs_for([(params, 0, 0), (budget, 0, 3)]), embed, hidden_size=HIDDEN)
     assert out.emitted_B.tolist() == [5, 6]
     assert [records.END_REASONS[c] for c in out.end_code_B.tolist()] == ["cold_stop", "budget"]
@@ -141,7 +141,7 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
     support (noise-free weights), whatever the noise; not the density of unused weights."""
     noisy = [SoftThinkingParams(top_k=6, noise="gumbel", tau=0.5, emit="sample"),
              SoftThinkingParams(top_k=6, noise="dirichlet", alpha=1.0, emit="sample"),
-             SoftThinkingParams(top_k=6, multiplex=3, emit="sample")]
+             SoftThinkingParams(noise="none", top_k=6, multiplex=3, emit="sample")]
     logits = _logits(3, seed=9)
     thinking = soft_step.soft_step(logits, knobs_for([(p, 11 + i, 2) for i, p in enumerate(noisy)]), embed, hidden_size=HIDDEN)
     if ending == "budget":  # no think-end token: the budget ends thinking on the sampled token
@@ -165,7 +165,7 @@ def test_a_step_that_ends_thinking_is_scored_as_its_token(ending):
 
 
 def test_packed_rows_unpack_to_trace_entries():
-    forced = SoftThinkingParams(max_soft_steps=1, think_end=6, think_end_id=6)
+    forced = SoftThinkingParams(noise="none", max_soft_steps=1, think_end=6, think_end_id=6)
     rows = [(params, i, 0) for i, params in enumerate(MIXED)] + [(forced, 0, 0)]
     out = soft_step.soft_step(_logits(len(rows), seed=6), knobs_for(rows), embed, hidden_size=HIDDEN)
     entries = records.unpack_rows(out.packed().numpy())
@@ -203,7 +203,7 @@ def test_a_trace_crosses_processes_as_blocks_and_unpacks_to_its_entries():
 
     steps = []
     for step, batch_top_k in enumerate((3, 3, 20, 3)):
-        rows = [(SoftThinkingParams(top_k=3), 11, step), (SoftThinkingParams(top_k=batch_top_k), 12, step)]
+        rows = [(SoftThinkingParams(noise="none", top_k=3), 11, step), (SoftThinkingParams(noise="none", top_k=batch_top_k), 12, step)]
         steps.append(soft_step.soft_step(_logits(2, seed=20 + step), knobs_for(rows), embed, hidden_size=HIDDEN).packed().numpy())
     blocks = msgspec.msgpack.decode(msgspec.msgpack.encode(records.pack_trace([step[0] for step in steps])))
     assert [block["shape"] for block in blocks] == [[2, 22], [1, 90], [1, 22]]
@@ -279,10 +279,10 @@ def test_hidden_rows_feed_back_their_hidden_state_for_exactly_k_steps(think_end,
     have no log-probability and record the fed vector exactly; thinking ends with step K-1,
     or with a forced think-end token at step K when one is set. The replace row is unchanged."""
     latent_steps, hidden = 3, torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(3)).bfloat16()
-    replace = SoftThinkingParams(top_k=4)
+    replace = SoftThinkingParams(noise="none", top_k=4)
     plain = soft_step.soft_step(_logits(1, seed=7), knobs_for([(replace, 1, 0)]), embed)
     for rescale in (False, True):
-        params = SoftThinkingParams(mode="hidden", max_soft_steps=latent_steps, think_end_id=think_end,
+        params = SoftThinkingParams(noise="none", mode="hidden", max_soft_steps=latent_steps, think_end_id=think_end,
                                     latent_token_id=latent_token, rescale_latent=rescale)
         ends = []
         for step in range(latent_steps + 1 if think_end is not None else latent_steps):

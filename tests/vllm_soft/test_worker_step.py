@@ -36,14 +36,14 @@ def view(req_ids, scheduled, computed, discarded=None) -> BatchView:
 def expected_step(req_ids, logits, steps_done):
     """The soft step of these requests computed directly (no slot tables)."""
     rows = [
-        (SoftThinkingParams().with_overrides(KNOBS[r]), stateless_random.request_seed(SEEDS[r], 0, r), steps_done[r])
+        (SoftThinkingParams(noise="none").with_overrides(KNOBS[r]), stateless_random.request_seed(SEEDS[r], 0, r), steps_done[r])
         for r in req_ids
     ]
     return soft_step.soft_step(logits, soft_step.StepKnobs.for_requests(rows), embed)
 
 
 def test_plan_inject_run_commit_over_three_steps_and_a_recompute():
-    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+    worker = SoftThinkingRunner(SoftThinkingParams(noise="none"), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
                                 max_num_reqs=2, compile_step=False)  # 2 slots: registering 3 grows the tables
     for req_id, length in PROMPT_LENGTHS.items():
         extra = {"soft_thinking": KNOBS[req_id]} if req_id in KNOBS else None
@@ -103,7 +103,7 @@ def test_gated_requests_use_the_model_folders_gate_and_rebuild_after_a_preemptio
 
     gate = fresh_gate(HIDDEN, GateSettings(retention_min=0.4, retention_max=0.9, init_std=0.3, seed=4))
     save_gate(tmp_path, gate)
-    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+    worker = SoftThinkingRunner(SoftThinkingParams(noise="none"), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
                                 max_num_reqs=2, compile_step=False, model_path=str(tmp_path))
     worker.register("g", SamplingParams(seed=5, extra_args={"soft_thinking": {"mode": "gate", "top_k": 6}}), 4)
     logits = torch.randn(2, 1, VOCAB, generator=torch.Generator().manual_seed(6)) * 2
@@ -136,9 +136,9 @@ def test_gated_requests_use_the_model_folders_gate_and_rebuild_after_a_preemptio
     torch.testing.assert_close(inputs[:4], embed(ids[:4]))
 
     # A folder without a gate: a fresh seeded one, and a warning that says so.
-    bare = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+    bare = SoftThinkingRunner(SoftThinkingParams(noise="none"), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
                               max_num_reqs=2, compile_step=False, model_path=str(tmp_path / "missing"))
-    with caplog.at_level("WARNING", logger="vllm_soft"):
+    with caplog.at_level("WARNING", logger="vllm.vllm_soft"):
         assert torch.equal(bare.gate().weight_r_HH, fresh_gate(HIDDEN).weight_r_HH)
     assert "fresh gate" in caplog.text
 
@@ -147,7 +147,7 @@ def test_hidden_requests_feed_back_their_hidden_states_and_rebuild_them_after_a_
     """Mode 'hidden' with K = 3 beside a plain request: latent step k's input is the hidden
     state of the row that sampled step k (the last latent's too, though thinking ended with
     it); a recompute puts every recorded latent back at its position."""
-    worker = SoftThinkingRunner(SoftThinkingParams(), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
+    worker = SoftThinkingRunner(SoftThinkingParams(noise="none"), torch.device("cpu"), VOCAB, HIDDEN, torch.float32, 0,
                                 max_num_reqs=2, compile_step=False)
     worker.register("h", SamplingParams(extra_args={"soft_thinking": {"mode": "hidden", "max_soft_steps": 3}}), 4)
     worker.register("p", SamplingParams(), 5)

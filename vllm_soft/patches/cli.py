@@ -13,14 +13,13 @@ go: if vLLM lets general plugins declare CLI arguments.
 
 import argparse
 import functools
-import logging
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from vllm_soft.log import logger
 from vllm_soft.params import EXTRA_ARGS_KEY, KNOBS, REQUESTS_KEY, SoftThinkingParams, knob_docs
 
-logger = logging.getLogger("vllm_soft")
 
 def _token(value: str) -> str | int:
     """A token knob's flag value: an id if it is digits, else the token string."""

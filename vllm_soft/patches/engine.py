@@ -22,11 +22,10 @@ When it can go: once the soft step runs in Model Runner V2 and under async sched
 """
 
 import functools
-import logging
 
+from vllm_soft.log import logger
 from vllm_soft.params import engine_defaults, soft_by_default, soft_thinking_on
 
-logger = logging.getLogger("vllm_soft")
 
 V2_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 

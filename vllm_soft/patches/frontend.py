@@ -5,7 +5,9 @@ over the API), the worker needs the think-end token as an id, and on a server st
 with ``--soft-thinking`` a request that says nothing is soft. What: wraps
 ``InputProcessor.process_inputs``, the one place the front end parses knobs: soft by
 default where the engine says so (``params.soft_by_default``), engine defaults merged in,
-types and ranges checked, think-end and latent tokens resolved with the tokenizer, top-k checked against the vocabulary; the request's own copy of its params then carries
+types and ranges checked, think-end and latent tokens resolved with the tokenizer (think_end
+'auto': the model's thinking-span end, found once per engine), noise 'auto' resolved by the
+request's temperature, top-k checked against the vocabulary; the request's own copy of its params then carries
 the complete knob set, which every later process reads. When it can go: if vLLM adds a
 validation hook for ``extra_args``.
 
@@ -26,9 +28,11 @@ from vllm_soft.params import (
     SoftThinkingParamError,
     engine_defaults,
     request_overrides,
+    resolve_randomness,
     resolve_tokens,
     soft_by_default,
 )
+from vllm_soft.log import logger
 from vllm_soft.records import unpack_trace
 from vllm_soft.trace import COMPLETION_ATTRIBUTE, KNOBS_ATTRIBUTE
 
@@ -57,9 +61,49 @@ def _token_to_id(tokenizer):
     return lookup
 
 
-def resolve_request_knobs(extra_args: dict, additional_config: dict | None, vocab_size: int, tokenizer) -> None:
+THINK_END_CANDIDATES = ("</think>",)
+"""Thinking-span end tokens of reasoning models without a configured reasoning parser
+(DeepSeek-R1 and its distills, QwQ, Qwen3: ``<think>``...``</think>``)."""
+
+
+def model_think_end(tokenizer, reasoning_parser: str | None) -> str | None:
+    """The model's thinking-span end token, as a string: what vLLM's reasoning parser
+    ``reasoning_parser`` ends reasoning with, else the first of ``THINK_END_CANDIDATES``,
+    provided the tokenizer has it as one token; None for a model that does not think."""
+    candidates = list(THINK_END_CANDIDATES)
+    if reasoning_parser:
+        from vllm.reasoning import ReasoningParserManager
+
+        parser = ReasoningParserManager.get_reasoning_parser(reasoning_parser)(tokenizer)
+        end = getattr(parser, "reasoning_end_str", None) or getattr(parser, "end_token", None)
+        if end:
+            candidates.insert(0, end)
+    lookup = _token_to_id(tokenizer)
+    return next((token for token in candidates if lookup(token) is not None), None)
+
+
+def _engine_think_end(processor) -> str | None:
+    """``model_think_end`` of the engine ``processor`` belongs to, found once and logged once."""
+    if not hasattr(processor, "vllm_soft_think_end"):
+        config = processor.vllm_config
+        parser = getattr(getattr(config, "structured_outputs_config", None), "reasoning_parser", None) or getattr(
+            getattr(config, "reasoning_config", None), "reasoning_parser", None)
+        processor.vllm_soft_think_end = model_think_end(processor.tokenizer, parser)
+        if processor.vllm_soft_think_end is not None:
+            logger.info(
+                "vllm-soft: soft requests end thinking at %r, the model's thinking-span end (think_end 'auto'); "
+                "their answers after it decode as plain tokens. Set think_end to null to think until cold stop "
+                "or budget.", processor.vllm_soft_think_end)
+    return processor.vllm_soft_think_end
+
+
+def resolve_request_knobs(extra_args: dict, additional_config: dict | None, vocab_size: int, tokenizer,
+                          temperature: float = 0.0, num_samples: int = 1, think_end: str | None = None) -> None:
     """Replace a soft request's knobs in ``extra_args`` by the complete, resolved set; a
-    request that says nothing is soft with the engine's defaults where ``soft_by_default``."""
+    request that says nothing is soft with the engine's defaults where ``soft_by_default``.
+    ``temperature`` and ``num_samples`` (the request's ``n``) decide what its steps draw
+    (``params.resolve_randomness``); ``think_end`` is the model's thinking-span end token,
+    what knob think_end 'auto' resolves to."""
     overrides = request_overrides(extra_args)
     # No knobs and no 'soft_thinking' key (not even 0, the opt-out): the request says nothing.
     if overrides is None and EXTRA_ARGS_KEY not in extra_args and soft_by_default(additional_config):
@@ -76,7 +120,8 @@ def resolve_request_knobs(extra_args: dict, additional_config: dict | None, voca
     params = defaults.with_overrides(overrides)
     if params.top_k > vocab_size:
         raise SoftThinkingParamError("top_k", f"soft_thinking.top_k must be <= the vocabulary size {vocab_size} (got {params.top_k})")
-    params = resolve_tokens(params, vocab_size, _token_to_id(tokenizer))
+    params = resolve_tokens(params, vocab_size, _token_to_id(tokenizer), think_end)
+    params = resolve_randomness(params, temperature, num_samples)
     for key in [k for k in extra_args if k.startswith(FLAT_PREFIX)]:
         del extra_args[key]
     extra_args[EXTRA_ARGS_KEY] = params.to_dict()
@@ -101,6 +146,9 @@ def apply_request_validation() -> None:
                     additional_config,
                     self.vllm_config.model_config.get_vocab_size(),
                     self.tokenizer,
+                    params.temperature,
+                    params.n,
+                    _engine_think_end(self),
                 )
             except SoftThinkingParamError as error:
                 raise _request_error(error) from None

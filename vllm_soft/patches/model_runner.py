@@ -29,7 +29,7 @@ def _soft_runner(runner, defaults) -> SoftThinkingRunner:
     config = runner.model_config
     return SoftThinkingRunner(
         defaults, runner.device, config.get_vocab_size(), config.get_hidden_size(), config.dtype, config.seed,
-        runner.max_num_reqs, pin_memory=bool(getattr(runner, "pin_memory", False)), model_path=config.model,
+        runner.max_num_reqs, model_path=config.model,
     )
 
 

@@ -8,7 +8,7 @@ soft requests. For streams, wraps ``completion_stream_generator`` and
 ``chat_completion_stream_generator``: the steps of the outputs the generator reads go
 into the next server-sent chunk of the same choice that carries tokens (as
 ``{"steps": [...]}``), and the chunk that finishes a choice also carries its summary
-(``num_soft_steps``, ``end_reason``, ``cold_stop``). When it can go: once vLLM responses
+(``num_soft_steps``, ``end_reason``, ``cold_stop``) and the resolved knobs. When it can go: once vLLM responses
 have a generic per-choice extras field.
 """
 
@@ -16,13 +16,13 @@ import functools
 import json
 from collections import defaultdict
 
-from vllm_soft.trace import COMPLETION_ATTRIBUTE, api_field, summarize
+from vllm_soft.trace import COMPLETION_ATTRIBUTE, KNOBS_ATTRIBUTE, api_field, summarize
 
 
 def _attach(choice, completion_output) -> None:
     trace = getattr(completion_output, COMPLETION_ATTRIBUTE, None)
     if trace is not None:
-        setattr(choice, COMPLETION_ATTRIBUTE, api_field(trace))
+        setattr(choice, COMPLETION_ATTRIBUTE, api_field(trace, getattr(completion_output, KNOBS_ATTRIBUTE, None)))
 
 
 class StreamTrace:
@@ -34,6 +34,8 @@ class StreamTrace:
         self.pending: dict[int, list] = defaultdict(list)
         """Steps read but not yet sent, by choice index."""
         self.sent: dict[int, list] = defaultdict(list)
+        self.knobs: dict[int, dict | None] = {}
+        """Resolved knobs, by choice index (sent with the summary)."""
 
     async def watch(self, results, prompt_indexed: bool):
         """``results`` unchanged, noting each output's new steps (items are (prompt index,
@@ -42,8 +44,11 @@ class StreamTrace:
             prompt_index, result = item if prompt_indexed else (0, item)
             for output in result.outputs:
                 steps = getattr(output, COMPLETION_ATTRIBUTE, None)
+                index = output.index + prompt_index * self.choices_per_prompt
                 if steps:
-                    self.pending[output.index + prompt_index * self.choices_per_prompt] += steps
+                    self.pending[index] += steps
+                if getattr(output, KNOBS_ATTRIBUTE, None) is not None:
+                    self.knobs[index] = getattr(output, KNOBS_ATTRIBUTE)
             yield item
 
     async def annotate(self, chunks):
@@ -66,7 +71,7 @@ class StreamTrace:
             self.sent[index] += steps
             field = {"steps": steps}
             if finished:
-                field = {**summarize(self.sent[index]), **field}
+                field = {**summarize(self.sent[index]), "knobs": self.knobs.get(index), **field}
             choice[COMPLETION_ATTRIBUTE] = field
             changed = True
         return f"data: {json.dumps(chunk)}\n\n" if changed else event

@@ -130,6 +130,9 @@ RELIED_ON: tuple[Target, ...] = (
     Target(_RUNNER, "GPUModelRunner", "sampler", "instance_attribute", why="the sampler whose sample() is wrapped"),
     Target(_RUNNER, "GPUModelRunner", "profile_run", "method", ("self",),
            why="calls _dummy_sampler_run during memory profiling"),
+    Target("vllm.utils.platform_utils", None, "is_pin_memory_available", "function", (),
+           why="the soft step's device-to-host copy lands in pinned memory where the platform has it "
+               "(V1's runner keeps this answer only in its module-level PIN_MEMORY)"),
 )
 
 
