@@ -18,7 +18,7 @@ from trainer_process import SMOKE, finish, start_trainer, wait_for_step
 from trainer import checkpoints
 from trainer.metrics import read_metrics
 from trainer.policy import ReplayBatch, ReplayPolicy
-from vllm_soft import soft_summary, soft_trace
+from vllm_soft import soft_knobs, soft_summary, soft_trace
 from vllm_soft.gate import fresh_gate, gate_state_dict, load_gate
 from vllm_soft.params import SoftThinkingParams
 
@@ -121,7 +121,7 @@ def test_vllm_serve_serves_a_checkpoint_with_soft_thinking(smoke_run):
     hf_model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
     gate, _, _ = load_gate(model_folder, _hidden_size(model_folder))
     batch = ReplayBatch([prompt], [list(gated.token_ids)], [list(trace)],
-                        knobs=SoftThinkingParams().with_overrides(GATED), temperature=1.0)
+                        knobs=SoftThinkingParams().with_overrides(soft_knobs(gated)), temperature=1.0)
     with torch.no_grad():
         replayed, mask = ReplayPolicy(hf_model, gate=gate)(batch)
     assert int(mask.sum()) == len(served) == 10

@@ -5,7 +5,7 @@ from vllm import SamplingParams, TokensPrompt
 
 from vllm_soft.params import SoftThinkingParams
 from reference import replay_trace
-from vllm_soft.trace import soft_trace
+from vllm_soft.trace import soft_knobs, soft_trace
 
 WEIGHT_TOLERANCE = 1e-4
 NEAR_TIE = 1e-4
@@ -63,11 +63,13 @@ def fresh_gate_tensors(model) -> dict:
     return gate_state_dict(fresh_gate(model.config.hidden_size))
 
 
-def assert_replays(model, prompt_ids, completion, knobs: SoftThinkingParams):
-    """Teacher-forced check of one soft completion against the reference (gated steps
+def assert_replays(model, prompt_ids, completion):
+    """Teacher-forced check of one soft completion against the reference, with the knobs the
+    engine resolved for it (``soft_knobs``: noise and think_end 'auto' decided; gated steps
     through the model folder's fresh gate; the reference also checks each step's mean a)."""
     trace = soft_trace(completion)
     assert trace, "a soft request must have a trace"
+    knobs = SoftThinkingParams().with_overrides(soft_knobs(completion))
     assert [e["position"] for e in trace] == list(range(len(trace)))
     gate = fresh_gate_tensors(model) if knobs.mode == "gate" else None
     expected = replay_trace(model, prompt_ids, list(completion.token_ids), trace, knobs, gate)
@@ -110,7 +112,7 @@ def check_mixed_batch(engine, hf_model, tokenizer, max_tokens: int = 24) -> int:
             alone = generate(engine, [prompt_ids], plain_params)[0]
             assert_equal_unless_near_tie(completion, alone)
         else:
-            assert_replays(hf_model, prompt_ids, completion, SoftThinkingParams().with_overrides(knobs))
+            assert_replays(hf_model, prompt_ids, completion)
     return sum(o.num_cached_tokens or 0 for o in outputs)
 
 

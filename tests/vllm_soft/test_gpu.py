@@ -13,7 +13,6 @@ import torch
 from vllm import SamplingParams
 
 from soft_checks import assert_replays, chat_prompts, check_top_k_1_is_greedy, generate, soft_params
-from vllm_soft.params import SoftThinkingParams
 from vllm_soft.trace import soft_trace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -64,10 +63,9 @@ def test_top_k_1_is_greedy_on_cuda(eager_engine, default_tokenizer):
 
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_teacher_forced_replay_on_cuda_matches_the_reference(mode, eager_engine, default_hf_model, default_tokenizer):
-    knobs = SoftThinkingParams(mode=mode, scale=0.5)
     prompts = chat_prompts(default_tokenizer, 16)
     for prompt_ids, completion in zip(prompts, generate(eager_engine, prompts, soft_params(32, mode=mode, scale=0.5))):
-        trace, _ = assert_replays(default_hf_model, prompt_ids, completion, knobs)
+        trace, _ = assert_replays(default_hf_model, prompt_ids, completion)
         assert len(trace) == 32
 
 
@@ -94,7 +92,7 @@ def test_cuda_graphs_give_the_eager_soft_traces(eager_engine, default_model_path
         params = soft_params(32, **SOFT_KNOBS)
         graphed = generate(graphs, prompts, params)
         for prompt_ids, completion in zip(prompts, graphed):
-            assert_replays(default_hf_model, prompt_ids, completion, SoftThinkingParams(**SOFT_KNOBS))
+            assert_replays(default_hf_model, prompt_ids, completion)
         _assert_same_traces_unless_near_tie(graphed, generate(eager_engine, prompts, params))
     finally:
         graphs.llm_engine.engine_core.shutdown()

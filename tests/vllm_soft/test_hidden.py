@@ -51,12 +51,12 @@ def test_latents_are_the_references_hidden_states_and_decoding_goes_on_greedily(
     hidden state, within 1e-5 relative of the reference), the placeholder in the text, the
     forced think-end token when set, then greedy tokens identical to the reference's."""
     params = SoftThinkingParams().with_overrides(knobs)
-    latent_steps, has_end = params.max_soft_steps, params.think_end is not None
+    latent_steps, has_end = params.max_soft_steps, knobs.get("think_end") is not None  # SmolLM2 has no </think>
     prompts = chat_prompts(default_tokenizer, 8)
     completions = generate(default_engine, prompts, soft_params(24, **knobs))
     checked = 0
     for prompt_ids, completion in zip(prompts, completions):
-        trace, _ = assert_replays(default_hf_model, prompt_ids, completion, params)  # latents: reference.LATENT_TOLERANCE
+        trace, _ = assert_replays(default_hf_model, prompt_ids, completion)  # latents: reference.LATENT_TOLERANCE
         assert len(trace) == latent_steps + has_end
         assert all(len(e["latent"]) == default_hf_model.config.hidden_size for e in trace[:latent_steps])
         assert all(e["logprob"] is None for e in trace)
@@ -87,7 +87,7 @@ def test_latent_positions_survive_preemption(preempting_engine, default_engine, 
     assert _preemptions(preempting_engine) > before, "the KV cache was meant to force preemptions"
     unpreempted = generate(default_engine, prompts, soft_params(32, **knobs))
     for prompt_ids, completion, other in zip(prompts, completions, unpreempted):
-        trace, _ = assert_replays(default_hf_model, prompt_ids, completion, params)
+        trace, _ = assert_replays(default_hf_model, prompt_ids, completion)
         assert len(trace) == 20
         _assert_greedy_after(default_hf_model, prompt_ids, completion, trace, params, len(trace))
         assert list(completion.token_ids) == list(other.token_ids)

@@ -23,11 +23,10 @@ def test_top_k_1_is_greedy(engine_name, request, default_tokenizer):
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_teacher_forced_replay_matches_reference(mode, default_engine, default_hf_model, default_tokenizer):
     """16 prompts x 32 tokens on the default model: support and weights at every soft step."""
-    knobs = SoftThinkingParams(mode=mode, scale=0.5)
     prompts = chat_prompts(default_tokenizer, 16)
     completions = generate(default_engine, prompts, soft_params(32, mode=mode, scale=0.5))
     for prompt_ids, completion in zip(prompts, completions):
-        trace, _ = assert_replays(default_hf_model, prompt_ids, completion, knobs)
+        trace, _ = assert_replays(default_hf_model, prompt_ids, completion)
         assert len(trace) == 32
         assert max(len(e["token_ids"]) for e in trace) > 1, "the check needs real mixtures"
 
@@ -64,7 +63,7 @@ def test_cold_stop_fires_where_the_reference_predicts(default_engine, default_hf
     resolved = SoftThinkingParams(**knobs, think_end_id=think_end_id)
     fired = 0
     for prompt_ids, completion in zip(prompts, completions):
-        trace, reference = assert_replays(default_hf_model, prompt_ids, completion, resolved)
+        trace, reference = assert_replays(default_hf_model, prompt_ids, completion)
         # What the policy would emit (argmax of the reference weights), before any forcing.
         argmax_tokens = [r.token_ids[0] for r in reference]
         predicted = predicted_end_step([r.entropy for r in reference], argmax_tokens, resolved)
