@@ -21,6 +21,11 @@ def add_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+    missing = [target for target in config.target_modules if target not in linear]
+    if missing:  # peft adapts the names it finds and ignores the rest: a Phi-3 run would train o_proj alone
+        raise ValueError(f"lora.target_modules {missing} name no linear layer of {type(model).__name__}; "
+                         f"its linear layers are {linear}")
     peft_config = PeftLoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
                                  lora_dropout=0.0, bias="none")
     return get_peft_model(model, peft_config)

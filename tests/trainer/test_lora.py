@@ -45,3 +45,20 @@ def test_saved_adapter_loads_in_peft(tiny_model_path, tmp_path):
     merged = merge_adapters(state, LORA.alpha / LORA.rank)
     for name, tensor in merged.items():
         torch.testing.assert_close(loaded[name], tensor, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_targets_that_name_no_linear_layer_of_the_family_are_an_error_listing_its_layers():
+    """Phi-3 fuses q/k/v into qkv_proj: the default targets (q_proj, k_proj, v_proj, o_proj)
+    would adapt o_proj alone, silently."""
+    import pytest
+    from transformers import AutoModelForCausalLM
+
+    from vllm_soft import models
+
+    phi3 = AutoModelForCausalLM.from_pretrained(models.fetch("tiny-phi3"), dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"\['q_proj', 'k_proj', 'v_proj'\] name no linear layer of Phi3ForCausalLM; "
+                                         r"its linear layers are \['down_proj', 'gate_up_proj', 'lm_head', 'o_proj', "
+                                         r"'qkv_proj'\]"):
+        add_adapters(phi3, LoraConfig(rank=4, alpha=8.0))
+    adapted = add_adapters(phi3, LoraConfig(rank=4, alpha=8.0, target_modules=["qkv_proj", "o_proj"]))
+    assert sum("lora_A" in name for name, _ in adapted.named_parameters()) == 2 * phi3.config.num_hidden_layers
