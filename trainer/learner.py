@@ -186,24 +186,19 @@ class Learner:
         weights as the engine holds them (a tied output layer counted once)."""
         from rollout.weights import parameter_checksum
 
-        state = self.engine_state_dict()
-        return None if state is None else parameter_checksum(state.values())
-
-    def engine_state_dict(self) -> dict | None:
-        """All ranks call; rank 0 returns the weights as an engine holds them: the full state
-        dict without a tied output layer (vLLM ties it to the embedding itself, and some
-        families' loaders, Gemma 2's, refuse the name), others None."""
         state = self.full_state_dict()
-        if state is not None and self.policy.model.config.tie_word_embeddings:
+        if state is None:
+            return None
+        if self.policy.model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
-        return state
+        return parameter_checksum(state.values())
 
     def push_buckets(self, bucket_bytes: int, dtype: str | None = None) -> list | None:
         """All ranks call; rank 0 puts the weights in the object store in buckets, layer order,
         cast to the engines' ``dtype`` when given (the engine would round them the same way)."""
         import ray
 
-        state = self.engine_state_dict()
+        state = self.full_state_dict()
         if state is None:
             return None
         buckets, current, size = [], [], 0

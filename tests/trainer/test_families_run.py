@@ -7,6 +7,7 @@ is served with ``--reasoning-parser deepseek_r1``: its soft span is the reply's 
 and the answer after ``</think>`` its content."""
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from openai_server import openai_server
@@ -20,13 +21,32 @@ from vllm_soft.families import FAMILIES
 pytestmark = pytest.mark.slow
 
 SOFT_SPAN = 4
+RUN_FAMILIES = [family for family in FAMILIES if family != "llama"]
 
 
-@pytest.mark.parametrize("family", [family for family in FAMILIES if family != "llama"])
-def test_one_training_step_then_its_checkpoint_served(family, tmp_path):
-    run_dir = tmp_path / "run"
-    finish(start_trainer(["--config", SMOKE, f"model=tiny-{family}", "steps=1", "eval.num_prompts=0",
-                          f"output_dir={run_dir}"], tmp_path))
+@pytest.fixture(scope="module")
+def training_runs(request, tmp_path_factory) -> dict[str, Future]:
+    """Each selected family's one-step run, started in order one at a time in the background,
+    so the next family trains while a test serves the last one's checkpoint (one Ray cluster
+    at a time: two runs would each start one on the same machine)."""
+    root = tmp_path_factory.mktemp("family_runs")
+    selected = [item.callspec.params["family"] for item in request.session.items
+                if item.originalname == "test_one_training_step_then_its_checkpoint_served"]
+
+    def train(family: str):
+        run_dir = root / family
+        finish(start_trainer(["--config", SMOKE, f"model=tiny-{family}", "steps=1", "eval.num_prompts=0",
+                              f"output_dir={run_dir}"], root))
+        return run_dir
+
+    runner = ThreadPoolExecutor(max_workers=1)
+    yield {family: runner.submit(train, family) for family in selected}
+    runner.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("family", RUN_FAMILIES)
+def test_one_training_step_then_its_checkpoint_served(family, training_runs):
+    run_dir = training_runs[family].result(timeout=900)
     (step,) = read_metrics(run_dir)  # no evaluation: step 0 logs nothing
     assert step["logprob_gap"] <= 1e-3, "the learner replays the engine's rollouts"
     assert step["push_checksum_match"], "the engine holds exactly the learner's weights"

@@ -13,7 +13,7 @@ import torch
 from in_process import engine_in_this_process
 from soft_actions import LATENT_REPLAY_TOLERANCE, SOFT_ACTIONS
 from soft_checks import assert_replays, generate, soft_params
-from vllm import SamplingParams
+from vllm import SamplingParams, TokensPrompt
 
 from rollout.settings import EngineConfig, SamplingConfig
 from rollout.weights import parameter_checksum, write_weights_file
@@ -142,24 +142,51 @@ def test_learner_replays_every_action_within_1e_3(family, action):
 
 
 def test_weight_push_round_trips(family):
-    """Perturbed weights pushed by Hugging Face name land in vLLM's (fused, renamed) layers:
-    the engine's checksum is the learner's, and differs from the one before the push."""
-    own = family.hf.state_dict()
-    if family.hf.config.tie_word_embeddings:
-        own.pop("lm_head.weight")  # one tensor in vLLM
+    """Perturbed weights pushed by Hugging Face name, as the learner sends them (a tied output
+    layer's name included), land in vLLM's fused, renamed layers: the engine's checksum is
+    the learner's, and its next-token log-probabilities are transformers' with the pushed
+    weights (a layer that kept a stale packed copy, which no checksum sees, shows here)."""
+    own = {name: tensor.clone() for name, tensor in family.hf.state_dict().items()}
+    tied = family.hf.config.tie_word_embeddings
     before = family.worker.weights_checksum()
     # The engine counts the HRPO gate too once a gated request loaded it; a push leaves it.
-    gate = [engine - model for engine, model in zip(before, parameter_checksum(own.values()))]
-    assert before[0] - gate[0] == sum(t.numel() for t in own.values())
+    gate = [engine - model for engine, model in zip(before, parameter_checksum(_engine_held(own, tied).values()))]
     noise = torch.Generator().manual_seed(1)
-    state = {name: tensor + 1e-3 * torch.randn(tensor.shape, generator=noise) for name, tensor in own.items()}
-    expected = [pushed + kept for pushed, kept in zip(parameter_checksum(state.values()), gate)]
-    _push(family, state)
+    pushed = {name: tensor + 2e-2 * torch.randn(tensor.shape, generator=noise) for name, tensor in own.items()}
+    if tied:
+        pushed["lm_head.weight"] = pushed["model.embed_tokens.weight"]
+    _push(family, pushed)
     after = family.worker.weights_checksum()
+    expected = [sent + kept for sent, kept in zip(parameter_checksum(_engine_held(pushed, tied).values()), gate)]
     assert after[0] == expected[0] and after != before
     assert list(after[1:]) == pytest.approx(expected[1:], rel=1e-9)
-    _push(family, own)  # the family's own weights back
+    family.hf.load_state_dict(pushed)
+    try:
+        assert _prompt_logprob_gap(family) <= 1e-3
+    finally:
+        family.hf.load_state_dict(own)
+        _push(family, own)  # the family's own weights back
     assert list(family.worker.weights_checksum()) == pytest.approx(list(before), rel=1e-12)
+    assert _prompt_logprob_gap(family) <= 1e-3
+
+
+def _engine_held(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """The tensors an engine holds: a tied output layer is the embedding, once."""
+    return {name: tensor for name, tensor in state.items() if not (tied and name == "lm_head.weight")}
+
+
+def _prompt_logprob_gap(family: Family) -> float:
+    """Largest |engine - transformers| log-probability of the prompts' own tokens."""
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+    gap = 0.0
+    for prompt in family.prompts:
+        (output,) = family.worker.llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
+        engine = torch.tensor([entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], prompt[1:])])
+        with torch.no_grad():
+            logits = family.hf(torch.tensor([prompt])).logits[0, :-1].float()
+        reference = torch.log_softmax(logits, -1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+        gap = max(gap, float((engine - reference).abs().max()))
+    return gap
 
 
 def _push(family: Family, state: dict[str, torch.Tensor]) -> None:

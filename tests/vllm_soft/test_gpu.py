@@ -46,6 +46,8 @@ def _runner_facts(worker):
         "runner": f"{kind.__module__}.{kind.__qualname__}",
         "soft_step": getattr(runner, "vllm_soft", None) is not None,
         "async_scheduling": bool(runner.use_async_scheduling),
+        # The step's one device-to-host copy goes to pinned memory, so it does not block.
+        "pinned_host_copy": bool(getattr(getattr(runner, "vllm_soft", None), "pin_memory", False)),
     }
 
 
@@ -54,7 +56,8 @@ def test_cuda_engine_runs_the_soft_step_in_the_v1_runner_synchronously(eager_eng
     assert not config.use_v2_model_runner
     assert config.scheduler_config.async_scheduling is False
     for facts in eager_engine.collective_rpc(_runner_facts):
-        assert facts == {"runner": "vllm.v1.worker.gpu_model_runner.GPUModelRunner", "soft_step": True, "async_scheduling": False}
+        assert facts == {"runner": "vllm.v1.worker.gpu_model_runner.GPUModelRunner", "soft_step": True,
+                         "async_scheduling": False, "pinned_host_copy": True}
 
 
 def test_top_k_1_is_greedy_on_cuda(eager_engine, default_tokenizer):

@@ -22,14 +22,15 @@ def _run_fetch(name, cache, **kwargs):
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid names: smollm2-135m, tiny"):
+    with pytest.raises(ValueError, match="valid names: gemma3-270m, smollm2-135m, tiny, tiny-gemma2, "):
         models.fetch("llama-7b")
 
 
 def test_cli_unknown_name_fails_with_message(tmp_path):
     result = _run_fetch("llama-7b", tmp_path)
     assert result.returncode == 2
-    assert "unknown model 'llama-7b'; valid names: smollm2-135m, tiny" in result.stderr
+    assert f"unknown model 'llama-7b'; valid names: {', '.join(sorted(models.MODELS))}" in result.stderr
+    assert "gemma3-270m" in models.MODELS and "tiny-qwen3" in models.MODELS
     assert list(tmp_path.iterdir()) == []
 
 

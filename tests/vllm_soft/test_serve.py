@@ -201,8 +201,9 @@ def test_streamed_completions_carry_the_steps_of_the_non_streamed_trace(server):
     assert sorted(steps) == [0, 1]
     for choice in whole.choices:
         assert steps[choice.index] == soft_trace(choice)
-        assert finals[choice.index] == soft_summary(choice) == {"num_soft_steps": MAX_TOKENS, "end_reason": None,
-                                                               "cold_stop": False}
+        final = dict(finals[choice.index])
+        assert final.pop("knobs") == soft_knobs(choice) and soft_knobs(choice)["noise"] == "gumbel"
+        assert final == soft_summary(choice) == {"num_soft_steps": MAX_TOKENS, "end_reason": None, "cold_stop": False}
 
 
 def test_streamed_chat_carries_the_steps_of_the_non_streamed_trace(server):
