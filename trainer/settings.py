@@ -127,8 +127,13 @@ class AlgorithmConfig:
         # An unset noise is none: a run's exploration is what its config says, not the
         # serving default 'auto' (Gumbel noise whenever the temperature is > 0).
         knobs = {**self.soft_thinking, "mode": self.mode}
-        if self.soft_action is None:
-            return {"noise": "none", **knobs}
+        if self.soft_action is not None:
+            self._apply_soft_action(knobs)
+        return {"noise": "none", **knobs}
+
+    def _apply_soft_action(self, knobs: dict) -> None:
+        """Fix and default, in ``knobs``, the knobs that ``soft_action`` needs; a knob that
+        disagrees is an error naming it."""
         fixed, needed = SOFT_ACTIONS[self.soft_action]
         for knob, value in fixed.items():
             if knobs.get(knob, value) != value:
@@ -148,7 +153,6 @@ class AlgorithmConfig:
                     f"algorithm.soft_action {self.soft_action!r} needs soft_thinking.{knob} "
                     f"{'> 0' if allowed == 'positive' else 'in ' + str(allowed)} (got {value!r})"
                 )
-        return {"noise": "none", **knobs}
 
     def __post_init__(self):
         knob_mode = self.soft_thinking.get("mode")

@@ -4,15 +4,12 @@ concept embedding), the multiplex draws, HRPO's gate, Coconut's latents (which t
 recomputes)."""
 
 import pytest
-import torch
 from in_process import engine_in_this_process
-from soft_actions import LATENT_REPLAY_TOLERANCE, SOFT_ACTIONS
+from soft_actions import SOFT_ACTIONS, replay_gap
 
 from rollout.settings import SamplingConfig
 from rollout.worker import GroupRequest
-from trainer.grpo import logprob_gap
-from trainer.policy import ReplayBatch, ReplayPolicy
-from vllm_soft.gate import fresh_gate
+from trainer.policy import ReplayBatch
 from vllm_soft.params import SoftThinkingParams
 
 pytestmark = pytest.mark.slow
@@ -50,29 +47,13 @@ def test_learner_vs_rollout_logprob_gap_at_step_0_is_below_1e_3(mode, default_ro
         for q in ("What is 2 + 6?", "Write one word that rhymes with cat.")
     ]
     samples = [s for g in default_rollout_worker.generate([GroupRequest(i, p) for i, p in enumerate(prompts)], sampling) for s in g]
-    gap, mask = _replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
+    gap, mask = replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
     assert int(mask.sum()) == sum(len(s.response_token_ids) for s in samples)
     assert bool((mode == "discrete") == all(not s.soft_steps for s in samples))
     assert any(len(s.response_token_ids) > len(s.soft_steps) for s in samples), "discrete tokens after thinking too"
     if knobs and knobs.get("multiplex"):
         assert all(step["draws"] is not None for s in samples for step in s.soft_steps)
     assert gap <= 1e-3
-
-
-def _replay_gap(model, samples, batch: ReplayBatch) -> tuple[float, torch.Tensor]:
-    """Largest |learner - rollout| log-prob over the batch's response tokens, and the mask."""
-    # Mode gate: the default model's folder has no gate, so the engine drew the fresh one.
-    gate = fresh_gate(model.config.hidden_size) if batch.knobs.mode == "gate" else None
-    policy = ReplayPolicy(model, gate=gate)
-    with torch.no_grad():
-        logprobs, mask = policy(batch)  # one padded forward for all
-    if batch.knobs.mode == "hidden":  # the learner's own latents (sequential passes) against the engine's
-        assert all(sum(step["latent"] is not None for step in s.soft_steps) == batch.knobs.max_soft_steps for s in samples)
-        assert policy.latent_replay_gap <= LATENT_REPLAY_TOLERANCE
-    rollout = torch.zeros_like(logprobs)
-    for row, s in enumerate(samples):
-        rollout[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs)
-    return float(logprob_gap(logprobs, rollout, mask)), mask
 
 
 ENGINE_DEFAULTS = {"mode": "add", "scale": 0.6, "temperature": 0.8}
@@ -102,9 +83,9 @@ def test_replay_uses_the_knobs_the_engine_resolved_not_the_requests(
     for sample in samples:
         assert {k: sample.soft_knobs[k] for k in ENGINE_DEFAULTS} == ENGINE_DEFAULTS
         assert (sample.soft_knobs["emit"], sample.soft_knobs["max_soft_steps"]) == ("sample", 12)
-    resolved, _ = _replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
+    resolved, _ = replay_gap(default_hf_model, samples, ReplayBatch.from_samples(samples, temperature=1.0))
     assert resolved <= 1e-3
     from_request = ReplayBatch.from_samples(samples, temperature=1.0)
     from_request.knobs = SoftThinkingParams().with_overrides(request_knobs)
-    unresolved, _ = _replay_gap(default_hf_model, samples, from_request)
+    unresolved, _ = replay_gap(default_hf_model, samples, from_request)
     assert unresolved > 1e-2, "the engine defaults were meant to change the rollout"
